@@ -1,0 +1,139 @@
+"""Checkpoint: exact reload from the folder alone, atomic writes, and one-line errors."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tokcomp
+from tests.conftest import tiny_vision
+from tokcomp.checkpoint import STATE_FILE, WEIGHTS_FILE
+from tokcomp.errors import CheckpointError, TokcompError
+from tokcomp.fileio import read_json
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny ViT classifier saved as a local Hugging Face folder, plus a folder of images."""
+    from transformers import ViTImageProcessor
+
+    root = tmp_path_factory.mktemp("tiny")
+    model = tiny_vision("vit")
+    model.config.architectures = ["ViTForImageClassification"]
+    model.save_pretrained(root / "model")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / "images" / cls).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "ckpt"
+    recipe = {
+        "model": str(tiny_model_dir / "model"),
+        "passes": [{"type": "tome", "r": 6}],
+        "evaluation": {"data": str(tiny_model_dir / "images"), "samples": 6, "batch_size": 4},
+    }
+    tokcomp.compile(recipe, out)
+    return out
+
+
+def test_checkpoint_files_and_state(compiled):
+    for name in (WEIGHTS_FILE, "config.json", STATE_FILE, "recipe.yaml", "report.json", "preprocessor_config.json"):
+        assert (compiled / name).is_file(), name
+    state = read_json(compiled / STATE_FILE)
+    (record,) = state["passes"]
+    assert record["name"] == "tome" and record["version"] == 1
+    assert record["metadata"]["tokens_per_layer"] == [59, 53, 47, 41]
+    report = read_json(compiled / "report.json")
+    assert report["tokens_per_layer"]["compressed"] == [59, 53, 47, 41]
+    assert report["flops"]["compressed"] < report["flops"]["original"]
+    assert report["fidelity"]["samples"] == 6
+    assert 0 <= report["fidelity"]["top1_agreement"] <= 1
+    assert not list(compiled.parent.glob(".ckpt.partial-*"))
+
+
+def test_load_round_trip_is_exact(compiled, tiny_model_dir):
+    from transformers import ViTForImageClassification
+
+    original = ViTForImageClassification.from_pretrained(tiny_model_dir / "model").eval()
+    in_memory = tokcomp.apply(original, [{"type": "tome", "r": 6}], input_spec=None)
+    reloaded = tokcomp.load(compiled)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(in_memory(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits)
+
+
+def test_existing_output_needs_force(compiled, tiny_model_dir):
+    with pytest.raises(TokcompError, match="--force"):
+        tokcomp.compile({"model": str(tiny_model_dir / "model"), "passes": [{"type": "tome", "r": 1}]}, compiled)
+
+
+def test_corrupted_checkpoints_fail_clearly(compiled, tmp_path):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(compiled, truncated)
+    data = (truncated / WEIGHTS_FILE).read_bytes()
+    (truncated / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        tokcomp.load(truncated)
+
+    garbage = tmp_path / "garbage"
+    shutil.copytree(compiled, garbage)
+    (garbage / WEIGHTS_FILE).write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        tokcomp.load(garbage)
+
+    no_state = tmp_path / "no_state"
+    shutil.copytree(compiled, no_state)
+    (no_state / STATE_FILE).unlink()
+    with pytest.raises(CheckpointError, match="tokcomp.json is missing"):
+        tokcomp.load(no_state)
+
+    bad_state = tmp_path / "bad_state"
+    shutil.copytree(compiled, bad_state)
+    (bad_state / STATE_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        tokcomp.load(bad_state)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "tokcomp.cli", *args], capture_output=True, text=True, cwd=cwd,
+        env={"TOKCOMP_QUIET": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "expected"),
+    [
+        ("model: m\npasses:\n  - type: nope\n", "unknown pass 'nope'"),
+        ("model: m\npasses:\n  - type: tome\n    r: 1\n    bogus: 2\n", "unknown key 'bogus'"),
+        ("model: /no/such/model\npasses: [{type: tome, r: 1}]\n", "cannot load model '/no/such/model'"),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(tmp_path, recipe, expected):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe)
+    result = _cli("compile", str(path), "-o", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_inspect_and_bad_checkpoint(compiled, tmp_path):
+    result = _cli("inspect", str(compiled))
+    assert result.returncode == 0, result.stderr
+    assert "tokens out" in result.stderr and "59" in result.stderr
+    missing = _cli("inspect", str(tmp_path))
+    assert missing.returncode != 0 and "tokcomp.json is missing" in missing.stderr

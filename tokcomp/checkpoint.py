@@ -1,0 +1,184 @@
+"""The compressed checkpoint: a folder that reloads without the recipe.
+
+    model.safetensors   weights (safetensors only; nothing is ever unpickled)
+    config.json         the base model's own config
+    tokcomp.json        base model class + the ordered pass records (name, version, config, metadata)
+    recipe.yaml         provenance only; never read back
+    report.json         FLOPs, params, tokens per layer, fidelity
+    + the base model's preprocessing files (image processor / tokenizer)
+
+`load(path)` builds the base architecture from config.json, replays every pass's
+`restore` from tokcomp.json, then loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors
+import safetensors.torch
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from tokcomp.errors import CheckpointError
+from tokcomp.fileio import read_json, write_json
+from tokcomp.passes import PassRecord, get_pass
+
+STATE_FILE = "tokcomp.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class BaseModelInfo(BaseModel):
+    source: str
+    library: Literal["transformers", "timm"]
+    class_name: str
+    pooling: Literal["cls", "mean"] = "cls"
+    timm_name: str | None = None
+
+
+class InputInfo(BaseModel):
+    modality: Literal["image", "text"]
+    image_size: int | None = None
+    sequence_length: int | None = None
+
+
+class PassRecordModel(BaseModel):
+    name: str
+    version: int
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class CheckpointState(BaseModel):
+    format: Literal["tokcomp-checkpoint"] = "tokcomp-checkpoint"
+    format_version: int = FORMAT_VERSION
+    tokcomp_version: str
+    base: BaseModelInfo
+    input: InputInfo
+    passes: list[PassRecordModel]
+    tokens_per_layer: list[int] | None = None
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    state: CheckpointState
+    path: Path
+
+
+def save_checkpoint(folder: Path, loaded, records: list[PassRecord], recipe_text: str | None, report: dict) -> None:
+    """Write every checkpoint file into `folder` (an atomic temporary folder from the caller)."""
+    from tokcomp import __version__
+
+    model = loaded.model
+    safetensors.torch.save_model(model, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    if loaded.library == "transformers":
+        model.config.to_json_file(str(folder / "config.json"))
+    else:
+        write_json(folder / "config.json", {"timm_name": loaded.extra["timm_name"], "num_classes": model.num_classes})
+    if loaded.processor is not None:
+        loaded.processor.save_pretrained(str(folder))
+    spec = loaded.input_spec
+    token_tokens = next((r.metadata["tokens_per_layer"] for r in records if "tokens_per_layer" in r.metadata), None)
+    state = CheckpointState(
+        tokcomp_version=__version__,
+        base=BaseModelInfo(
+            source=loaded.source,
+            library=loaded.library,
+            class_name=loaded.class_name,
+            pooling=loaded.pooling,
+            timm_name=loaded.extra.get("timm_name"),
+        ),
+        input=InputInfo(modality=spec.modality, image_size=spec.image_size, sequence_length=spec.sequence_length),
+        passes=[PassRecordModel(**r.to_json()) for r in records],
+        tokens_per_layer=token_tokens,
+    )
+    write_json(folder / STATE_FILE, state.model_dump(mode="json"))
+    if recipe_text is not None:
+        (folder / "recipe.yaml").write_text(recipe_text)
+    write_json(folder / "report.json", report)
+
+
+def read_state(path: str | Path) -> CheckpointState:
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder {path} does not exist")
+    if not state_file.is_file():
+        raise CheckpointError(
+            f"{path} is not a tokcomp checkpoint: {STATE_FILE} is missing",
+            hint="point at the output folder of `tokcomp compile`",
+        )
+    try:
+        state = CheckpointState.model_validate(read_json(state_file))
+    except (ValueError, ValidationError) as exc:
+        raise CheckpointError(f"{state_file} is corrupted: {str(exc).splitlines()[0]}") from None
+    if state.format_version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} uses checkpoint format {state.format_version}; this tokcomp reads up to {FORMAT_VERSION}",
+            hint="upgrade tokcomp",
+        )
+    return state
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    state = read_state(path)
+    model = _build_base(path, state.base)
+    for record in state.passes:
+        _restore_pass(model, record)
+    _load_weights(model, path / WEIGHTS_FILE)
+    return Checkpoint(model=model.eval(), state=state, path=path)
+
+
+def load(path: str | Path) -> nn.Module:
+    """Rebuild a compressed model from its folder alone: config.json + tokcomp.json + weights."""
+    return open_checkpoint(path).model
+
+
+def _build_base(path: Path, base: BaseModelInfo) -> nn.Module:
+    if base.library == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise CheckpointError("this checkpoint holds a timm model", hint="pip install 'tokcomp[timm]'") from None
+        config = read_json(path / "config.json")
+        return timm.create_model(base.timm_name, pretrained=False, num_classes=config["num_classes"])
+    import transformers
+
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}/config.json is missing", hint="re-run tokcomp compile")
+    model_cls = getattr(transformers, base.class_name, None)
+    if not (isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel)):
+        raise CheckpointError(f"{path}: unknown model class '{base.class_name}' for this transformers version")
+    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    return model_cls(config)
+
+
+def _restore_pass(model: nn.Module, record: PassRecordModel) -> None:
+    handler = get_pass(record.name)
+    if record.version > handler.version:
+        raise CheckpointError(
+            f"pass '{record.name}' was saved at version {record.version}; this tokcomp has version {handler.version}",
+            hint="upgrade tokcomp",
+        )
+    handler.restore(model, handler.Config.model_validate(record.config), record.metadata)
+
+
+def _load_weights(model: nn.Module, weights: Path) -> None:
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing", hint="re-run tokcomp compile")
+    try:
+        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{weights} is corrupted or truncated: {str(exc).splitlines()[0]}", hint="re-run tokcomp compile"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit the rebuilt model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}",
+            hint="the checkpoint and tokcomp.json come from different models; re-run tokcomp compile",
+        )

@@ -1,0 +1,82 @@
+"""compile = load the base model, run the passes, measure, write the checkpoint atomically."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tokcomp.checkpoint import save_checkpoint
+from tokcomp.errors import TokcompError
+from tokcomp.fileio import atomic_directory
+from tokcomp.passes import PassRecord, get_pass
+from tokcomp.progress import info
+from tokcomp.recipe import CalibrationSpec, EvaluationSpec, PassSpec, Recipe
+from tokcomp.sources import LoadedModel, load_model
+from tokcomp.surgery.adapters.base import InputSpec
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the model: the reference input, calibration data settings, seed."""
+
+    input_spec: InputSpec
+    seed: int = 0
+    calibration: CalibrationSpec | None = None
+    loaded: LoadedModel | None = None
+
+
+def run_passes(model: nn.Module, passes: list[PassSpec], ctx: PassContext) -> list[PassRecord]:
+    records = []
+    for spec in passes:
+        handler = get_pass(spec.type)
+        started = time.perf_counter()
+        metadata = handler.apply(model, spec.config, ctx)
+        info(f"pass [bold]{spec.type}[/] applied in {time.perf_counter() - started:.1f}s")
+        records.append(
+            PassRecord(spec.type, handler.version, spec.config.model_dump(mode="json", exclude_none=True), metadata)
+        )
+    return records
+
+
+def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) -> Path:
+    """Run a recipe end to end and write the checkpoint folder; returns its path."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not force:  # fail before minutes of work, not after
+        raise TokcompError(f"output folder {output_dir} already exists", hint="pass --force to overwrite it")
+    if recipe.document.export:
+        raise TokcompError(
+            f"export formats {recipe.document.export} are not available in this version of tokcomp",
+            hint="remove the `export:` entries from the recipe",
+        )
+    torch.manual_seed(recipe.seed)
+    info(f"loading [bold]{recipe.model.source}[/]")
+    loaded = load_model(recipe.model)
+    original = copy.deepcopy(loaded.model)
+    ctx = PassContext(loaded.input_spec, recipe.seed, recipe.document.calibration, loaded)
+    records = run_passes(loaded.model, recipe.passes, ctx)
+    from tokcomp.report import build_report
+
+    report = build_report(original, loaded, records, recipe.document.evaluation, recipe.seed)
+    with atomic_directory(output_dir, force=force) as tmp:
+        save_checkpoint(tmp, loaded, records, recipe.text, report)
+    return output_dir
+
+
+def apply_passes(
+    model: nn.Module, passes: list[dict[str, Any]], input_spec: InputSpec | None = None, seed: int = 0
+) -> nn.Module:
+    """In-memory surgery: validate pass dicts like [{"type": "tome", "r": 8}] and apply them."""
+    from tokcomp.recipe import parse_pass_list
+    from tokcomp.surgery import find_adapter
+
+    specs = parse_pass_list(passes)
+    if input_spec is None:
+        input_spec = find_adapter(model).default_input(model)
+    run_passes(model, specs, PassContext(input_spec, seed))
+    return model

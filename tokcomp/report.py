@@ -1,0 +1,95 @@
+"""report.json: FLOPs (GMACs), params, tokens after every layer, fidelity to the original."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from tokcomp.analysis.baselines import random_drop_like
+from tokcomp.analysis.fidelity import compare_models
+from tokcomp.analysis.flops import gmacs, model_macs, per_layer_macs
+from tokcomp.data import load_samples, make_batches
+from tokcomp.errors import UnsupportedModelError
+from tokcomp.passes import PassRecord
+from tokcomp.progress import progress_bar
+from tokcomp.recipe import EvaluationSpec
+from tokcomp.sources import LoadedModel
+from tokcomp.surgery import find_adapter
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def token_record(records: list[PassRecord]) -> PassRecord | None:
+    return next((r for r in reversed(records) if "tokens_per_layer" in r.metadata), None)
+
+
+def build_report(
+    original: nn.Module, loaded: LoadedModel, records: list[PassRecord], evaluation: EvaluationSpec, seed: int
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "source": loaded.source,
+        "input": {k: v for k, v in vars(loaded.input_spec).items() if v is not None},
+        "passes": [r.name for r in records],
+        "params": {"original": count_params(original), "compressed": count_params(loaded.model)},
+    }
+    token_pass = token_record(records)
+    report.update(_flops_and_tokens(original, loaded, token_pass))
+    report["fidelity"] = _fidelity(original, loaded, token_pass, evaluation, seed)
+    return report
+
+
+def _flops_and_tokens(original: nn.Module, loaded: LoadedModel, token_pass: PassRecord | None) -> dict[str, Any]:
+    try:
+        geometry = find_adapter(original).geometry(original, loaded.input_spec)
+    except UnsupportedModelError:
+        return {"flops": None, "tokens_per_layer": None}
+    dense = [geometry.input_tokens] * geometry.num_layers
+    reduced = token_pass.metadata["tokens_per_layer"] if token_pass else dense
+    before, after = gmacs(model_macs(geometry, dense)), gmacs(model_macs(geometry, reduced))
+    return {
+        "flops": {
+            "unit": "GMACs",
+            "original": round(before, 6),
+            "compressed": round(after, 6),
+            "ratio": after / before,
+            "per_layer": {
+                "original": [round(gmacs(m), 6) for m in per_layer_macs(geometry, dense)],
+                "compressed": [round(gmacs(m), 6) for m in per_layer_macs(geometry, reduced)],
+            },
+        },
+        "tokens_per_layer": {"input": geometry.input_tokens, "original": dense, "compressed": reduced},
+    }
+
+
+def _fidelity(
+    original: nn.Module, loaded: LoadedModel, token_pass: PassRecord | None, evaluation: EvaluationSpec, seed: int
+) -> dict[str, Any]:
+    spec = loaded.input_spec
+    samples = load_samples(evaluation.data, spec.modality, evaluation.samples, seed)
+    batches = list(make_batches(samples, loaded.processor, spec.modality, evaluation.batch_size, spec.sequence_length))
+    result: dict[str, Any] = {
+        "data": evaluation.data or ("zoo:images" if spec.modality == "image" else "zoo:text"),
+        "pooling": loaded.pooling,
+    }
+    result.update(compare_models(original, loaded.model, _with_progress(batches, "fidelity"), loaded.pooling))
+    if evaluation.random_baseline and token_pass is not None:
+        meta = token_pass.metadata
+        baseline = random_drop_like(original, meta["input_tokens"], meta["tokens_per_layer"], seed)
+        result["random_drop_baseline"] = compare_models(
+            original, baseline, _with_progress(batches, "random-drop baseline"), loaded.pooling
+        )
+    return result
+
+
+def _with_progress(batches: list, label: str) -> Iterator:
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(label, total=len(batches), status="")
+        for batch in batches:
+            yield batch
+            bar.advance(task)
+
+

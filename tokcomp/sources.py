@@ -1,0 +1,138 @@
+"""Model sources: zoo:<name>, timm:<name>, a Hugging Face hub id or a local folder.
+
+Loading never trusts remote code unless the recipe says `trust_remote_code: true`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from tokcomp.errors import TokcompError
+from tokcomp.recipe import ModelSpec
+from tokcomp.surgery.adapters.base import InputSpec
+
+SOURCE_HINT = "use zoo:<name> (see `tokcomp zoo list`), timm:<name> (with tokcomp[timm]), a local model folder, or a Hugging Face hub id"
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    source: str
+    library: Literal["transformers", "timm"]
+    class_name: str
+    input_spec: InputSpec
+    processor: Any | None = None  # image processor or tokenizer
+    pooling: Literal["cls", "mean"] = "cls"  # how to turn outputs into one embedding
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. timm model name
+
+
+def load_model(spec: ModelSpec | str) -> LoadedModel:
+    if isinstance(spec, str):
+        spec = ModelSpec(source=spec)
+    source = spec.source
+    if source.startswith("timm:"):
+        loaded = _load_timm(source[len("timm:") :])
+    elif source.startswith("zoo:"):
+        from tokcomp import zoo
+
+        folder = zoo.pull(source)
+        loaded = _load_transformers(str(folder), spec, source)
+        meta = json.loads((folder / "zoo.json").read_text())
+        loaded.pooling = meta.get("pooling", "cls")
+    else:
+        loaded = _load_transformers(source, spec, source)
+    loaded.model.eval()
+    loaded.input_spec = _input_spec(loaded, spec)
+    return loaded
+
+
+def _load_transformers(location: str, spec: ModelSpec, source: str) -> LoadedModel:
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(location, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise TokcompError(f"cannot load model '{source}': {_first_line(exc)}", hint=SOURCE_HINT) from None
+    model_cls = model_class_for(config)
+    model = model_cls.from_pretrained(location, dtype=torch.float32, trust_remote_code=spec.trust_remote_code)
+    modality = "text" if getattr(config, "vocab_size", None) and not hasattr(config, "image_size") else "image"
+    processor = _processor(location, modality, spec.trust_remote_code)
+    pooling = "mean" if modality == "text" and not _has_pooler(model) else "cls"
+    return LoadedModel(model, source, "transformers", model_cls.__name__, InputSpec(modality), processor, pooling)
+
+
+def model_class_for(config) -> type:
+    """The transformers class named in config.architectures, else the AutoModel mapping."""
+    import transformers
+
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    try:
+        return transformers.AutoModel._model_mapping[type(config)]
+    except KeyError:
+        raise TokcompError(
+            f"no transformers model class for config type {type(config).__name__}", hint=SOURCE_HINT
+        ) from None
+
+
+def _processor(location: str, modality: str, trust_remote_code: bool):
+    import transformers
+
+    auto = transformers.AutoTokenizer if modality == "text" else transformers.AutoImageProcessor
+    try:
+        return auto.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+
+
+def _has_pooler(model: nn.Module) -> bool:
+    return getattr(model, "pooler", None) is not None
+
+
+def _load_timm(name: str) -> LoadedModel:
+    try:
+        import timm
+    except ImportError:
+        raise TokcompError(
+            f"timm:{name} needs timm", hint="pip install 'tokcomp[timm]' (timm requires a working torchvision)"
+        ) from None
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as exc:  # timm raises RuntimeError / HF hub errors for unknown or offline names
+        raise TokcompError(f"cannot create timm model '{name}': {_first_line(exc)}", hint=SOURCE_HINT) from None
+    return LoadedModel(model, f"timm:{name}", "timm", type(model).__name__, InputSpec("image"), extra={"timm_name": name})
+
+
+def _input_spec(loaded: LoadedModel, spec: ModelSpec) -> InputSpec:
+    from tokcomp.errors import UnsupportedModelError
+    from tokcomp.surgery import find_adapter
+
+    try:
+        default = find_adapter(loaded.model).default_input(loaded.model)
+    except UnsupportedModelError:  # fine for passes that do not reduce tokens (vocabulary trimming)
+        default = InputSpec(loaded.input_spec.modality, image_size=None, sequence_length=128)
+    if default.modality == "text":
+        return InputSpec("text", sequence_length=spec.sequence_length or default.sequence_length)
+    size = spec.image_size or _processor_image_size(loaded.processor) or default.image_size
+    return InputSpec("image", image_size=size)
+
+
+def _processor_image_size(processor) -> int | None:
+    crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+    size = crop or getattr(processor, "size", None)
+    if isinstance(size, dict):
+        return size.get("height") or size.get("shortest_edge")
+    return getattr(size, "height", None) if size is not None else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+

@@ -1,0 +1,78 @@
+"""The rewritten transformer block every adapter builds on.
+
+A `TokenBlock` adopts the original block's child modules under the same attribute
+names (so state-dict keys do not change) and runs
+
+    x = attention_residual(x)      # over N tokens, with proportional attention
+    x, state = reducer(x, state)    # N -> N' tokens (skipped when reducer is None)
+    x = mlp_residual(x)            # over N' tokens
+
+Families differ only in the two residual branches. Token state enters and leaves
+packed in the hidden tensor (surgery/state.py); the first block creates it and the
+last block returns plain hidden states, so the model around the blocks is unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+from torch import Tensor, nn
+
+from tokcomp.reducers.base import Reducer
+from tokcomp.surgery.attention import AttentionInfo
+from tokcomp.surgery.state import TokenState, key_mask_from_attention_mask, pack, unpack
+
+
+class TokenBlock(nn.Module):
+    def __init__(self, hidden_size: int, index: int, num_blocks: int, uses_mask: bool):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.index = index
+        self.num_blocks = num_blocks
+        self.uses_mask = uses_mask
+        self.reducer: Reducer | None = None
+        self.proportional_attention = False
+        # Visualisation / pooling switches, toggled by surgery.inspection, not saved.
+        self.trace_source = False
+        self.capture_state = False
+        self.captured_state: TokenState | None = None
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.num_blocks - 1
+
+    @abstractmethod
+    def attention_residual(self, x: Tensor, bias: Tensor | None) -> tuple[Tensor, AttentionInfo]:
+        """x after the attention branch and its residual, plus the attention info."""
+
+    @abstractmethod
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        """x after the MLP branch and its residual."""
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *args, **kwargs) -> Tensor:
+        x, state = self._enter(hidden_states, attention_mask)
+        x, info = self.attention_residual(x, state.attention_bias(self.proportional_attention))
+        if self.reducer is not None:
+            x, state = self.reducer(x, state, info)
+        x = self.mlp_residual(x)
+        return self._leave(x, state)
+
+    def _enter(self, hidden_states: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, TokenState]:
+        if self.is_first:
+            key_mask = key_mask_from_attention_mask(attention_mask, hidden_states.shape[1]) if self.uses_mask else None
+            return hidden_states, TokenState.initial(hidden_states, key_mask, self.trace_source)
+        return unpack(hidden_states, self.hidden_size, self.uses_mask, self.trace_source)
+
+    def _leave(self, x: Tensor, state: TokenState) -> Tensor:
+        if not self.is_last:
+            return pack(x, state)
+        if self.capture_state:
+            self.captured_state = state
+        return x
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, proportional_attention={self.proportional_attention}"
