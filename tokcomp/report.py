@@ -38,7 +38,11 @@ def build_report(
     }
     token_pass = token_record(records)
     report.update(_flops_and_tokens(original, loaded, token_pass))
-    report["fidelity"] = _fidelity(original, loaded, token_pass, evaluation, seed)
+    # Token fidelity only means something after token reduction; other passes report their own checks.
+    report["fidelity"] = _fidelity(original, loaded, token_pass, evaluation, seed) if token_pass else None
+    for record in records:
+        if "report" in record.metadata:
+            report[record.name] = record.metadata["report"]
     return report
 
 
@@ -66,7 +70,7 @@ def _flops_and_tokens(original: nn.Module, loaded: LoadedModel, token_pass: Pass
 
 
 def _fidelity(
-    original: nn.Module, loaded: LoadedModel, token_pass: PassRecord | None, evaluation: EvaluationSpec, seed: int
+    original: nn.Module, loaded: LoadedModel, token_pass: PassRecord, evaluation: EvaluationSpec, seed: int
 ) -> dict[str, Any]:
     spec = loaded.input_spec
     samples = load_samples(evaluation.data, spec.modality, evaluation.samples, seed)
@@ -76,7 +80,7 @@ def _fidelity(
         "pooling": loaded.pooling,
     }
     result.update(compare_models(original, loaded.model, _with_progress(batches, "fidelity"), loaded.pooling))
-    if evaluation.random_baseline and token_pass is not None:
+    if evaluation.random_baseline:
         meta = token_pass.metadata
         baseline = random_drop_like(original, meta["input_tokens"], meta["tokens_per_layer"], seed)
         result["random_drop_baseline"] = compare_models(

@@ -49,7 +49,11 @@ class Pass(ABC):
 
     @abstractmethod
     def apply(self, model, config: PassConfig, ctx) -> dict[str, Any]:
-        """Rewrite `model` in place; return JSON metadata that `restore` needs."""
+        """Rewrite `model` in place; return JSON metadata that `restore` needs.
+
+        Token-reduction passes include `tokens_per_layer` (see passes/token_reduction.py);
+        a `report` entry, if present, is copied into report.json under the pass name.
+        """
 
     @abstractmethod
     def restore(self, model, config: PassConfig, metadata: dict[str, Any]) -> None:
