@@ -60,6 +60,7 @@ class CheckpointState(BaseModel):
     input: InputInfo
     passes: list[PassRecordModel]
     tokens_per_layer: list[int] | None = None
+    exports: list[dict[str, Any]] = []  # one entry per exported artifact (format, file, validation)
 
 
 @dataclass
@@ -69,8 +70,13 @@ class Checkpoint:
     path: Path
 
 
-def save_checkpoint(folder: Path, loaded, records: list[PassRecord], recipe_text: str | None, report: dict) -> None:
-    """Write every checkpoint file into `folder` (an atomic temporary folder from the caller)."""
+def save_checkpoint(
+    folder: Path, loaded, records: list[PassRecord], recipe_text: str | None, report: dict, file_writers=()
+) -> None:
+    """Write every checkpoint file into `folder` (an atomic temporary folder from the caller).
+
+    `file_writers` are callables(folder) from passes that add files of their own.
+    """
     from tokcomp import __version__
 
     model = loaded.model
@@ -100,6 +106,16 @@ def save_checkpoint(folder: Path, loaded, records: list[PassRecord], recipe_text
     if recipe_text is not None:
         (folder / "recipe.yaml").write_text(recipe_text)
     write_json(folder / "report.json", report)
+    for write in file_writers:
+        write(folder)
+
+
+def record_export(path: str | Path, entry: dict[str, Any]) -> None:
+    """Add (or replace, by file name) an export entry in a checkpoint's tokcomp.json, atomically."""
+    path = Path(path)
+    state = read_state(path)
+    exports = [e for e in state.exports if e.get("file") != entry.get("file")] + [entry]
+    write_json(path / STATE_FILE, state.model_copy(update={"exports": exports}).model_dump(mode="json"))
 
 
 def read_state(path: str | Path) -> CheckpointState:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tokcomp.errors import TokcompError
 from tokcomp.fileio import atomic_directory
 from tokcomp.passes import PassRecord, get_pass
 from tokcomp.progress import info
-from tokcomp.recipe import CalibrationSpec, EvaluationSpec, PassSpec, Recipe
+from tokcomp.recipe import CalibrationSpec, PassSpec, Recipe
 from tokcomp.sources import LoadedModel, load_model
 from tokcomp.surgery.adapters.base import InputSpec
 
@@ -28,7 +29,9 @@ class PassContext:
     input_spec: InputSpec
     seed: int = 0
     calibration: CalibrationSpec | None = None
-    loaded: LoadedModel | None = None
+    loaded: LoadedModel | None = None  # passes may replace loaded.processor (e.g. a trimmed tokenizer)
+    # Callables(folder) that write a pass's extra files into the checkpoint.
+    file_writers: list[Callable[[Path], None]] = field(default_factory=list)
 
 
 def run_passes(model: nn.Module, passes: list[PassSpec], ctx: PassContext) -> list[PassRecord]:
@@ -64,7 +67,7 @@ def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) 
 
     report = build_report(original, loaded, records, recipe.document.evaluation, recipe.seed)
     with atomic_directory(output_dir, force=force) as tmp:
-        save_checkpoint(tmp, loaded, records, recipe.text, report)
+        save_checkpoint(tmp, loaded, records, recipe.text, report, ctx.file_writers)
     return output_dir
 
 
