@@ -7,7 +7,6 @@ import pkgutil
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from tokcomp import commands
@@ -36,13 +35,13 @@ def main() -> None:
             raise
         console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         console.print("[red]interrupted[/]")
         sys.exit(130)
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.TyperException as exc:  # usage errors (missing argument, bad option): click's own message
+        exc.show()
         sys.exit(exc.exit_code)
 
 
