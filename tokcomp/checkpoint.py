@@ -140,12 +140,15 @@ def read_state(path: str | Path) -> CheckpointState:
     return state
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
+def open_checkpoint(path: str | Path, apply_passes: bool = True) -> Checkpoint:
+    """The checkpoint's model and state. With apply_passes=False, the base model alone with the
+    saved weights: the original, for passes that change the forward pass but not the weights."""
     path = Path(path)
     state = read_state(path)
     model = _build_base(path, state.base)
-    for record in state.passes:
-        _restore_pass(model, record)
+    if apply_passes:
+        for record in state.passes:
+            _restore_pass(model, record)
     _load_weights(model, path / WEIGHTS_FILE)
     return Checkpoint(model=model.eval(), state=state, path=path)
 

@@ -1,0 +1,67 @@
+"""`tokcomp eval`: accuracy and fidelity of a checkpoint against its original model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tokcomp.progress import console
+
+DEFAULT_NAME = "eval.json"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)
+
+
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="a tokcomp checkpoint folder")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="zoo:imagenet | zoo:images | zoo:text | an image folder (class sub-folders = labels) | a .txt/.jsonl "
+            "file; default: the zoo's data for the model's modality",
+        ),
+    ] = None,
+    samples: Annotated[int | None, typer.Option("--samples", min=1, help="score a seeded subset of this size")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="picks the subset when --samples is smaller")] = 0,
+    fidelity: Annotated[
+        bool, typer.Option("--fidelity/--no-fidelity", help="also run the original model and compare outputs")
+    ] = True,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help=f"JSON to write; default CHECKPOINT/{DEFAULT_NAME}")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing result file")] = False,
+) -> None:
+    """Top-1/top-5 accuracy (classifiers on labeled data) and fidelity to the original; prints the JSON path last."""
+    from tokcomp.checkpoint import read_state
+    from tokcomp.errors import TokcompError
+    from tokcomp.evaluation import evaluate_checkpoint
+    from tokcomp.fileio import write_json
+
+    read_state(checkpoint)  # a clear error for a wrong folder before anything loads
+    output = output or checkpoint / DEFAULT_NAME
+    if output.exists() and not force:  # fail before minutes of work, not after
+        raise TokcompError(f"result file {output} already exists", hint="pass --force to overwrite it, or -o elsewhere")
+    result = evaluate_checkpoint(checkpoint, data, samples, batch_size, seed, fidelity)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output, result)
+    console.print(result_table(result))
+    for note in result["notes"]:
+        console.print(f"[yellow]{note}")
+    print(output.resolve())
+
+
+def result_table(result: dict) -> Table:
+    """The eval JSON as a readable table: one row per metric, original vs compressed."""
+    from tokcomp.evaluation import table
+
+    out = Table(*table.HEADERS, title=table.title(result), caption=table.caption(result))
+    for row in table.metric_rows(result):
+        out.add_row(*row)
+    return out
