@@ -74,12 +74,11 @@ def model_class_for(config) -> type:
         cls = getattr(transformers, name, None)
         if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
             return cls
-    try:
-        return transformers.AutoModel._model_mapping[type(config)]
-    except KeyError:
-        raise TokcompError(
-            f"no transformers model class for config type {type(config).__name__}", hint=SOURCE_HINT
-        ) from None
+    # No architectures recorded: prefer a class with its head (LM / seq2seq), then the bare model.
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModelForSeq2SeqLM, transformers.AutoModel):
+        if type(config) in auto._model_mapping:
+            return auto._model_mapping[type(config)]
+    raise TokcompError(f"no transformers model class for config type {type(config).__name__}", hint=SOURCE_HINT)
 
 
 def _processor(location: str, modality: str, trust_remote_code: bool):

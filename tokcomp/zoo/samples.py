@@ -6,6 +6,7 @@ themselves are never installed or imported.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,98 @@ def _data_folder(package: str, version: str, prefix: str, names: Collection[str]
 def _load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+# --- multilingual text for vocabulary trimming ----------------------------------------------
+
+WORDFREQ = ("wordfreq", "3.1.1", "wordfreq/data/")
+# ISO 639-1 code -> chatterbot-corpus folder name.
+CHATTERBOT_LANGUAGES = {
+    "bn": "bengali", "zh": "chinese", "nl": "dutch", "en": "english", "fr": "french", "de": "german",
+    "he": "hebrew", "hi": "hindi", "id": "indonesian", "it": "italian", "ja": "japanese", "ko": "korean",
+    "mr": "marathi", "or": "oriya", "fa": "persian", "pt": "portuguese", "ru": "russian", "es": "spanish",
+    "sv": "swedish", "ta": "tamil", "te": "telugu", "th": "thai", "zh-hant": "traditionalchinese",
+    "tr": "turkish", "uk": "ukrainian", "ur": "urdu", "yo": "yoruba",
+}  # fmt: skip
+# Multi-digit numbers are stored with every digit replaced by 0 ("0000" stands for any year).
+_SMASHED_NUMBER = re.compile(r"\d")
+# Python's reference documentation (pydoc_data) separates paragraphs with blank lines, indents code
+# and grammar blocks, and underlines headings.
+_HEADING_RULE = re.compile(r"^[*=\-~^]{3,}$")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+
+
+def wordfreq_languages() -> list[str]:
+    """Language codes that `word_frequencies` knows (wordfreq's own codes), sorted."""
+    names = (p.name.split(".")[0] for p in _data_folder(*WORDFREQ).glob("*_*.msgpack.gz"))
+    return sorted({name.split("_", 1)[1] for name in names if name.split("_", 1)[0] in ("large", "small")})
+
+
+def word_frequencies(language: str, limit: int | None = None) -> list[tuple[str, float]]:
+    """wordfreq's (word, frequency) list for `language`, most frequent first, at most `limit` words.
+
+    Frequencies are shares of running text (they sum to about 1). The "large" list is used
+    when the language has one. Words containing digits are left out: wordfreq stores numbers
+    with every digit replaced by 0, which is not text a tokenizer ever sees. Unlike wordfreq
+    itself, an unknown language is an error, never a silent switch to English.
+    """
+    import gzip
+
+    import msgpack
+
+    folder = _data_folder(*WORDFREQ)
+    path = next((p for p in (folder / f"{s}_{language}.msgpack.gz" for s in ("large", "small")) if p.is_file()), None)
+    if path is None:
+        raise ZooError(
+            f"wordfreq has no word list for language {language!r}",
+            hint=f"available: {', '.join(wordfreq_languages())}",
+        )
+    with gzip.open(path, "rb") as fh:
+        packed = msgpack.unpackb(fh.read(), raw=False)
+    header, buckets = packed[0], packed[1:]
+    if not isinstance(header, dict) or header.get("format") != "cB":
+        raise ZooError(f"{path.name} is not a wordfreq cB file", hint="the wordfreq package layout changed")
+    words: list[tuple[str, float]] = []
+    # Bucket i holds the words whose frequency rounds to i centibels below 1: 10 ** (-i / 100).
+    for index, bucket in enumerate(buckets):
+        frequency = 10 ** (-index / 100)
+        for word in bucket:
+            if not _SMASHED_NUMBER.search(word):
+                words.append((word, frequency))
+                if limit is not None and len(words) >= limit:
+                    return words
+    return words
+
+
+def chatterbot_texts(language: str) -> list[str]:
+    """`sample_texts` by ISO 639-1 code ("de") instead of chatterbot's folder name ("german")."""
+    if language not in CHATTERBOT_LANGUAGES:
+        raise ZooError(
+            f"chatterbot-corpus has no language {language!r}",
+            hint=f"available: {', '.join(sorted(CHATTERBOT_LANGUAGES))}",
+        )
+    return sample_texts(CHATTERBOT_LANGUAGES[language])
+
+
+def english_prose() -> list[str]:
+    """English sentences from Python's own reference documentation (the stdlib's pydoc_data).
+
+    Real running prose with capitals, digits and punctuation that ships with every Python:
+    paragraphs are joined, code and grammar blocks (indented) and headings are dropped, and
+    paragraphs are split into sentences; deduplicated, in topic order.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        raise ZooError("this Python lacks the pydoc_data module", hint="install the full Python standard library") from None
+    sentences: dict[str, None] = {}
+    for name in sorted(topics):
+        for paragraph in topics[name].split("\n\n"):
+            lines = paragraph.split("\n")
+            if any(line.startswith(" ") or _HEADING_RULE.match(line.strip()) for line in lines if line):
+                continue
+            text = " ".join(line.strip() for line in lines).strip()
+            for sentence in _SENTENCE_END.split(text):
+                if len(sentence.split()) >= 5 and sentence[0].isupper() and sentence[-1] in ".!?":
+                    sentences.setdefault(sentence)
+    return list(sentences)
