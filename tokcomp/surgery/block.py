@@ -15,12 +15,15 @@ last block returns plain hidden states, so the model around the blocks is unchan
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from tokcomp.reducers.base import Reducer
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState, key_mask_from_attention_mask, pack, unpack
+
+if TYPE_CHECKING:  # reducers import surgery.attention; a runtime import here would be circular
+    from tokcomp.reducers.base import Reducer
 
 
 class TokenBlock(nn.Module):
