@@ -1,12 +1,19 @@
 """tokcomp: model surgery and compilation for token reduction.
 
-    tokcomp.compile("recipe.yaml", "out/")        # recipe -> compressed checkpoint
+    tokcomp.compile("recipe.yaml", "out/")            # recipe -> compressed checkpoint
     tokcomp.apply(model, [{"type": "tome", "r": 8}])  # in-memory surgery
-    tokcomp.load("out/")                           # rebuild from the checkpoint alone
+    tokcomp.load("out/")                              # rebuild from the checkpoint alone
 """
 
 __version__ = "0.1.0"
 
-from tokcomp.api import apply, compile, load  # noqa: E402
-
 __all__ = ["__version__", "apply", "compile", "load"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import tokcomp` (and the CLI's start-up) should not import torch until it is needed.
+    if name in ("apply", "compile", "load"):
+        from tokcomp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tokcomp' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tokcomp.checkpoint import save_checkpoint
-from tokcomp.errors import TokcompError
+from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.fileio import atomic_directory
 from tokcomp.passes import PassRecord, get_pass
 from tokcomp.progress import info
@@ -52,11 +52,11 @@ def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) 
     output_dir = Path(output_dir)
     if output_dir.exists() and not force:  # fail before minutes of work, not after
         raise TokcompError(f"output folder {output_dir} already exists", hint="pass --force to overwrite it")
-    if recipe.document.export:
-        raise TokcompError(
-            f"export formats {recipe.document.export} are not available in this version of tokcomp",
-            hint="remove the `export:` entries from the recipe",
-        )
+    from tokcomp.export import export_checkpoint, known_formats
+
+    unknown = [f for f in recipe.document.export if f not in known_formats()]
+    if unknown:
+        raise RecipeError(f"unknown export formats {unknown}", hint=f"choose from {', '.join(known_formats())}")
     torch.manual_seed(recipe.seed)
     info(f"loading [bold]{recipe.model.source}[/]")
     loaded = load_model(recipe.model)
@@ -68,6 +68,8 @@ def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) 
     report = build_report(original, loaded, records, recipe.document.evaluation, recipe.seed)
     with atomic_directory(output_dir, force=force) as tmp:
         save_checkpoint(tmp, loaded, records, recipe.text, report, ctx.file_writers)
+        for fmt in recipe.document.export:  # a failed export fails the compile and leaves nothing
+            export_checkpoint(tmp, fmt)
     return output_dir
 
 

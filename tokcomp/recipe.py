@@ -42,7 +42,32 @@ class DataSpec(StrictModel):
 
 
 class CalibrationSpec(DataSpec):
+    """Data for passes that learn (DiffRate's rate search); see tokcomp/data/sources.py for `data`."""
+
     samples: int = Field(default=256, gt=0)
+    augment: bool = Field(
+        default=False, description="images only: draw `samples` random resized crops / flips from the data"
+    )
+    forward_loop: str | None = Field(
+        default=None,
+        description='opt-in user code instead of `data`: "path/to/file.py:function"; called once with the '
+        "model, it runs the calibration inputs through it",
+    )
+
+    @field_validator("forward_loop")
+    @classmethod
+    def _forward_loop_form(cls, value, info):
+        # Fields validate in order, so `data` and `augment` are already in info.data.
+        if value is None:
+            return value
+        if info.data.get("data") is not None:
+            raise ValueError("give either 'data' or 'forward_loop', not both")
+        if info.data.get("augment"):
+            raise ValueError("'augment' applies to 'data', not to a 'forward_loop'")
+        path, sep, function = value.rpartition(":")
+        if not sep or not path.endswith(".py") or not function.isidentifier():
+            raise ValueError(f"forward_loop must look like 'path/to/file.py:function', got {value!r}")
+        return value
 
 
 class EvaluationSpec(DataSpec):

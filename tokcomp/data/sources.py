@@ -1,18 +1,27 @@
-"""Where samples come from: the zoo's built-in data, an image folder, or a text file.
+"""Where samples come from: the zoo's built-in data, image folders, text files, data sets.
 
     zoo:images        ImageNet samples (labeled) + scikit-image photos
     zoo:imagenet      the 20 labeled ImageNet images only
-    zoo:skimage       scikit-image photos
+    zoo:cifar10       20 labeled CIFAR-10 images (32x32)
+    zoo:cifar100      20 labeled CIFAR-100 images (32x32)
+    zoo:skimage       scikit-image photos (unlabeled)
+    zoo:A+B+...       several image groups, e.g. zoo:imagenet+cifar10+cifar100
     zoo:text[:lang]   chatterbot-corpus sentences (default English)
-    <folder>          images, recursively; class sub-folders give labels
+    <folder>          images, recursively; class sub-folders give labels (sorted order)
+    <folder>          a Hugging Face data set written by save_to_disk (one split)
+    <file>.parquet    or a folder of .parquet files: an image or text column, optional label
     <file>.txt        one text per line
-    <file>.jsonl      one JSON object per line with a "text" field
+    <file>.jsonl      one JSON object per line with a "text" field (and optional "label")
+
+Labels are the data set's own class indices. Only the samples that are used are
+decoded: the subset is chosen from the catalogue first.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +30,17 @@ from tokcomp.errors import TokcompError
 from tokcomp.progress import info
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-DATA_HINT = "use zoo:images, zoo:imagenet, zoo:skimage, zoo:text[:language], an image folder, or a .txt/.jsonl file"
+ZOO_IMAGE_GROUPS = {
+    "images": ("imagenet", "skimage"),
+    "imagenet": ("imagenet",),
+    "cifar10": ("cifar10",),
+    "cifar100": ("cifar100",),
+    "skimage": ("skimage",),
+}
+DATA_HINT = (
+    "use zoo:images, zoo:imagenet, zoo:cifar10, zoo:cifar100, zoo:skimage (or a + of them), zoo:text[:language], "
+    "an image folder, a save_to_disk data set folder, .parquet files, or a .txt/.jsonl file"
+)
 
 
 @dataclass(frozen=True)
@@ -31,56 +50,132 @@ class Sample:
     name: str = ""
 
 
+# A catalogue entry decodes one sample on demand.
+Loader = Callable[[], Sample]
+
+
 def default_data(modality: str) -> str:
     return "zoo:images" if modality == "image" else "zoo:text"
 
 
-def load_samples(data: str | None, modality: str, limit: int | None = None, seed: int = 0) -> list[Sample]:
-    """Up to `limit` samples; a random subset (seeded) when the source holds more."""
+def load_samples(
+    data: str | None, modality: str, limit: int | None = None, seed: int = 0, augment: bool = False
+) -> list[Sample]:
+    """Up to `limit` samples; a random subset (seeded) when the source holds more.
+
+    With `augment` (images only), exactly `limit` random resized crops / flips are drawn
+    from the source's images, so a tiny set can feed a larger calibration run.
+    """
     data = data or default_data(modality)
-    samples = _zoo(data) if data.startswith("zoo:") else _path(Path(data))
-    kind = "image" if hasattr(samples[0].value, "convert") else "text"
-    if kind != modality:
-        raise TokcompError(f"data '{data}' holds {kind} samples but the model takes {modality}", hint=DATA_HINT)
-    if limit is not None and len(samples) > limit:
-        samples = random.Random(seed).sample(samples, limit)
-    elif limit is not None and len(samples) < limit:
-        info(f"[yellow]data '{data}' has {len(samples)} samples; {limit} were asked for, using all {len(samples)}")
+    catalogue = catalogue_of(data)
+    if augment:
+        return _augmented(data, catalogue, modality, limit, seed)
+    if limit is not None and len(catalogue) > limit:
+        catalogue = [catalogue[i] for i in random.Random(seed).sample(range(len(catalogue)), limit)]
+    elif limit is not None and len(catalogue) < limit:
+        info(f"[yellow]data '{data}' has {len(catalogue)} samples; {limit} were asked for, using all {len(catalogue)}")
+    samples = [load() for load in catalogue]
+    _check_modality(data, samples[0], modality)
     return samples
 
 
-def _zoo(data: str) -> list[Sample]:
+def catalogue_of(data: str) -> list[Loader]:
+    """Every sample of a source, not yet decoded."""
+    if data.startswith("zoo:"):
+        catalogue = _zoo(data)
+    else:
+        catalogue = _path(Path(data))
+    if not catalogue:
+        raise TokcompError(f"data '{data}' holds no samples", hint=DATA_HINT)
+    return catalogue
+
+
+def _check_modality(data: str, sample: Sample, modality: str) -> None:
+    kind = "image" if hasattr(sample.value, "convert") else "text"
+    if kind != modality:
+        raise TokcompError(f"data '{data}' holds {kind} samples but the model takes {modality}", hint=DATA_HINT)
+
+
+def _augmented(data: str, catalogue: list[Loader], modality: str, limit: int | None, seed: int) -> list[Sample]:
+    from tokcomp.data.augment import augmented_views
+
+    if limit is None:
+        raise ValueError("augmentation needs a sample count")
+    originals = [load() for load in catalogue]
+    if modality != "image" or not hasattr(originals[0].value, "convert"):
+        raise TokcompError(
+            f"augment: true applies to image data only; data '{data}' is not images for this {modality} model",
+            hint="set augment: false for text data",
+        )
+    return augmented_views(originals, limit, seed)
+
+
+def _zoo(data: str) -> list[Loader]:
     from tokcomp import zoo
 
     name, _, arg = data[len("zoo:") :].partition(":")
     if name == "text":
-        return [Sample(t, name=f"text{i}") for i, t in enumerate(zoo.sample_texts(arg or "english"))]
-    groups = {"images": ["imagenet", "skimage"], "imagenet": ["imagenet"], "skimage": ["skimage"]}
-    if name not in groups:
+        return [_ready(Sample(t, name=f"text{i}")) for i, t in enumerate(zoo.sample_texts(arg or "english"))]
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in ZOO_IMAGE_GROUPS]
+    if unknown or arg:
         raise TokcompError(f"unknown built-in data '{data}'", hint=DATA_HINT)
-    return [
-        Sample(item.image, item.label, item.name) for group in groups[name] for item in zoo.sample_images(group)
-    ]
+    groups = list(dict.fromkeys(g for p in parts for g in ZOO_IMAGE_GROUPS[p]))  # ordered, no repeats
+    return [_ready(Sample(item.image, item.label, item.name)) for group in groups for item in zoo.sample_images(group)]
 
 
-def _path(path: Path) -> list[Sample]:
+def _ready(sample: Sample) -> Loader:
+    return lambda: sample
+
+
+def _path(path: Path) -> list[Loader]:
+    from tokcomp.data import hf_data
+
+    if path.is_dir() and hf_data.is_saved_dataset(path):
+        return hf_data.saved_dataset(path)
+    if path.is_dir() and hf_data.parquet_files(path) and not _image_files(path):
+        return hf_data.parquet(hf_data.parquet_files(path))
     if path.is_dir():
         return _image_folder(path)
+    if path.suffix == ".parquet" and path.is_file():
+        return hf_data.parquet([path])
     if path.suffix == ".txt" and path.is_file():
-        return [Sample(line.strip()) for line in path.read_text().splitlines() if line.strip()]
+        return [_ready(Sample(line.strip())) for line in path.read_text().splitlines() if line.strip()]
     if path.suffix == ".jsonl" and path.is_file():
-        return [Sample(json.loads(line)["text"]) for line in path.read_text().splitlines() if line.strip()]
+        return _jsonl(path)
     raise TokcompError(f"data '{path}' not found or not a supported kind", hint=DATA_HINT)
 
 
-def _image_folder(root: Path) -> list[Sample]:
-    from PIL import Image
+def _jsonl(path: Path) -> list[Loader]:
+    loaders = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        if "text" not in record:
+            raise TokcompError(f'{path}:{number}: the JSON object has no "text" field', hint='write {"text": ...}')
+        loaders.append(_ready(Sample(record["text"], record.get("label"), f"{path.name}:{number}")))
+    return loaders
 
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _image_folder(root: Path) -> list[Loader]:
+    files = _image_files(root)
     if not files:
         raise TokcompError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}", hint=DATA_HINT)
     classes = sorted({p.parent.name for p in files if p.parent != root})
     label_of = {name: i for i, name in enumerate(classes)}
-    return [
-        Sample(Image.open(p).convert("RGB"), label_of.get(p.parent.name), str(p.relative_to(root))) for p in files
-    ]
+    return [_image_file(p, label_of.get(p.parent.name), str(p.relative_to(root))) for p in files]
+
+
+def _image_file(path: Path, label: int | None, name: str) -> Loader:
+    def load() -> Sample:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return Sample(image.convert("RGB"), label, name)
+
+    return load

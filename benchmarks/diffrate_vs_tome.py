@@ -1,0 +1,203 @@
+"""DiffRate vs ToMe on zoo:dinov2-small at matched FLOPs, scored on held-out images.
+
+    python benchmarks/diffrate_vs_tome.py [--cuts 35 50] [--samples 512] [--epochs 3]
+
+For each FLOPs cut, ToMe's `target_flops` picks the nearest constant r; DiffRate then
+searches with ToMe's achieved GMACs as its target, so both run at (nearly) the same
+FLOPs. Fidelity = cosine between the original and compressed CLS embeddings.
+
+Data (disjoint by construction):
+- calibration: random resized crops / flips of the 20 zoo:imagenet photos (--calibration-data);
+- evaluation: zoo:skimage (16 photos never used for calibration), as processed by the
+  model (one centre crop each), plus --eval-views random crops / flips of those photos.
+
+Writes benchmarks/results/diffrate_vs_tome.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine  # noqa: E402
+from tokcomp.analysis.fidelity import compare_models  # noqa: E402
+from tokcomp.data import load_samples, make_batches  # noqa: E402
+from tokcomp.pipeline import PassContext, run_passes  # noqa: E402
+from tokcomp.recipe import CalibrationSpec, ModelSpec, parse_pass_list  # noqa: E402
+from tokcomp.sources import load_model  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+MODEL = "zoo:dinov2-small"
+CALIBRATION_DATA = "zoo:imagenet"
+EVALUATION_DATA = "zoo:skimage"
+MATCH_TOLERANCE = 0.01  # FLOPs of the two methods within 1% of each other
+
+
+def compress(loaded, passes: list[dict], calibration: CalibrationSpec | None, seed: int):
+    model = copy.deepcopy(loaded.model)
+    ctx = PassContext(loaded.input_spec, seed, calibration, loaded)
+    started = time.perf_counter()
+    (record,) = run_passes(model, parse_pass_list(passes), ctx)
+    return model, record.metadata, time.perf_counter() - started
+
+
+def evaluation_sets(loaded, views: int, seed: int, batch_size: int) -> dict[str, list]:
+    spec = loaded.input_spec
+    photos = load_samples(EVALUATION_DATA, "image", None, seed)
+    sets = {f"{EVALUATION_DATA} ({len(photos)} photos)": photos}
+    if views:
+        sets[f"{EVALUATION_DATA} ({views} random views)"] = load_samples(
+            EVALUATION_DATA, "image", views, seed + 1, augment=True
+        )
+    return {name: list(make_batches(s, loaded.processor, spec.modality, batch_size)) for name, s in sets.items()}
+
+
+def fidelity(original, model, batches_by_set: dict, pooling: str) -> dict:
+    return {name: compare_models(original, model, batches, pooling) for name, batches in batches_by_set.items()}
+
+
+def run(args) -> dict:
+    torch.manual_seed(args.seed)
+    loaded = load_model(ModelSpec(source=MODEL, image_size=args.image_size))
+    if args.image_size:  # quick runs at a lower resolution: the processor must crop to match
+        loaded.processor.crop_size = {"height": args.image_size, "width": args.image_size}
+        loaded.processor.size = {"shortest_edge": round(args.image_size * 256 / 224)}
+    original = loaded.model
+    eval_sets = evaluation_sets(loaded, args.eval_views, args.seed, args.batch_size)
+    calibration = CalibrationSpec(data=args.calibration_data, samples=args.samples, batch_size=args.batch_size, augment=True)
+    rows = []
+    for cut in args.cuts:
+        tome, tome_meta, _ = compress(loaded, [{"type": "tome", "target_flops": f"-{cut}%"}], None, args.seed)
+        target = f"{tome_meta['gmacs']:.6f}G"
+        diffrate_pass = {"type": "diffrate", "target_flops": target, "epochs": args.epochs, **args.diffrate}
+        diffrate, meta, seconds = compress(loaded, [diffrate_pass], calibration, args.seed)
+        gap = abs(meta["gmacs"] - tome_meta["gmacs"]) / tome_meta["gmacs"]
+        rows.append(
+            {
+                "cut_asked": f"-{cut}%",
+                "tome": {
+                    "r": tome_meta["r_per_layer"][0],
+                    "gmacs": tome_meta["gmacs"],
+                    "tokens_per_layer": tome_meta["tokens_per_layer"],
+                    "fidelity": fidelity(original, tome, eval_sets, loaded.pooling),
+                },
+                "diffrate": {
+                    "target_gmacs": tome_meta["gmacs"],
+                    "gmacs": meta["gmacs"],
+                    "prune_kept": meta["prune_kept"],
+                    "merge_kept": meta["merge_kept"],
+                    "search": meta["report"],
+                    "pass_seconds": round(seconds, 1),
+                    "fidelity": fidelity(original, diffrate, eval_sets, loaded.pooling),
+                },
+                "flops_gap": gap,
+                "flops_matched": gap <= MATCH_TOLERANCE,
+            }
+        )
+    dense = rows[0]["diffrate"]["search"]["original_gmacs"]
+    return {
+        "model": MODEL,
+        "input": vars(loaded.input_spec),
+        "original_gmacs": dense,
+        "calibration": {
+            "data": args.calibration_data,
+            "samples": args.samples,
+            "augment": True,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            **args.diffrate,
+        },
+        "evaluation": list(eval_sets),
+        "machine": machine(),
+        "note": args.note,
+        "rows": rows,
+    }
+
+
+def combine(paths: list[Path], note: str) -> dict:
+    """One result from runs of single cuts (e.g. run side by side on a shared machine)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    result = {**parts[0], "rows": [row for part in parts for row in part["rows"]]}
+    result["note"] = note or parts[0]["note"]
+    return result
+
+
+def markdown(result: dict) -> str:
+    sets, calibration = result["evaluation"], result["calibration"]
+    lines = [
+        "# DiffRate vs ToMe at matched FLOPs (zoo:dinov2-small)",
+        "",
+        f"Input {result['input']['image_size']} px, {result['original_gmacs']:.3f} GMACs unreduced. "
+        f"Fidelity = mean cosine of the CLS embedding to the original model's (min in brackets).",
+        f"Calibration (DiffRate only): {calibration['samples']} random crops / flips of {calibration['data']}, "
+        f"{calibration['epochs']} epochs, batch {calibration['batch_size']}.",
+        f"Evaluation, held out (never used for calibration): {'; '.join(sets)}.",
+        "",
+        "| cut asked | method | GMACs | " + " | ".join(f"cosine, {s}" for s in sets) + " | search wall time |",
+        "|---|---|---|" + "---|" * len(sets) + "---|",
+    ]
+    for row in result["rows"]:
+        tome, diffrate = row["tome"], row["diffrate"]
+
+        def cells(entry):
+            return " | ".join(
+                f"{entry['fidelity'][s]['cosine_mean']:.4f} ({entry['fidelity'][s]['cosine_min']:.4f})" for s in sets
+            )
+
+        lines.append(f"| {row['cut_asked']} | ToMe r={tome['r']} | {tome['gmacs']:.3f} | {cells(tome)} | - |")
+        search = diffrate["search"]
+        matched = "" if row["flops_matched"] else f" (FLOPs gap {row['flops_gap']:.1%} > 1%)"
+        lines.append(
+            f"| {row['cut_asked']} | DiffRate | {diffrate['gmacs']:.3f}{matched} | {cells(diffrate)} | "
+            f"{search['search_seconds']:.0f} s ({diffrate['pass_seconds']:.0f} s with data) |"
+        )
+    lines += ["", "DiffRate schedules (kept tokens per block, CLS included):", ""]
+    for row in result["rows"]:
+        lines.append(
+            f"- {row['cut_asked']}: prune {row['diffrate']['prune_kept']}, merge {row['diffrate']['merge_kept']}"
+        )
+    m = result["machine"]
+    lines += ["", f"Machine: {m['cpu']}, {m['threads']} torch threads, torch {m['torch']}."]
+    if result["note"]:
+        lines += ["", f"Note: {result['note']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cuts", type=int, nargs="+", default=[35, 50], help="FLOPs cuts in percent")
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--calibration-data", default=CALIBRATION_DATA, help="images to draw calibration crops from")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-views", type=int, default=128, help="random views of the held-out photos (0: none)")
+    parser.add_argument("--image-size", type=int, default=None, help="input size (default: the model's 224)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--diffrate", type=json.loads, default={}, help='extra DiffRate pass keys, JSON: {"lr": 0.05}')
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "diffrate_vs_tome")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", help="merge the rows of earlier result .json files instead of running"
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = combine(args.combine, args.note) if args.combine else run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""What every export format shares: the model to export, atomic files, the tokcomp.json entry."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokcomp.checkpoint import CheckpointState, open_checkpoint
+from tokcomp.export.io_spec import ExportWrapper, IOSpec, io_spec
+
+
+@dataclass
+class ExportSubject:
+    """A checkpoint opened for export: the wrapped model and what its graph must look like."""
+
+    path: Path
+    state: CheckpointState
+    wrapper: ExportWrapper
+    spec: IOSpec
+    output_shapes: dict[str, list[int]]  # static dims after the batch axis, from a PyTorch forward
+
+    @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        example = self.spec.dummy_inputs(1, seed=0)
+        return {name: list(example[name].shape[1:]) for name in self.spec.input_names}
+
+
+def open_subject(path: str | Path, task: str | None = None) -> ExportSubject:
+    checkpoint = open_checkpoint(path)
+    state = checkpoint.state
+    spec = io_spec(
+        checkpoint.model, state.base.library, state.input.modality, state.input.image_size, state.input.sequence_length, task
+    )
+    wrapper = ExportWrapper(checkpoint.model, spec, state.base.library).eval()
+    with torch.inference_mode():
+        outputs = wrapper(*spec.dummy_inputs(1, seed=0).values())
+    shapes = {name: list(out.shape[1:]) for name, out in zip(spec.output_names, outputs, strict=True)}
+    return ExportSubject(Path(path), state, wrapper, spec, shapes)
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` that replaces it only if the block succeeds."""
+    # Same suffix as the target: some writers (AOTInductor's packager) check it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.partial-", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def base_entry(fmt: str, file: str, subject: ExportSubject, **fields: Any) -> dict[str, Any]:
+    from tokcomp import __version__
+
+    return {
+        "format": fmt,
+        "file": file,
+        "task": subject.spec.task,
+        "inputs": {name: ["batch_size", *dims] for name, dims in subject.input_shapes.items()},
+        "outputs": {name: ["batch_size", *dims] for name, dims in subject.output_shapes.items()},
+        "dynamic_axes": {"batch_size": [*subject.spec.input_names, *subject.spec.output_names]},
+        "tokcomp_version": __version__,
+        "torch_version": torch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **fields,
+    }

@@ -1,0 +1,170 @@
+"""The ONNX side of the tokcomp ops: schemas, exporter translations, function bodies.
+
+During export each `tokcomp::` custom op becomes one plain node of domain "tokcomp"
+(a registered OpSchema makes it a known op for onnxscript and onnx.checker). The
+exporter inlines local functions, so the ONNX function bodies (standard ops only)
+are attached to `model.functions` after export; ONNX Runtime inlines them and runs
+the model. The TensorRT flavour removes the bodies again (tensorrt_onnx.py).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import FunctionProto, ModelProto, helper
+from onnx.defs import OpSchema
+
+from tokcomp.plugins_cuda import NAMESPACE, OP_TYPES
+
+OPSET_VERSION = 1
+STANDARD_OPSET = 18  # LayerNormalization (17), ScatterElements reduction=add (16); TensorRT 10 parses it
+_INT64_MAX = 2**63 - 1
+
+# op_type -> (input names, documentation)
+_SIGNATURES = {
+    "GatherTokens": (("t", "index"), "out[b, k] = t[b, index[b, k]]"),
+    "BipartiteMerge": (("t", "unmerged", "src", "dst"), "ToMe sum-merge: [A[unmerged], B + scatter_add(A[src] at dst)]"),
+    "IndexMerge": (("t", "kept", "src", "dst"), "t[kept] + scatter_add(t[src] at dst)"),
+    "TransformApply": (("transform", "t"), "transform @ t"),
+}
+# Attributes TensorRT's ONNX parser reads on plugin nodes; declared so the TensorRT flavour checks.
+PLUGIN_ATTRIBUTES = ("plugin_version", "plugin_namespace", "aot")
+
+
+def register_schemas() -> None:
+    """Register an OpSchema for each tokcomp op (idempotent)."""
+    floats = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
+    for op_type, (inputs, doc) in _SIGNATURES.items():
+        if onnx.defs.has(op_type, NAMESPACE):
+            continue
+        params = [
+            OpSchema.FormalParameter(name, "T" if name in ("t", "transform") else "I", f"{name} input")
+            for name in inputs
+        ]
+        schema = OpSchema(
+            op_type,
+            NAMESPACE,
+            OPSET_VERSION,
+            doc=doc,
+            inputs=params,
+            outputs=[OpSchema.FormalParameter("out", "T", "tokens after the step")],
+            type_constraints=[("T", floats, "token values"), ("I", ["tensor(int32)", "tensor(int64)"], "token indices")],
+            attributes=[
+                OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version", required=False),
+                OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace", required=False),
+                OpSchema.Attribute("aot", OpSchema.AttrType.INT, "1: TensorRT AOT plugin implementation", required=False),
+            ],
+        )
+        onnx.defs.register_schema(schema)
+
+
+# --- exporter translations: one node per custom op ---------------------------------
+
+
+def translation_table() -> dict:
+    """custom_translation_table entries for torch.onnx.export (tokcomp::* -> tokcomp-domain node)."""
+    import torch
+    from onnxscript import values
+
+    import tokcomp.plugins_cuda.ops  # noqa: F401  (defines torch.ops.tokcomp.*)
+
+    register_schemas()
+    opset = values.Opset(NAMESPACE, OPSET_VERSION)
+
+    def gather_tokens(t, index):
+        return opset.GatherTokens(t, index)
+
+    def bipartite_merge(t, unmerged, src, dst):
+        return opset.BipartiteMerge(t, unmerged, src, dst)
+
+    def index_merge(t, kept, src, dst):
+        return opset.IndexMerge(t, kept, src, dst)
+
+    def transform_apply(transform, t):
+        return opset.TransformApply(transform, t)
+
+    ops = torch.ops.tokcomp
+    return {
+        ops.gather_tokens.default: gather_tokens,
+        ops.bipartite_merge.default: bipartite_merge,
+        ops.index_merge.default: index_merge,
+        ops.transform_apply.default: transform_apply,
+    }
+
+
+# --- function bodies (standard ONNX ops) -------------------------------------------
+
+
+def _const(name: str, values: list[int]) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, onnx.TensorProto.INT64, [len(values)], values))
+
+
+def _expanded(index: str, width: str, out: str) -> list[onnx.NodeProto]:
+    """index [B, K] -> [B, K, width] for GatherElements / ScatterElements."""
+    return [
+        helper.make_node("Unsqueeze", [index, "axis2"], [f"{out}_u"]),
+        helper.make_node("Shape", [index], [f"{out}_s"]),
+        helper.make_node("Concat", [f"{out}_s", width], [f"{out}_shape"], axis=0),
+        helper.make_node("Expand", [f"{out}_u", f"{out}_shape"], [out]),
+    ]
+
+
+def _prologue() -> list[onnx.NodeProto]:
+    return [_const("axis2", [2])]
+
+
+def _function(op_type: str, inputs: tuple[str, ...], nodes: list[onnx.NodeProto]) -> FunctionProto:
+    return helper.make_function(
+        NAMESPACE, op_type, list(inputs), ["out"], nodes, [helper.make_opsetid("", STANDARD_OPSET)], []
+    )
+
+
+def function_bodies() -> dict[str, FunctionProto]:
+    width = [helper.make_node("Shape", ["t"], ["width"], start=2, end=3)]
+    gather = _prologue() + width + _expanded("index", "width", "ix") + [
+        helper.make_node("GatherElements", ["t", "ix"], ["out"], axis=1)
+    ]
+    halves = [
+        _const("zero", [0]), _const("one", [1]), _const("end", [_INT64_MAX]), _const("axis1", [1]), _const("two", [2]),
+        helper.make_node("Slice", ["t", "zero", "end", "axis1", "two"], ["a"]),
+        helper.make_node("Slice", ["t", "one", "end", "axis1", "two"], ["b"]),
+    ]  # fmt: skip
+    bipartite = (
+        _prologue() + width + halves
+        + _expanded("unmerged", "width", "ui") + _expanded("src", "width", "si") + _expanded("dst", "width", "di")
+        + [
+            helper.make_node("GatherElements", ["a", "ui"], ["kept"], axis=1),
+            helper.make_node("GatherElements", ["a", "si"], ["moved"], axis=1),
+            helper.make_node("ScatterElements", ["b", "di", "moved"], ["merged"], axis=1, reduction="add"),
+            helper.make_node("Concat", ["kept", "merged"], ["out"], axis=1),
+        ]
+    )  # fmt: skip
+    index_merge = (
+        _prologue() + width
+        + _expanded("kept", "width", "ki") + _expanded("src", "width", "si") + _expanded("dst", "width", "di")
+        + [
+            helper.make_node("GatherElements", ["t", "ki"], ["rows"], axis=1),
+            helper.make_node("GatherElements", ["t", "si"], ["moved"], axis=1),
+            helper.make_node("ScatterElements", ["rows", "di", "moved"], ["out"], axis=1, reduction="add"),
+        ]
+    )  # fmt: skip
+    transform = [helper.make_node("MatMul", ["transform", "t"], ["out"])]
+    bodies = {"GatherTokens": gather, "BipartiteMerge": bipartite, "IndexMerge": index_merge, "TransformApply": transform}
+    return {op: _function(op, _SIGNATURES[op][0], nodes) for op, nodes in bodies.items()}
+
+
+def tokcomp_nodes(model: ModelProto) -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node if node.domain == NAMESPACE]
+
+
+def attach_function_bodies(model: ModelProto) -> list[str]:
+    """Add the body of every tokcomp op the graph uses to model.functions; returns the op types."""
+    used = sorted({node.op_type for node in tokcomp_nodes(model)})
+    unknown = set(used) - set(OP_TYPES.values())
+    if unknown:
+        raise ValueError(f"graph uses unknown tokcomp ops {sorted(unknown)}")
+    bodies = function_bodies()
+    present = {(f.domain, f.name) for f in model.functions}
+    model.functions.extend(bodies[op] for op in used if (NAMESPACE, op) not in present)
+    if not any(o.domain == NAMESPACE for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(NAMESPACE, OPSET_VERSION))
+    return used

@@ -1,0 +1,187 @@
+"""Pass `diffrate`: DiffRate prune + merge with per-layer kept counts, searched or given.
+
+    - {type: diffrate, target_flops: "-35%"}            # search the counts on calibration data
+    - {type: diffrate, target_flops: 2.9G, granularity: 4, epochs: 3, lr: 0.01, lambda: 100, loss: auto}
+    - {type: diffrate, schedule: {prune: [197, 196, ...], merge: [197, 194, ...]}}   # known counts
+
+Counts include the protected tokens (CLS, distillation); tokens after block l are
+min(previous, prune[l], merge[l]). The search never compresses block 0 (as DiffRate).
+The metadata records `prune_kept` / `merge_kept`, so a checkpoint rebuilds the model
+without data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from tokcomp.analysis.flops import model_macs, resolve_flops_target
+from tokcomp.errors import RecipeError, TokcompError
+from tokcomp.passes.base import Pass, PassConfig, StrictModel, register_pass, select_blocks
+from tokcomp.passes.token_reduction import BlockSite, geometry_of, token_metadata
+from tokcomp.reducers.diffrate import DiffRate
+from tokcomp.surgery.adapters.base import Geometry
+
+SEARCH_DEFAULTS = {"granularity": 4, "epochs": 3, "lr": 0.01, "lr_min": 0.001, "lambda_": 100.0, "loss": "auto"}
+
+
+class DiffRateSchedule(StrictModel):
+    prune: list[int] = Field(description="kept tokens after pruning in each block, protected tokens included")
+    merge: list[int] = Field(description="kept tokens after merging in each block, protected tokens included")
+
+
+class DiffRateConfig(PassConfig):
+    # `lambda` is a Python keyword: the field is lambda_, written and read back as "lambda".
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    target_flops: float | str | None = Field(
+        default=None, description='search for this budget: a fraction (0.62), a cut ("-38%") or GMACs ("2.9G")'
+    )
+    schedule: DiffRateSchedule | None = Field(default=None, description="apply these kept counts; no search")
+    # Search settings; None means the default in SEARCH_DEFAULTS (a fixed schedule records none of them).
+    granularity: int | None = Field(default=None, ge=1, description="step between candidate kept counts (4)")
+    epochs: int | None = Field(default=None, ge=1, description="passes over the calibration data (3)")
+    lr: float | None = Field(
+        default=None, gt=0, description="AdamW learning rate of the rate logits, cosine decay (0.01)"
+    )
+    lr_min: float | None = Field(default=None, ge=0, description="learning rate at the end of the decay (0.001)")
+    lambda_: float | None = Field(
+        default=None, gt=0, alias="lambda", description="weight of ((FLOPs - target) / original FLOPs)^2 (100)"
+    )
+    loss: Literal["auto", "kl", "cosine", "ce"] | None = Field(
+        default=None, description="auto: KL on logits for classifiers, cosine on the pooled output otherwise"
+    )
+    proportional_attention: bool = True
+
+    @model_validator(mode="after")
+    def _search_or_schedule(self):
+        if (self.target_flops is None) == (self.schedule is None):
+            raise ValueError(
+                "give exactly one of 'target_flops' (search) and 'schedule' ({prune: [...], merge: [...]})"
+            )
+        if self.schedule is not None:
+            given = [("lambda" if k == "lambda_" else k) for k in SEARCH_DEFAULTS if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to a search (target_flops), not to a fixed schedule")
+            if len(self.schedule.prune) != len(self.schedule.merge):
+                prune, merge = len(self.schedule.prune), len(self.schedule.merge)
+                raise ValueError(f"schedule.prune has {prune} values but schedule.merge has {merge}")
+        return self
+
+    def search_setting(self, key: str):
+        value = getattr(self, key)
+        return SEARCH_DEFAULTS[key] if value is None else value
+
+
+@register_pass
+class DiffRatePass(Pass):
+    name = "diffrate"
+    version = 1
+    Config = DiffRateConfig
+    summary = "DiffRate: prune by CLS attention, then merge, to learned per-layer kept counts"
+
+    def apply(self, model, config: DiffRateConfig, ctx) -> dict[str, Any]:
+        site = BlockSite.prepare(model, self.name)
+        geometry = geometry_of(model, ctx.input_spec)
+        selected = select_blocks(site.names, config)
+        search_report = None
+        if config.schedule is not None:
+            prune, merge = list(config.schedule.prune), list(config.schedule.merge)
+            _check_schedule(prune, merge, selected, site, geometry)
+        else:
+            prune, merge, search_report = _search(model, site, geometry, selected, config, ctx)
+        reducers = _reducers(prune, merge, site.protected, geometry.input_tokens)
+        site.install(reducers, config.proportional_attention)
+        metadata = {**token_metadata(site, geometry, reducers), "prune_kept": prune, "merge_kept": merge}
+        if search_report is not None:
+            metadata["report"] = search_report
+        return metadata
+
+    def restore(self, model, config: DiffRateConfig, metadata: dict[str, Any]) -> None:
+        site = BlockSite.prepare(model, self.name)
+        reducers = _reducers(
+            metadata["prune_kept"], metadata["merge_kept"], metadata["protected"], metadata["input_tokens"]
+        )
+        site.install(reducers, config.proportional_attention)
+
+
+def _reducers(prune: list[int], merge: list[int], protected: int, input_tokens: int) -> list[DiffRate | None]:
+    """A DiffRate reducer where a block removes tokens; None where it keeps them all."""
+    reducers, tokens = [], input_tokens
+    for p, m in zip(prune, merge, strict=True):
+        reducers.append(DiffRate(p, m, protected) if min(p, m) < tokens else None)
+        tokens = min(tokens, p, m)
+    return reducers
+
+
+def _check_schedule(
+    prune: list[int], merge: list[int], selected: list[bool], site: BlockSite, geometry: Geometry
+) -> None:
+    blocks = len(site.blocks)
+    if len(prune) != blocks:
+        raise RecipeError(f"schedule.prune / schedule.merge list {len(prune)} values but the model has {blocks} blocks")
+    too_small = [(i, v) for i, v in enumerate(prune + merge) if v <= site.protected]
+    if too_small:
+        index, value = too_small[0]
+        key = "prune" if index < blocks else "merge"
+        raise RecipeError(
+            f"schedule.{key}[{index % blocks}] = {value}: every count must keep more than the "
+            f"{site.protected} protected token(s)"
+        )
+    tokens = geometry.input_tokens
+    for i, (p, m) in enumerate(zip(prune, merge, strict=True)):
+        if min(p, m) < tokens and not selected[i]:
+            raise RecipeError(
+                f"schedule reduces tokens in block {site.names[i]}, which targets / ignore leave out",
+                hint=f"give it {tokens} (no reduction) or select it",
+            )
+        tokens = min(tokens, p, m)
+
+
+def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], config: DiffRateConfig, ctx):
+    from tokcomp.calibrate import SearchSettings, calibration_batches, distributed, print_schedule, search_rates
+    from tokcomp.recipe import CalibrationSpec
+
+    if ctx.loaded is None or ctx.loaded.processor is None:
+        raise TokcompError(
+            "the DiffRate search (target_flops) needs calibration data and the model's preprocessing",
+            hint="run it from a recipe (tokcomp compile), or apply a known {type: diffrate, schedule: ...}",
+        )
+    searched = [chosen and index > 0 for index, chosen in enumerate(selected)]  # block 0 never compresses
+    if not any(searched):
+        raise RecipeError("targets / ignore leave only block 0, which DiffRate never compresses")
+    distributed.ensure_process_group()
+    spec = ctx.calibration or CalibrationSpec()
+    setting = config.search_setting
+    batches, samples = calibration_batches(
+        spec, model, ctx.loaded.processor, ctx.input_spec, ctx.seed, setting("loss") == "ce"
+    )
+    original = model_macs(geometry, [geometry.input_tokens] * geometry.num_layers)
+    settings = SearchSettings(
+        target_macs=resolve_flops_target(config.target_flops, original),
+        granularity=setting("granularity"),
+        epochs=setting("epochs"),
+        lr=setting("lr"),
+        lr_min=setting("lr_min"),
+        flops_weight=setting("lambda_"),
+        loss=setting("loss"),
+        proportional_attention=config.proportional_attention,
+    )
+    result = search_rates(
+        model, site.blocks, searched, site.protected, geometry, batches, settings, ctx.loaded.pooling, ctx.seed
+    )
+    print_schedule(geometry, result.prune_kept, result.merge_kept)
+    report = {
+        "target_gmacs": result.target_macs / 1e9,
+        "achieved_gmacs": result.achieved_macs / 1e9,
+        "original_gmacs": result.original_macs / 1e9,
+        "loss": result.loss,
+        "settings": {("lambda" if k == "lambda_" else k): setting(k) for k in SEARCH_DEFAULTS},
+        "calibration": {"data": spec.forward_loop or spec.data, "samples": samples, "augment": spec.augment},
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "processes": result.world_size,
+        "search_seconds": round(result.seconds, 1),
+    }
+    return result.prune_kept, result.merge_kept, report
