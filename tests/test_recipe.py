@@ -26,7 +26,7 @@ def test_good_recipe_parses_into_typed_passes():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("model: m\npasses:\n  - type: tomee\n", ["r.yaml:3", "passes[0].type", "'tomee'", "valid types: tome"]),
+        ("model: m\npasses:\n  - type: tomee\n", ["r.yaml:3", "passes[0].type", "'tomee'", "valid types: ", "tome"]),
         ("model: m\npasses:\n  - type: tome\n    r: 2\n    rr: 1\n", ["r.yaml:5", "passes[0].rr", "valid keys:", "proportional_attention"]),
         ("model: m\nsede: 1\npasses: [{type: tome, r: 1}]\n", ["r.yaml:2", "sede", "valid keys: model, passes"]),
         ("model: m\npasses:\n  - type: tome\n    r: lots\n", ["r.yaml:4", "passes[0].r", "'lots'"]),
