@@ -5,6 +5,8 @@ k = 1 (or temperature -> 0) is ToMe (alternating targets) or exclusive merging (
 attention targets); all-zero shares give pruning.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,8 @@ from PIL import Image
 import tokcomp
 from tests.conftest import tiny_bert, tiny_vision
 from tokcomp.errors import RecipeError, TokcompError
+from tokcomp.pipeline import PassContext, run_passes
+from tokcomp.recipe import load_recipe, parse_pass_list
 from tokcomp.reducers.evit import EViT
 from tokcomp.reducers.prune import ClassAttentionPrune, split_by_importance
 from tokcomp.reducers.tome import ToMe
@@ -24,8 +28,6 @@ from tokcomp.reducers.transform import (
     soft_assignment,
     transform_tokens,
 )
-from tokcomp.pipeline import PassContext, run_passes
-from tokcomp.recipe import parse_pass_list
 from tokcomp.surgery import capture_final_state, find_adapter, token_blocks
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
@@ -364,10 +366,6 @@ def test_reducer_errors_name_valid_values():
 
 @pytest.mark.parametrize("kind", ["token_transform", "prune", "evit"])
 def test_example_recipe_parses(kind):
-    from pathlib import Path
-
-    from tokcomp.recipe import load_recipe
-
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{kind}.yaml")
     assert [p.type for p in recipe.passes] == [kind]
 
@@ -391,12 +389,13 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     "spec",
     [
+        {"type": "token_transform", "target_flops": "-30%"},
         {"type": "token_transform", "r": [5, 4, 4, 3], "k": 3, "temperature": 0.05, "metric": "keys",
          "target_selection": "cls_attention", "proportional_attention": False},
         {"type": "prune", "target_flops": "-30%", "ignore": ["vit.encoder.layer.0"]},
         {"type": "evit", "r": 4, "proportional_attention": False},
     ],
-    ids=lambda s: s["type"],
+    ids=["token_transform-defaults", "token_transform-cls-keys", "prune", "evit"],
 )  # fmt: skip
 def test_checkpoint_round_trip_is_exact(spec, tiny_model_dir, tmp_path):
     from transformers import ViTForImageClassification
