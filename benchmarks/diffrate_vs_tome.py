@@ -7,7 +7,8 @@ searches with ToMe's achieved GMACs as its target, so both run at (nearly) the s
 FLOPs. Fidelity = cosine between the original and compressed CLS embeddings.
 
 Data (disjoint by construction):
-- calibration: random resized crops / flips of the 20 zoo:imagenet photos (--calibration-data);
+- calibration: random resized crops / flips of zoo:imagenet+cifar10+cifar100 (60 images;
+  --calibration-data zoo:imagenet for the 20 ImageNet photos only);
 - evaluation: zoo:skimage (16 photos never used for calibration), as processed by the
   model (one centre crop each), plus --eval-views random crops / flips of those photos.
 
@@ -37,7 +38,7 @@ from tokcomp.sources import load_model  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "zoo:dinov2-small"
-CALIBRATION_DATA = "zoo:imagenet"
+CALIBRATION_DATA = "zoo:imagenet+cifar10+cifar100"
 EVALUATION_DATA = "zoo:skimage"
 MATCH_TOLERANCE = 0.01  # FLOPs of the two methods within 1% of each other
 
@@ -73,7 +74,9 @@ def run(args) -> dict:
         loaded.processor.size = {"shortest_edge": round(args.image_size * 256 / 224)}
     original = loaded.model
     eval_sets = evaluation_sets(loaded, args.eval_views, args.seed, args.batch_size)
-    calibration = CalibrationSpec(data=args.calibration_data, samples=args.samples, batch_size=args.batch_size, augment=True)
+    calibration = CalibrationSpec(
+        data=args.calibration_data, samples=args.samples, batch_size=args.batch_size, augment=True
+    )
     rows = []
     for cut in args.cuts:
         tome, tome_meta, _ = compress(loaded, [{"type": "tome", "target_flops": f"-{cut}%"}], None, args.seed)
@@ -160,6 +163,17 @@ def markdown(result: dict) -> str:
             f"| {row['cut_asked']} | DiffRate | {diffrate['gmacs']:.3f}{matched} | {cells(diffrate)} | "
             f"{search['search_seconds']:.0f} s ({diffrate['pass_seconds']:.0f} s with data) |"
         )
+    deltas = [
+        row["diffrate"]["fidelity"][s]["cosine_mean"] - row["tome"]["fidelity"][s]["cosine_mean"]
+        for row in result["rows"]
+        for s in sets
+    ]
+    wins = sum(d > 0 for d in deltas)
+    lines += [
+        "",
+        f"DiffRate minus ToMe, mean cosine: {', '.join(f'{d:+.4f}' for d in deltas)} "
+        f"(DiffRate higher in {wins} of {len(deltas)} comparisons).",
+    ]
     lines += ["", "DiffRate schedules (kept tokens per block, CLS included):", ""]
     for row in result["rows"]:
         lines.append(

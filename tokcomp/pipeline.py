@@ -63,6 +63,10 @@ def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) 
     original = copy.deepcopy(loaded.model)
     ctx = PassContext(loaded.input_spec, recipe.seed, recipe.document.calibration, loaded)
     records = run_passes(loaded.model, recipe.passes, ctx)
+    from tokcomp.calibrate.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank runs the passes; rank 0 alone reports and writes
+        return output_dir
     from tokcomp.report import build_report
 
     report = build_report(original, loaded, records, recipe.document.evaluation, recipe.seed)

@@ -244,7 +244,7 @@ def _schema_error(exc: ValidationError, cls, data, base: tuple, source: str, lin
     if first["type"] == "extra_forbidden":
         key = first["loc"][-1]
         owner = _model_at(cls, tuple(first["loc"])[:-1])
-        valid = ", ".join(owner.model_fields) if owner else "see the README"
+        valid = ", ".join(f.alias or n for n, f in owner.model_fields.items()) if owner else "see the README"
         return RecipeError(f"{where}: {_path(full)}: unknown key {key!r} (valid keys: {valid})")
     if first["type"] == "missing":
         return RecipeError(f"{where}: {_path((*base, *first['loc']))}: required key is missing")
