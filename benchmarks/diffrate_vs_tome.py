@@ -4,7 +4,9 @@
 
 For each FLOPs cut, ToMe's `target_flops` picks the nearest constant r; DiffRate then
 searches with ToMe's achieved GMACs as its target, so both run at (nearly) the same
-FLOPs. Fidelity = cosine between the original and compressed CLS embeddings.
+FLOPs, once per merge rule (--merge-rules: `importance`, DiffRate's own, and
+`bipartite`, ToMe's matching). Fidelity = cosine between the original and compressed
+CLS embeddings.
 
 Data (disjoint by construction):
 - calibration: random resized crops / flips of zoo:imagenet+cifar10+cifar100 (60 images;
@@ -81,32 +83,35 @@ def run(args) -> dict:
     for cut in args.cuts:
         tome, tome_meta, _ = compress(loaded, [{"type": "tome", "target_flops": f"-{cut}%"}], None, args.seed)
         target = f"{tome_meta['gmacs']:.6f}G"
-        diffrate_pass = {"type": "diffrate", "target_flops": target, "epochs": args.epochs, **args.diffrate}
-        diffrate, meta, seconds = compress(loaded, [diffrate_pass], calibration, args.seed)
-        gap = abs(meta["gmacs"] - tome_meta["gmacs"]) / tome_meta["gmacs"]
-        rows.append(
-            {
-                "cut_asked": f"-{cut}%",
-                "tome": {
-                    "r": tome_meta["r_per_layer"][0],
-                    "gmacs": tome_meta["gmacs"],
-                    "tokens_per_layer": tome_meta["tokens_per_layer"],
-                    "fidelity": fidelity(original, tome, eval_sets, loaded.pooling),
-                },
-                "diffrate": {
-                    "target_gmacs": tome_meta["gmacs"],
-                    "gmacs": meta["gmacs"],
-                    "prune_kept": meta["prune_kept"],
-                    "merge_kept": meta["merge_kept"],
-                    "search": meta["report"],
-                    "pass_seconds": round(seconds, 1),
-                    "fidelity": fidelity(original, diffrate, eval_sets, loaded.pooling),
-                },
+        row = {
+            "cut_asked": f"-{cut}%",
+            "tome": {
+                "r": tome_meta["r_per_layer"][0],
+                "gmacs": tome_meta["gmacs"],
+                "tokens_per_layer": tome_meta["tokens_per_layer"],
+                "fidelity": fidelity(original, tome, eval_sets, loaded.pooling),
+            },
+            "diffrate": {},
+        }
+        for rule in args.merge_rules:
+            diffrate_pass = {
+                "type": "diffrate", "target_flops": target, "epochs": args.epochs, "merge_rule": rule, **args.diffrate,
+            }  # fmt: skip
+            diffrate, meta, seconds = compress(loaded, [diffrate_pass], calibration, args.seed)
+            gap = abs(meta["gmacs"] - tome_meta["gmacs"]) / tome_meta["gmacs"]
+            row["diffrate"][rule] = {
+                "target_gmacs": tome_meta["gmacs"],
+                "gmacs": meta["gmacs"],
+                "prune_kept": meta["prune_kept"],
+                "merge_kept": meta["merge_kept"],
+                "search": meta["report"],
+                "pass_seconds": round(seconds, 1),
+                "fidelity": fidelity(original, diffrate, eval_sets, loaded.pooling),
                 "flops_gap": gap,
                 "flops_matched": gap <= MATCH_TOLERANCE,
             }
-        )
-    dense = rows[0]["diffrate"]["search"]["original_gmacs"]
+        rows.append(row)
+    dense = next(iter(rows[0]["diffrate"].values()))["search"]["original_gmacs"]
     return {
         "model": MODEL,
         "input": vars(loaded.input_spec),
@@ -148,37 +153,38 @@ def markdown(result: dict) -> str:
         "| cut asked | method | GMACs | " + " | ".join(f"cosine, {s}" for s in sets) + " | search wall time |",
         "|---|---|---|" + "---|" * len(sets) + "---|",
     ]
-    for row in result["rows"]:
-        tome, diffrate = row["tome"], row["diffrate"]
 
-        def cells(entry):
-            return " | ".join(
-                f"{entry['fidelity'][s]['cosine_mean']:.4f} ({entry['fidelity'][s]['cosine_min']:.4f})" for s in sets
-            )
-
-        lines.append(f"| {row['cut_asked']} | ToMe r={tome['r']} | {tome['gmacs']:.3f} | {cells(tome)} | - |")
-        search = diffrate["search"]
-        matched = "" if row["flops_matched"] else f" (FLOPs gap {row['flops_gap']:.1%} > 1%)"
-        lines.append(
-            f"| {row['cut_asked']} | DiffRate | {diffrate['gmacs']:.3f}{matched} | {cells(diffrate)} | "
-            f"{search['search_seconds']:.0f} s ({diffrate['pass_seconds']:.0f} s with data) |"
+    def cells(entry):
+        return " | ".join(
+            f"{entry['fidelity'][s]['cosine_mean']:.4f} ({entry['fidelity'][s]['cosine_min']:.4f})" for s in sets
         )
-    deltas = [
-        row["diffrate"]["fidelity"][s]["cosine_mean"] - row["tome"]["fidelity"][s]["cosine_mean"]
-        for row in result["rows"]
-        for s in sets
-    ]
-    wins = sum(d > 0 for d in deltas)
-    lines += [
-        "",
-        f"DiffRate minus ToMe, mean cosine: {', '.join(f'{d:+.4f}' for d in deltas)} "
-        f"(DiffRate higher in {wins} of {len(deltas)} comparisons).",
-    ]
+
+    for row in result["rows"]:
+        tome = row["tome"]
+        lines.append(f"| {row['cut_asked']} | ToMe r={tome['r']} | {tome['gmacs']:.3f} | {cells(tome)} | - |")
+        for rule, entry in row["diffrate"].items():
+            search = entry["search"]
+            matched = "" if entry["flops_matched"] else f" (FLOPs gap {entry['flops_gap']:.1%} > 1%)"
+            lines.append(
+                f"| {row['cut_asked']} | DiffRate, {rule} merging | {entry['gmacs']:.3f}{matched} | {cells(entry)} | "
+                f"{search['search_seconds']:.0f} s ({entry['pass_seconds']:.0f} s with data) |"
+            )
+    rules = list(result["rows"][0]["diffrate"])
+    for rule in rules:
+        deltas = [
+            row["diffrate"][rule]["fidelity"][s]["cosine_mean"] - row["tome"]["fidelity"][s]["cosine_mean"]
+            for row in result["rows"]
+            for s in sets
+        ]
+        lines += [
+            "",
+            f"DiffRate ({rule} merging) minus ToMe, mean cosine: {', '.join(f'{d:+.4f}' for d in deltas)} "
+            f"(DiffRate higher in {sum(d > 0 for d in deltas)} of {len(deltas)} comparisons).",
+        ]
     lines += ["", "DiffRate schedules (kept tokens per block, CLS included):", ""]
     for row in result["rows"]:
-        lines.append(
-            f"- {row['cut_asked']}: prune {row['diffrate']['prune_kept']}, merge {row['diffrate']['merge_kept']}"
-        )
+        for rule, entry in row["diffrate"].items():
+            lines.append(f"- {row['cut_asked']}, {rule}: prune {entry['prune_kept']}, merge {entry['merge_kept']}")
     m = result["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['threads']} torch threads, torch {m['torch']}."]
     if result["note"]:
@@ -192,6 +198,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--calibration-data", default=CALIBRATION_DATA, help="images to draw calibration crops from")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--merge-rules", nargs="+", default=["importance", "bipartite"], help="DiffRate merge rules to search with"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-views", type=int, default=128, help="random views of the held-out photos (0: none)")
     parser.add_argument("--image-size", type=int, default=None, help="input size (default: the model's 224)")

@@ -13,6 +13,7 @@ from tokcomp.calibrate.soft_reducer import SearchTrace, SoftDiffRate
 from tokcomp.calibrate.ste import cap, ceil_ste, hard_with_soft_gradient, min_ste
 from tokcomp.errors import TokcompError
 from tokcomp.passes.diffrate import _reducers
+from tokcomp.reducers.diffrate import bipartite_sources
 from tokcomp.passes.token_reduction import BlockSite, geometry_of
 from tokcomp.surgery.adapters.base import InputSpec
 
@@ -71,38 +72,53 @@ def test_rate_plan_masks_counts_and_monotone_schedule():
 # ---------------------------------------------------------------- the search-time reducer
 
 
-def _install_search(model, rates, proportional=True):
+def _install_search(model, rates, proportional=True, merge_rule="importance"):
     site = BlockSite.prepare(model, "diffrate")
     trace = SearchTrace()
     for i, block in enumerate(site.blocks[1:]):
-        block.reducer = SoftDiffRate(i, trace, site.protected, proportional)
+        block.reducer = SoftDiffRate(i, trace, site.protected, proportional, merge_rule)
     for block in site.blocks:
         block.proportional_attention = True
     return site, trace
 
 
+def _outputs(model, x):
+    """What the model delivers: the class logits (DeiT) or the CLS embedding (DINOv2)."""
+    out = model(pixel_values=x)
+    return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state[:, 0]
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "deit"])
+@pytest.mark.parametrize("merge_rule", ["importance", "bipartite"])
 @pytest.mark.parametrize("proportional", [True, False])
-def test_search_forward_at_the_read_out_equals_the_compiled_model(proportional):
+def test_search_forward_at_the_read_out_equals_the_compiled_model(proportional, merge_rule, kind):
     """The search optimises the model it delivers: masked tokens in place == tokens removed."""
-    model = tiny_vision("dinov2")
-    rates = RateParameters(3, 65, 1, 4, initial=([50, 40, 30], [44, 30, 20]))
-    site, trace = _install_search(model, rates, proportional)
+    model = tiny_vision(kind)
+    tokens = 65 if kind == "dinov2" else 66
+    # The last merge count sits below the bipartite floor there: the read-out must apply it.
+    protected = 2 if kind == "deit" else 1  # DeiT's distillation token
+    rates = RateParameters(3, tokens, protected, 4, ([50, 40, 30], [44, 30, 12]), merge_rule)
+    site, trace = _install_search(model, rates, proportional, merge_rule)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         trace.begin(rates())
-        searched = model(pixel_values=x).last_hidden_state[:, 0]
+        searched = _outputs(model, x)
         prune, merge = rates.read_out()
-        site.install(_reducers([65, *prune], [65, *merge], 1, 65), proportional)
-        compiled = model(pixel_values=x).last_hidden_state[:, 0]
-    assert merge[-1] < prune[-1] < 65  # both pruning and merging happen
+        reducers = _reducers([tokens, *prune], [tokens, *merge], site.protected, tokens, merge_rule)
+        site.install(reducers, proportional)
+        compiled = _outputs(model, x)
+    assert merge[-1] < prune[-1] < tokens  # both pruning and merging happen
+    if merge_rule == "bipartite":
+        assert merge[-1] == prune[-1] - bipartite_sources(prune[-1], site.protected)  # the floor binds
     assert (searched - compiled).abs().max().item() < 1e-4
 
 
-def test_search_reducer_respects_padding():
+@pytest.mark.parametrize("merge_rule", ["importance", "bipartite"])
+def test_search_reducer_respects_padding(merge_rule):
     """Padding ranks last and never carries weight: the search output ignores padded content."""
     model = tiny_bert()
-    rates = RateParameters(2, 16, 1, 2, initial=([12, 9], [10, 7]))
-    site, trace = _install_search(model, rates)
+    rates = RateParameters(2, 16, 1, 2, initial=([12, 9], [10, 7]), merge_rule=merge_rule)
+    site, trace = _install_search(model, rates, merge_rule=merge_rule)
     ids = torch.randint(5, 200, (2, 16))
     mask = torch.ones_like(ids)
     mask[:, 9:] = 0
@@ -304,3 +320,14 @@ def test_minilm_search_on_text_lands_on_target(tmp_path):
     assert report["diffrate"]["loss"] == "cosine"
     assert abs(report["flops"]["ratio"] - 0.6) <= 0.02 * 0.6
     assert report["fidelity"]["cosine_mean"] > 0.5
+
+
+def test_bipartite_floor_holds_and_passes_the_flops_gradient_to_pruning():
+    """Of 30 sorted tokens only the 14 unprotected A tokens (even positions 2..28) can merge: 16 stay."""
+    rates = RateParameters(1, 33, 1, 1, initial=([30.0], [5.0]), merge_rule="bipartite")
+    plan = rates()
+    prune, merge = rates.read_out()
+    assert prune == [30] and merge == [prune[0] - bipartite_sources(prune[0], 1)] == [16]
+    plan.tokens.sum().backward()  # the FLOPs gradient of the count
+    assert rates.prune_logits.grad.abs().sum() > 0  # reaches pruning through the floor
+    assert rates.merge_logits.grad.abs().sum() == 0  # merging cannot lower the count further

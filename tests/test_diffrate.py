@@ -9,9 +9,9 @@ import yaml
 
 import tokcomp
 from tests.conftest import tiny_bert, tiny_vision
-from tokcomp.errors import RecipeError
+from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.fileio import read_json
-from tokcomp.reducers.diffrate import DiffRate
+from tokcomp.reducers.diffrate import DiffRate, bipartite_sources
 from tokcomp.surgery import capture_final_state
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
@@ -80,22 +80,25 @@ def test_kept_tokens_is_the_min_of_both_counts():
         DiffRate(10, 2, protected=2)
 
 
-def test_distillation_token_is_kept_and_never_a_destination():
+@pytest.mark.parametrize("merge_rule", ["importance", "bipartite"])
+def test_distillation_token_is_kept_and_never_a_destination(merge_rule):
     model = tiny_vision("deit")  # 66 tokens: CLS, distillation token and 8 x 8 patches
-    schedule = {"prune": [66, 40, 30, 20], "merge": [66, 30, 20, 10]}
-    tokcomp.apply(model, [{"type": "diffrate", "schedule": schedule}])
+    schedule = {"prune": [66, 40, 30, 20], "merge": [66, 30, 20, 12]}
+    tokcomp.apply(model, [{"type": "diffrate", "schedule": schedule, "merge_rule": merge_rule}])
     with torch.no_grad(), capture_final_state(model, trace_source=True) as states:
         model(pixel_values=torch.randn(2, 3, 32, 32))
     source = states[0].source
-    assert source.shape[1] == 10
+    assert source.shape[1] == 12
     assert source[:, 0, 0].eq(1).all() and source[:, 0].sum(-1).eq(1).all()  # CLS alone
     assert source[:, 1, 1].eq(1).all() and source[:, 1].sum(-1).eq(1).all()  # distillation token alone
 
 
-def test_padding_never_leaks_into_real_tokens():
+@pytest.mark.parametrize("merge_rule", ["importance", "bipartite"])
+def test_padding_never_leaks_into_real_tokens(merge_rule):
     """Changing the padded positions must change no real token; real tokens keep all their mass."""
     model = tiny_bert()
-    tokcomp.apply(model, [{"type": "diffrate", "schedule": {"prune": [16, 12, 9], "merge": [16, 10, 7]}}])
+    schedule = {"prune": [16, 12, 9], "merge": [16, 10, 7]}
+    tokcomp.apply(model, [{"type": "diffrate", "schedule": schedule, "merge_rule": merge_rule}])
     ids = torch.randint(5, 200, (2, 16))
     mask = torch.ones_like(ids)
     mask[:, 9:] = 0
@@ -260,3 +263,36 @@ def test_candidate_grid_reaches_the_published_minimum():
 
     counts = candidate_counts(197, 1, 4)
     assert counts[0] == 196 and counts[-1] == 4 and len(counts) == math.ceil(196 / 4)
+
+
+# ---------------------------------------------------------------- the bipartite merge rule
+
+
+def test_bipartite_rule_is_tome_matching_over_the_importance_order():
+    """merge_rule bipartite = prune by importance, then ToMe's matching (hidden states) on the sorted tokens."""
+    from tokcomp.reducers.transform import TokenTransform
+
+    order = [0, 2, 4, 5, 3, 6, 1]  # CLS, then by importance (see IMPORTANCE)
+    size = torch.tensor([[1.0, 1, 1, 2, 1, 3, 1]])
+    state = TokenState(size=size, mask=None, source=torch.eye(7)[None])
+    out, merged = DiffRate(7, 5, merge_rule="bipartite")(X[None], state, _info(IMPORTANCE))
+    sorted_state = TokenState(size=size[:, order], mask=None, source=torch.eye(7)[None][:, order])
+    tome = TokenTransform(2, k=1, selection="alternating", metric="hidden")
+    want, want_state = tome(X[None][:, order], sorted_state, _info(IMPORTANCE))
+    assert torch.allclose(out, want) and torch.equal(merged.size, want_state.size)
+    assert torch.equal(merged.source, want_state.source)
+    assert merged.size.sum() == size.sum()  # mass conserved
+
+
+def test_bipartite_rule_floor_and_schedule_check():
+    # 7 tokens, CLS protected: only the A tokens at sorted positions 2, 4, 6 can merge.
+    assert bipartite_sources(7, 1) == 3 and bipartite_sources(66, 2) == 32
+    assert DiffRate(7, 2, merge_rule="bipartite").kept_tokens(7) == 4
+    assert DiffRate(7, 2).kept_tokens(7) == 2
+    with pytest.raises(TokcompError, match="merge_rule"):
+        DiffRate(7, 5, merge_rule="nearest")
+    model = tiny_vision("dinov2")  # 65 tokens
+    schedule = {"prune": [65, 60, 40, 30], "merge": [65, 50, 30, 10]}  # 30 tokens keep >= 16
+    with pytest.raises(RecipeError, match=r"merge\[3\] = 10.*keeps at least 16") as info:
+        tokcomp.apply(model, [{"type": "diffrate", "schedule": schedule, "merge_rule": "bipartite"}])
+    assert "merge_rule: importance" in info.value.hint

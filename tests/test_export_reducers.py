@@ -22,7 +22,14 @@ REDUCERS = {
     "prune": ({"type": "prune", "r": 4}, {"GatherTokens"}),
     "evit": ({"type": "evit", "r": 4}, {"GatherTokens"}),
     "token_transform": ({"type": "token_transform", "r": 4}, {"GatherTokens"}),
-    "diffrate": ({"type": "diffrate", "schedule": {"prune": [14], "merge": [11]}}, {"GatherTokens"}),
+    "diffrate": (
+        {"type": "diffrate", "schedule": {"prune": [14], "merge": [11]}, "merge_rule": "importance"},
+        {"GatherTokens"},
+    ),
+    "diffrate_bipartite": (
+        {"type": "diffrate", "schedule": {"prune": [14], "merge": [11]}, "merge_rule": "bipartite"},
+        {"GatherTokens", "IndexMerge"},
+    ),
 }
 
 

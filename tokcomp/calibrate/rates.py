@@ -6,7 +6,10 @@ granularity g. For one op with probabilities pi = softmax(logits):
 - soft survival of sorted position j: p_j = sum of pi_k over candidates keeping j;
 - hard mask 1 for j < K, else 0; mask = hard forward, gradient of p backward.
 Counts never increase with depth: P_l = min(K_prune, n_{l-1}), M_l = min(K_merge, P_l),
-and n_l = M_l is the token count after layer l. The FLOPs gradient of n_l reaches
+and n_l = M_l is the token count after layer l. With the bipartite merge rule at most the
+unprotected A tokens can merge, so M_l >= P_l - bipartite_sources(P_l): a floor that no
+merge gradient can push through; where it binds, the FLOPs gradient reaches P_l through
+it (fewer tokens then need more pruning). The FLOPs gradient of n_l reaches
 both of layer l's ops (a straight-through min: both feel the budget) and nothing
 else: each layer answers for its own marginal FLOPs, and the cap by n_{l-1} passes
 no gradient back to earlier layers (their own FLOPs terms already price them).
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tokcomp.calibrate.ste import cap, ceil_ste, hard_with_soft_gradient, min_ste
+from tokcomp.reducers.diffrate import MERGE_RULES
 
 # Width of a chosen start distribution, as a fraction of the non-protected tokens.
 START_WIDTH = 0.125
@@ -67,9 +71,13 @@ class RateParameters(nn.Module):
         protected: int,
         granularity: int,
         initial: tuple[list[float], list[float]] | None = None,
+        merge_rule: str = "importance",
     ):
         """`initial`: expected (prune, merge) kept counts per layer to start from; None = uniform logits."""
         super().__init__()
+        if merge_rule not in MERGE_RULES:
+            raise ValueError(f"unknown merge_rule {merge_rule!r}; valid: {', '.join(MERGE_RULES)}")
+        self.merge_rule = merge_rule
         counts = torch.tensor(candidate_counts(input_tokens, protected, granularity), dtype=torch.float32)
         kept = counts + protected
         self.input_tokens = input_tokens
@@ -99,6 +107,10 @@ class RateParameters(nn.Module):
         for layer in range(prune_k.shape[0]):
             pruned = torch.minimum(prune_k[layer], previous).detach()
             after = cap(min_ste(prune_k[layer], merge_k[layer]), previous)
+            if self.merge_rule == "bipartite":
+                # Where the floor binds, the count moves only with P: the FLOPs gradient goes to pruning.
+                prune_count = cap(prune_k[layer], previous)
+                after = torch.maximum(after, prune_count - self._bipartite_sources(prune_count))
             prune_masks.append(hard_with_soft_gradient((positions < pruned).float(), prune_soft[layer]))
             merge_masks.append(hard_with_soft_gradient((positions < after.detach()).float(), merge_soft[layer]))
             prune_counts.append(pruned)
@@ -107,6 +119,15 @@ class RateParameters(nn.Module):
         return RatePlan(
             torch.stack(prune_masks), torch.stack(merge_masks), torch.stack(prune_counts), torch.stack(tokens)
         )
+
+    def _bipartite_sources(self, tokens: Tensor) -> Tensor:
+        """reducers.diffrate.bipartite_sources for a (float) token count: even positions >= protected.
+
+        Straight-through floor: the count of sources grows by 1/2 per token, so the floor
+        P - sources passes half of its gradient on to P.
+        """
+        half = (tokens + 1) / 2
+        return torch.floor(half).detach() + (half - half.detach()) - (self.protected + 1) // 2
 
     @torch.no_grad()
     def read_out(self) -> tuple[list[int], list[int]]:

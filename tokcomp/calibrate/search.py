@@ -45,6 +45,7 @@ class SearchSettings:
     flops_weight: float = 100.0
     loss: LossName = "auto"
     proportional_attention: bool = True
+    merge_rule: str = "importance"  # reducers.diffrate.MERGE_RULES
 
 
 @dataclass
@@ -83,8 +84,10 @@ def search_rates(
     started = time.perf_counter()
     torch.manual_seed(seed)
     layers = [i for i, chosen in enumerate(searched) if chosen]
-    start = linear_start(geometry, layers, protected, settings.target_macs)
-    rates = RateParameters(len(layers), geometry.input_tokens, protected, settings.granularity, start)
+    start = linear_start(geometry, layers, protected, settings.target_macs, settings.merge_rule)
+    rates = RateParameters(
+        len(layers), geometry.input_tokens, protected, settings.granularity, start, settings.merge_rule
+    )
     search = _Search(model, rates, layers, geometry, settings, pooling)
     data = [_Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")) for b in batches]
 
@@ -218,7 +221,9 @@ def _search_mode(model, blocks, layers, trace, protected, settings, device) -> I
     for p, _ in grads:
         p.requires_grad_(False)
     for i, layer in enumerate(layers):
-        blocks[layer].reducer = SoftDiffRate(i, trace, protected, settings.proportional_attention)
+        blocks[layer].reducer = SoftDiffRate(
+            i, trace, protected, settings.proportional_attention, settings.merge_rule
+        )
     for b in blocks:
         b.proportional_attention = True
     model.eval().to(device)

@@ -12,7 +12,11 @@ attention, and eps keeps the gradient with respect to k finite where k = 0.
 The true sizes and the survival mask travel beside the hidden tensor in a
 `SearchTrace` (search time only, never exported), reset before every forward.
 Merging mirrors the inference reducer: each source's size-weighted value is added
-to its most similar destination, and the source stays in place, masked.
+to its most similar destination, and the source stays in place, masked. Which tokens
+are sources is read from a merge order over sorted positions (the survival mask keeps
+positions < M): with the `importance` rule it is the importance rank itself; with the
+`bipartite` rule, the positions left after pruning split into A (even) and B (odd), and
+the A tokens are ordered by their best B score, most similar last, as ToMe merges them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tokcomp.calibrate.rates import RatePlan
 from tokcomp.errors import TokcompError
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.diffrate import PADDING_IMPORTANCE
+from tokcomp.reducers.tome import _PAD_PAIR_SCORE
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
@@ -76,16 +81,57 @@ def nearest_destination(x: Tensor, is_destination: Tensor) -> Tensor:
     return torch.where(allowed, scores, torch.full_like(scores, -torch.inf)).argmax(dim=-1)
 
 
+def bipartite_merge_order(
+    x: Tensor, rank: Tensor, pruned: int, protected: int, mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(merge position [B, N], best B destination [B, N]) under the bipartite rule.
+
+    Tokens at rank < `pruned` survive pruning and are split by rank parity: A = even,
+    B = odd; ranks below `protected` never move or receive. Merge positions: every
+    non-source first, then the A sources by best B score ascending (ties: higher rank
+    first), then the pruned tokens by rank, so positions >= M are exactly the P - M best
+    matched A tokens that ToMe's matching merges. Real and padding tokens never pair;
+    padding pairs with padding first.
+    """
+    kept = rank < pruned
+    unprotected = rank >= protected
+    source = kept & unprotected & (rank % 2 == 0)
+    receiver = kept & unprotected & (rank % 2 == 1)
+    metric = F.normalize(x.detach(), dim=-1)
+    scores = metric @ metric.transpose(-1, -2)
+    low = torch.finfo(scores.dtype).min
+    if mask is not None:
+        real_src, real_dst = mask[:, :, None] > 0, mask[:, None, :] > 0
+        scores = torch.where(real_src == real_dst, scores, torch.full_like(scores, low))
+        scores = torch.where(~real_src & ~real_dst, torch.full_like(scores, _PAD_PAIR_SCORE), scores)
+    scores = torch.where(receiver[:, None, :], scores, torch.full_like(scores, -torch.inf))
+    best, destination = scores.max(dim=-1)
+    # Sort key: non-sources (-3) < sources (their score, or `low`) < pruned tokens (3 + rank).
+    key = torch.where(source, best, torch.full_like(best, -3.0))
+    key = torch.where(kept, key, 3.0 + rank.to(best.dtype))
+    by_rank = rank.argsort(dim=-1, descending=True)  # ties in key go to the higher rank first
+    order = by_rank.gather(1, key.gather(1, by_rank).argsort(dim=-1, stable=True))
+    return order.argsort(dim=-1), destination
+
+
 class SoftDiffRate(Reducer):
     """Search-time stand-in for reducers.diffrate.DiffRate at searched layer `layer`."""
 
     kind = "diffrate_search"
 
-    def __init__(self, layer: int, trace: SearchTrace, protected: int, proportional_attention: bool):
+    def __init__(
+        self,
+        layer: int,
+        trace: SearchTrace,
+        protected: int,
+        proportional_attention: bool,
+        merge_rule: str = "importance",
+    ):
         super().__init__(protected)
         self.layer = layer
         self.trace = trace
         self.proportional_attention = proportional_attention
+        self.merge_rule = merge_rule
 
     def kept_tokens(self, tokens_in: int) -> int:
         return tokens_in  # tokens stay in the tensor during the search
@@ -102,13 +148,18 @@ class SoftDiffRate(Reducer):
         keep = trace.keep if trace.keep is not None else torch.ones_like(x[..., 0])
         rank = token_rank(attn.cls_attention().detach(), keep.detach(), state.mask, self.protected)
         prune = trace.plan.prune_mask[self.layer, :tokens][rank]  # [B, N] per token
-        merge = trace.plan.merge_mask[self.layer, :tokens][rank]
+        if self.merge_rule == "bipartite":
+            pruned = int(trace.plan.prune_count[self.layer])
+            position, dst = bipartite_merge_order(x, rank, pruned, self.protected, state.mask)
+            merge = trace.plan.merge_mask[self.layer, :tokens][position]
+        else:
+            merge = trace.plan.merge_mask[self.layer, :tokens][rank]
+            destination = (rank >= self.protected) & (merge.detach() > 0) & (keep.detach() > 0)
+            dst = nearest_destination(x, destination)
 
         # Merge sources: alive, kept by pruning, dropped by merging; padding carries no weight.
         real = state.mask if state.mask is not None else torch.ones_like(size)
         moved = keep * prune * (1 - merge) * size * real
-        destination = (rank >= self.protected) & (merge.detach() > 0) & (keep.detach() > 0)
-        dst = nearest_destination(x, destination)
         new_size = size + torch.zeros_like(size).scatter_add(1, dst, moved)
         received = torch.zeros_like(x).scatter_add(1, dst[..., None].expand_as(x), moved[..., None] * x)
         x = (x * size[..., None] + received) / new_size[..., None]
@@ -119,4 +170,4 @@ class SoftDiffRate(Reducer):
         return x, state.with_(size=weight * (keep + MASK_EPS))
 
     def describe(self) -> dict:
-        return {**super().describe(), "layer": self.layer}
+        return {**super().describe(), "layer": self.layer, "merge_rule": self.merge_rule}

@@ -34,7 +34,7 @@ def saved_dataset(path: Path) -> list[Callable]:
     except ImportError:
         raise TokcompError(
             f"{path} is a Hugging Face data set; reading it needs the `datasets` package",
-            hint="pip install datasets",
+            hint="pip install 'tokcomp[data]' (the datasets library)",
         ) from None
     if (path / "dataset_dict.json").is_file():
         splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
@@ -91,7 +91,9 @@ def parquet(files: list[Path]) -> list[Callable]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise TokcompError("reading parquet files needs pyarrow", hint="pip install pyarrow") from None
+        raise TokcompError(
+            "reading parquet files needs pyarrow", hint="pip install 'tokcomp[data]' (brings pyarrow)"
+        ) from None
     table = pa.concat_tables([pq.read_table(f) for f in files])
     schema = table.schema
     names = schema.names

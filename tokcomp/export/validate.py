@@ -5,10 +5,19 @@ only dynamic axis, every other dimension static), then ONNX Runtime runs fresh
 inputs (never the ones the export traced) at two batch sizes and every output must
 match the eager model within `atol`. A mismatch raises ExportValidationError with
 the numbers; it is never only a warning.
+
+Token-reduction models are discontinuous: which tokens merge is an argsort/argmax over
+similarity scores, so on an input where two scores nearly tie, fp32 rounding alone
+decides the merge. A mismatching sample is therefore checked against PyTorch in
+float64: if PyTorch fp32 is itself more than `atol` away from fp64 there, the input
+(not the artifact) is ill-conditioned and the draw is set aside and redrawn. A batch
+size passes only on a draw where every sample matches; a mismatch on a
+well-conditioned sample is a real failure.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +69,14 @@ def check_signature(model: onnx.ModelProto, spec: IOSpec, expected_shapes: dict[
         raise ExportValidationError("exported graph signature is wrong: " + "; ".join(problems))
 
 
+MAX_DRAWS = 3  # per batch size: the first draw and up to two redraws after ill-conditioned ones
+
+
+def draw_seed(batch: int, attempt: int) -> int:
+    """Seed of the `attempt`-th draw (0 = first) at `batch`; the first is the historic `_SEED + batch`."""
+    return _SEED + batch + 1000 * attempt
+
+
 def compare_outputs(
     run: Callable[[dict[str, Tensor]], Sequence[np.ndarray]],
     reference: nn.Module,
@@ -68,36 +85,179 @@ def compare_outputs(
     atol: float | dict[str, float] = DEFAULT_ATOL,
     runtime: str = "",
 ) -> dict[str, Any]:
-    """Run `run` and the PyTorch reference on fresh inputs; raise on any output over its atol."""
+    """Run `run` and the PyTorch reference on fresh inputs; raise on any output over its atol.
+
+    Report: `max_abs_diff` {batch: {output: diff}} and `seeds` {batch: seed} of the
+    accepted draw per batch size, `set_aside` (draws redrawn because every mismatching
+    sample was ill-conditioned), `passed`, `atol`, `batch_sizes`, `runtime`.
+    """
     tolerances = {name: atol[name] if isinstance(atol, dict) else atol for name in spec.output_names}
-    report: dict[str, Any] = {"runtime": runtime, "atol": tolerances, "batch_sizes": list(batch_sizes), "max_abs_diff": {}}
-    failures = []
+    report: dict[str, Any] = {
+        "runtime": runtime,
+        "atol": tolerances,
+        "batch_sizes": list(batch_sizes),
+        "max_abs_diff": {},
+        "seeds": {},
+        "set_aside": [],
+    }
+    exact = _Float64Reference(reference)  # built on the first mismatch only
+    mismatches, ill_conditioned = [], []
     for batch in batch_sizes:
-        inputs = spec.dummy_inputs(batch, seed=_SEED + batch)
-        with torch.inference_mode():
-            expected = reference(*(inputs[name] for name in spec.input_names))
-        actual = run(inputs)
-        diffs = {}
-        for name, want, got in zip(spec.output_names, expected, actual, strict=True):
-            want = want.float().numpy()
-            got = np.asarray(got, dtype=np.float32)
-            if got.shape != want.shape:
-                failures.append(f"batch {batch} {name}: shape {list(got.shape)}, PyTorch {list(want.shape)}")
-                continue
-            diff = float(np.max(np.abs(got - want))) if got.size else 0.0
-            if not np.isfinite(diff):
-                diff = float("inf")
-            diffs[name] = diff
-            if diff > tolerances[name]:
-                failures.append(f"batch {batch} {name}: max |diff| {diff:.3g} > atol {tolerances[name]:g}")
-        report["max_abs_diff"][str(batch)] = diffs
-    report["passed"] = not failures
-    if failures:
+        kind, message = _validate_batch(run, reference, exact, spec, batch, tolerances, report)
+        if kind == "mismatch":
+            mismatches.append(message)
+        elif kind == "ill-conditioned":
+            ill_conditioned.append(message)
+    report["passed"] = not (mismatches or ill_conditioned)
+    if mismatches:
         raise ExportValidationError(
-            f"{runtime or 'exported model'} does not match PyTorch: " + "; ".join(failures),
+            f"{runtime or 'exported model'} does not match PyTorch: " + "; ".join(mismatches + ill_conditioned),
             hint="the artifact was not kept; run with --debug and report the numbers",
         )
+    if ill_conditioned:
+        raise ExportValidationError(
+            f"{runtime or 'exported model'} could not be validated: the model is numerically ill-conditioned on"
+            " the fresh inputs (a token-merge decision decided by rounding): " + "; ".join(ill_conditioned),
+            hint="the artifact was not kept; validate with a larger atol (--atol) or a smoother reducer setting"
+            " (e.g. a higher temperature)",
+        )
     return report
+
+
+def _validate_batch(run, reference, exact, spec, batch, tolerances, report) -> tuple[str, str]:
+    """("pass", ""), ("mismatch", numbers) or ("ill-conditioned", numbers) for one batch size.
+
+    Passing needs one draw where every sample matches: setting a draw aside never lets
+    a mismatch through, it only redraws.
+    """
+    for attempt in range(MAX_DRAWS):
+        seed = draw_seed(batch, attempt)
+        inputs = spec.dummy_inputs(batch, seed=seed)
+        expected = _reference_outputs(reference, spec, inputs)
+        per_sample, problems = _per_sample_diffs(spec, expected, run(inputs))
+        report["max_abs_diff"][str(batch)] = {name: float(d.max(initial=0.0)) for name, d in per_sample.items()}
+        report["seeds"][str(batch)] = seed
+        if problems:  # a wrong shape is never a matter of rounding
+            return "mismatch", "; ".join(f"batch {batch} {p}" for p in problems)
+        over = {name: np.flatnonzero(d > tolerances[name]) for name, d in per_sample.items()}
+        mismatched = sorted({int(i) for rows in over.values() for i in rows})
+        if not mismatched:
+            return "pass", ""
+        conditioning, error = exact.diffs(spec, inputs, expected)
+        real = _real_mismatches(batch, seed, per_sample, over, conditioning, error, tolerances)
+        if real:
+            return "mismatch", "; ".join(real)
+        report["set_aside"].append(_set_aside_entry(batch, seed, mismatched, per_sample, conditioning))
+    return "ill-conditioned", _ill_conditioned_line(batch, report["set_aside"], tolerances)
+
+
+def _real_mismatches(batch, seed, per_sample, over, conditioning, error, tolerances) -> list[str]:
+    """One line per output with a mismatch rounding does not explain; [] if all mismatching samples are ill-conditioned.
+
+    A sample is ill-conditioned when PyTorch fp32 is more than an output's atol away from
+    PyTorch fp64 on it (the input sits on a decision boundary, so no fp32 runtime can be
+    expected to agree). Without an fp64 verdict nothing is excused.
+    """
+    lines = []
+    for name, rows in over.items():
+        if not rows.size:
+            continue
+        line = (
+            f"batch {batch} {name}: max |diff| {per_sample[name].max():.3g} > atol {tolerances[name]:g}"
+            f" on sample(s) {rows.tolist()} (seed {seed})"
+        )
+        if error:
+            why = f"the conditioning check (PyTorch in float64) could not run: {error}, so it counts as real"
+            lines.append(f"{line}; {why}")
+            continue
+        well = [i for i in rows.tolist() if all(conditioning[n][i] <= tolerances[n] for n in conditioning)]
+        if well:
+            fp64 = conditioning[name][well].max()
+            lines.append(f"{line}; well-conditioned sample(s) {well}: PyTorch fp32 vs fp64 there {fp64:.3g}")
+    return lines
+
+
+def _reference_outputs(reference: nn.Module, spec: IOSpec, inputs: dict[str, Tensor]) -> list[np.ndarray]:
+    with torch.inference_mode():
+        outputs = reference(*(inputs[name] for name in spec.input_names))
+    return [o.float().numpy() for o in outputs]
+
+
+def _per_sample_diffs(spec: IOSpec, expected, actual) -> tuple[dict[str, np.ndarray], list[str]]:
+    """output -> max |runtime - PyTorch| per sample (dim 0 is batch); shape problems as text."""
+    diffs, problems = {}, []
+    for name, want, got in zip(spec.output_names, expected, actual, strict=True):
+        got = np.asarray(got, dtype=np.float32)
+        if got.shape != want.shape:
+            problems.append(f"{name}: shape {list(got.shape)}, PyTorch {list(want.shape)}")
+            continue
+        diffs[name] = _sample_max(got.astype(np.float64) - want)
+    return diffs, problems
+
+
+def _sample_max(delta: np.ndarray) -> np.ndarray:
+    """max |delta| over every axis but the batch axis; NaN counts as inf (never within atol)."""
+    rows = np.abs(delta.reshape(delta.shape[0] if delta.ndim else 1, -1))
+    out = rows.max(axis=1, initial=0.0)
+    return np.where(np.isnan(out), np.inf, out)
+
+
+class _Float64Reference:
+    """`reference` deep-copied in float64, built lazily once; `diffs` gives fp32-vs-fp64 per sample."""
+
+    def __init__(self, reference: nn.Module):
+        self.reference = reference
+        self.model: nn.Module | None = None
+        self.error: str | None = None
+
+    def diffs(self, spec: IOSpec, inputs: dict[str, Tensor], expected: list[np.ndarray]):
+        """(output -> max |fp32 - fp64| per sample, None), or (None, why it could not run)."""
+        if self.error:
+            return None, self.error
+        try:
+            if self.model is None:
+                self.model = copy.deepcopy(self.reference).double()
+            args = [_to_float64(inputs[name]) for name in spec.input_names]
+            with torch.inference_mode():
+                outputs = self.model(*args)
+            exact = [o.detach().to(torch.float64).numpy() for o in outputs]
+            return {
+                name: _sample_max(want.astype(np.float64) - got)
+                for name, want, got in zip(spec.output_names, expected, exact, strict=True)
+            }, None
+        except Exception as exc:  # e.g. an op or custom kernel with no float64 implementation
+            self.model = None
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.error = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+            return None, self.error
+
+
+def _to_float64(tensor: Tensor) -> Tensor:
+    return tensor.double() if tensor.is_floating_point() else tensor  # token ids / masks stay integers
+
+
+def _set_aside_entry(batch, seed, samples, per_sample, conditioning) -> dict[str, Any]:
+    """One redrawn draw: per output, diffs on the mismatching samples, in `samples` order."""
+    return {
+        "batch": batch,
+        "seed": seed,
+        "samples": samples,
+        "runtime_vs_fp32": {name: [float(d[i]) for i in samples] for name, d in per_sample.items()},
+        "fp32_vs_fp64": {name: [float(d[i]) for i in samples] for name, d in conditioning.items()},
+    }
+
+
+def _ill_conditioned_line(batch, set_aside, tolerances) -> str:
+    entries = [e for e in set_aside if e["batch"] == batch]
+
+    def worst(key):
+        return ", ".join(f"{n} {max(v for e in entries for v in e[key][n]):.3g}" for n in tolerances)
+
+    return (
+        f"batch {batch}: all {len(entries)} draws (seeds {', '.join(str(e['seed']) for e in entries)}) set aside,"
+        f" PyTorch fp32 itself up to {worst('fp32_vs_fp64')} away from fp64 on every mismatching sample"
+        f" (runtime vs fp32 up to {worst('runtime_vs_fp32')}; atol {', '.join(f'{t:g}' for t in tolerances.values())})"
+    )
 
 
 def validate_onnx(

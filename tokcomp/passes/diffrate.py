@@ -3,6 +3,7 @@
     - {type: diffrate, target_flops: "-35%"}            # search the counts on calibration data
     - {type: diffrate, target_flops: 2.9G, granularity: 4, epochs: 3, lr: 0.01, lambda: 100, loss: auto}
     - {type: diffrate, schedule: {prune: [197, 196, ...], merge: [197, 194, ...]}}   # known counts
+    - merge_rule: importance (DiffRate's) | bipartite (ToMe's matching decides which tokens merge)
 
 Counts include the protected tokens (CLS, distillation); tokens after block l are
 min(previous, prune[l], merge[l]). The search never compresses block 0 (as DiffRate).
@@ -20,9 +21,12 @@ from tokcomp.analysis.flops import model_macs, resolve_flops_target
 from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.passes.base import Pass, PassConfig, StrictModel, register_pass, select_blocks
 from tokcomp.passes.token_reduction import BlockSite, geometry_of, token_metadata
-from tokcomp.reducers.diffrate import DiffRate
+from tokcomp.reducers.diffrate import DiffRate, bipartite_sources
 from tokcomp.surgery.adapters.base import Geometry
 
+# Checkpoints written before merge_rule existed used DiffRate's rule: restore falls back to it.
+LEGACY_MERGE_RULE = "importance"
+DEFAULT_MERGE_RULE = "bipartite"  # chosen on calibration data: docs/diffrate.md, "Merge rules"
 SEARCH_DEFAULTS = {"granularity": 4, "epochs": 3, "lr": 0.01, "lr_min": 0.001, "lambda_": 100.0, "loss": "auto"}
 
 
@@ -51,6 +55,11 @@ class DiffRateConfig(PassConfig):
     )
     loss: Literal["auto", "kl", "cosine", "ce"] | None = Field(
         default=None, description="auto: KL on logits for classifiers, cosine on the pooled output otherwise"
+    )
+    merge_rule: Literal["importance", "bipartite"] = Field(
+        default=DEFAULT_MERGE_RULE,
+        description="which kept tokens merge: importance = the least CLS-attended (DiffRate's rule), "
+        "bipartite = ToMe's matching over the importance-sorted tokens (docs/diffrate.md)",
     )
     proportional_attention: bool = True
 
@@ -88,12 +97,17 @@ class DiffRatePass(Pass):
         search_report = None
         if config.schedule is not None:
             prune, merge = list(config.schedule.prune), list(config.schedule.merge)
-            _check_schedule(prune, merge, selected, site, geometry)
+            _check_schedule(prune, merge, selected, site, geometry, config.merge_rule)
         else:
             prune, merge, search_report = _search(model, site, geometry, selected, config, ctx)
-        reducers = _reducers(prune, merge, site.protected, geometry.input_tokens)
+        reducers = _reducers(prune, merge, site.protected, geometry.input_tokens, config.merge_rule)
         site.install(reducers, config.proportional_attention)
-        metadata = {**token_metadata(site, geometry, reducers), "prune_kept": prune, "merge_kept": merge}
+        metadata = {
+            **token_metadata(site, geometry, reducers),
+            "prune_kept": prune,
+            "merge_kept": merge,
+            "merge_rule": config.merge_rule,
+        }
         if search_report is not None:
             metadata["report"] = search_report
         return metadata
@@ -101,22 +115,34 @@ class DiffRatePass(Pass):
     def restore(self, model, config: DiffRateConfig, metadata: dict[str, Any]) -> None:
         site = BlockSite.prepare(model, self.name)
         reducers = _reducers(
-            metadata["prune_kept"], metadata["merge_kept"], metadata["protected"], metadata["input_tokens"]
+            metadata["prune_kept"],
+            metadata["merge_kept"],
+            metadata["protected"],
+            metadata["input_tokens"],
+            metadata.get("merge_rule", LEGACY_MERGE_RULE),
         )
         site.install(reducers, config.proportional_attention)
 
 
-def _reducers(prune: list[int], merge: list[int], protected: int, input_tokens: int) -> list[DiffRate | None]:
+def _reducers(
+    prune: list[int], merge: list[int], protected: int, input_tokens: int, merge_rule: str
+) -> list[DiffRate | None]:
     """A DiffRate reducer where a block removes tokens; None where it keeps them all."""
     reducers, tokens = [], input_tokens
     for p, m in zip(prune, merge, strict=True):
-        reducers.append(DiffRate(p, m, protected) if min(p, m) < tokens else None)
-        tokens = min(tokens, p, m)
+        reducer = DiffRate(p, m, protected, merge_rule) if min(p, m) < tokens else None
+        reducers.append(reducer)
+        tokens = reducer.kept_tokens(tokens) if reducer is not None else tokens
     return reducers
 
 
 def _check_schedule(
-    prune: list[int], merge: list[int], selected: list[bool], site: BlockSite, geometry: Geometry
+    prune: list[int],
+    merge: list[int],
+    selected: list[bool],
+    site: BlockSite,
+    geometry: Geometry,
+    merge_rule: str,
 ) -> None:
     blocks = len(site.blocks)
     if len(prune) != blocks:
@@ -135,6 +161,15 @@ def _check_schedule(
             raise RecipeError(
                 f"schedule reduces tokens in block {site.names[i]}, which targets / ignore leave out",
                 hint=f"give it {tokens} (no reduction) or select it",
+            )
+        pruned = min(tokens, p)
+        if merge_rule == "bipartite" and m < pruned - bipartite_sources(pruned, site.protected):
+            floor = pruned - bipartite_sources(pruned, site.protected)
+            raise RecipeError(
+                f"schedule.merge[{i}] = {m}: bipartite merging of {pruned} tokens keeps at least {floor} "
+                "(only the unprotected even-position tokens can merge)",
+                hint="use merge_rule: importance (DiffRate's rule, as in the published schedules) "
+                f"or a merge count >= {floor}",
             )
         tokens = min(tokens, p, m)
 
@@ -167,6 +202,7 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
         flops_weight=setting("lambda_"),
         loss=setting("loss"),
         proportional_attention=config.proportional_attention,
+        merge_rule=config.merge_rule,
     )
     result = search_rates(
         model, site.blocks, searched, site.protected, geometry, batches, settings, ctx.loaded.pooling, ctx.seed
@@ -177,7 +213,10 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
         "achieved_gmacs": result.achieved_macs / 1e9,
         "original_gmacs": result.original_macs / 1e9,
         "loss": result.loss,
-        "settings": {("lambda" if k == "lambda_" else k): setting(k) for k in SEARCH_DEFAULTS},
+        "settings": {
+            **{("lambda" if k == "lambda_" else k): setting(k) for k in SEARCH_DEFAULTS},
+            "merge_rule": config.merge_rule,
+        },
         "calibration": {"data": spec.forward_loop or spec.data, "samples": samples, "augment": spec.augment},
         "epochs": result.epochs,
         "steps": result.steps,

@@ -13,6 +13,15 @@ kept counts P (prune) and M (merge), both counting the protected tokens:
 Tokens after the block = min(N, P, M). Output order: [protected, the M - protected most
 important tokens by importance]. P and M are plain ints, so shapes are static.
 
+`merge_rule` chooses which of the P kept tokens merge (step 4):
+- `importance` (DiffRate's rule, above): the P - M least attended ones, into the M - 1
+  most attended;
+- `bipartite`: ToMe's matching over the importance-sorted tokens: A = even positions,
+  B = odd positions; the P - M A tokens with the most similar B token merge into it
+  (hidden-state cosine, size-weighted, protected tokens never move or receive). At most
+  the unprotected A tokens can merge, so tokens after the block are at least
+  P - bipartite_sources(P) (`kept_tokens` applies that floor; the search respects it).
+
 Padding (text): padding tokens rank below every real token, so a real token is never
 pruned while padding survives, and a real token only merges into real tokens (all
 destinations precede every source in the ranking); padding that merges carries no
@@ -27,13 +36,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tokcomp.errors import TokcompError
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.ops import select_tokens, weighted_merge
+from tokcomp.reducers.transform import ExclusiveMerge, plan_alternating
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
 # Importance given to padding: below any attention probability, so padding ranks last.
 PADDING_IMPORTANCE = -1.0
+MERGE_RULES = ("importance", "bipartite")
+
+
+def bipartite_sources(tokens: int, protected: int) -> int:
+    """How many of `tokens` sorted tokens can merge under the bipartite rule: even positions >= protected."""
+    return (tokens + 1) // 2 - (protected + 1) // 2
 
 
 def importance_order(importance: Tensor, protected: int, mask: Tensor | None) -> Tensor:
@@ -65,29 +82,47 @@ def best_destinations(x: Tensor, keep: int, protected: int) -> Tensor:
 class DiffRate(Reducer):
     kind = "diffrate"
 
-    def __init__(self, prune_kept: int, merge_kept: int, protected: int = 1):
+    def __init__(self, prune_kept: int, merge_kept: int, protected: int = 1, merge_rule: str = "importance"):
         super().__init__(protected)
         for name, value in (("prune_kept", prune_kept), ("merge_kept", merge_kept)):
             if value <= protected:
                 raise ValueError(f"{name} must keep more than the {protected} protected token(s), got {value}")
+        if merge_rule not in MERGE_RULES:
+            raise TokcompError(f"unknown merge_rule {merge_rule!r}", hint=f"valid: {', '.join(MERGE_RULES)}")
         self.prune_kept = prune_kept
         self.merge_kept = merge_kept
+        self.merge_rule = merge_rule
+
+    def _counts(self, tokens_in: int) -> tuple[int, int]:
+        """(tokens after pruning, tokens after merging) for `tokens_in` tokens entering the block."""
+        pruned = min(tokens_in, self.prune_kept)
+        merged = min(pruned, self.merge_kept)
+        if self.merge_rule == "bipartite":
+            merged = max(merged, pruned - bipartite_sources(pruned, self.protected))
+        return pruned, merged
 
     def kept_tokens(self, tokens_in: int) -> int:
-        return min(tokens_in, self.prune_kept, self.merge_kept)
+        return self._counts(tokens_in)[1]
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
-        pruned = min(tokens, self.prune_kept)
-        merged = min(pruned, self.merge_kept)
+        pruned, merged = self._counts(tokens)
         if merged == tokens:
             return x, state
         order = importance_order(attn.cls_attention(), self.protected, state.mask)
         x, state = select_tokens(x, state, order[:, :pruned])  # sorts and prunes in one gather
         if merged == pruned:
             return x, state
+        if self.merge_rule == "bipartite":
+            plan = plan_alternating(F.normalize(x, dim=-1), pruned - merged, self.protected, state.mask)
+            return ExclusiveMerge.apply_plan(x, state, plan)
         dst = best_destinations(x, merged, self.protected)
         return weighted_merge(x, state, partial(tail_merge_sum, keep=merged, dst=dst))
 
     def describe(self) -> dict:
-        return {**super().describe(), "prune_kept": self.prune_kept, "merge_kept": self.merge_kept}
+        return {
+            **super().describe(),
+            "prune_kept": self.prune_kept,
+            "merge_kept": self.merge_kept,
+            "merge_rule": self.merge_rule,
+        }
