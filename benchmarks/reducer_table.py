@@ -72,7 +72,7 @@ SWEEP = {  # Token Transforming variants scored on tuning data (--sweep)
         }
         for sel in ("alternating", "cls_attention")
         for metric in ("hidden", "keys")
-        for k, t in ((1, 0.01), (2, 0.01), (2, 0.02), (2, 0.05), (4, 0.1))
+        for k, t in ((1, 0.01), (2, 0.01), (2, 0.015), (2, 0.02), (2, 0.03), (2, 0.05), (4, 0.1))
     },
 }  # fmt: skip
 BATCH = 16

@@ -42,3 +42,16 @@ def tiny_bert():
         hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, vocab_size=200
     )
     return BertModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_dir(tmp_path_factory):
+    """A tiny random ViT classifier saved as a model folder (shared by the DiffRate tests)."""
+    from transformers import ViTImageProcessor
+
+    folder = tmp_path_factory.mktemp("tinyvit")
+    model = tiny_vision("vit")
+    model.config.architectures = ["ViTForImageClassification"]
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

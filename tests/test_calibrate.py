@@ -214,17 +214,6 @@ def test_loss_choice_errors_name_the_fix():
 # ---------------------------------------------------------------- end to end through a recipe
 
 
-@pytest.fixture(scope="module")
-def tiny_vit_dir(tmp_path_factory):
-    from transformers import ViTImageProcessor
-
-    folder = tmp_path_factory.mktemp("tinyvit")
-    model = tiny_vision("vit")
-    model.config.architectures = ["ViTForImageClassification"]
-    model.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
 
 def test_compile_searches_and_records_the_schedule(tiny_vit_dir, tmp_path):
     from tokcomp.fileio import read_json

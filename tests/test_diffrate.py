@@ -239,17 +239,6 @@ def test_published_schedules_reproduce_diffrate_gmacs(
 # ---------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def tiny_vit_dir(tmp_path_factory):
-    from transformers import ViTImageProcessor
-
-    folder = tmp_path_factory.mktemp("tinyvit")
-    model = tiny_vision("vit")
-    model.config.architectures = ["ViTForImageClassification"]
-    model.save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
 
 def _vit_from(folder):
     from transformers import ViTForImageClassification

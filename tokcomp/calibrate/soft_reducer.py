@@ -31,7 +31,7 @@ from tokcomp.calibrate.rates import RatePlan
 from tokcomp.errors import TokcompError
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.diffrate import PADDING_IMPORTANCE
-from tokcomp.reducers.tome import _PAD_PAIR_SCORE
+from tokcomp.reducers.transform import _forbid_pairs
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
@@ -99,14 +99,10 @@ def bipartite_merge_order(
     receiver = kept & unprotected & (rank % 2 == 1)
     metric = F.normalize(x.detach(), dim=-1)
     scores = metric @ metric.transpose(-1, -2)
-    low = torch.finfo(scores.dtype).min
-    if mask is not None:
-        real_src, real_dst = mask[:, :, None] > 0, mask[:, None, :] > 0
-        scores = torch.where(real_src == real_dst, scores, torch.full_like(scores, low))
-        scores = torch.where(~real_src & ~real_dst, torch.full_like(scores, _PAD_PAIR_SCORE), scores)
+    scores = _forbid_pairs(scores, mask, mask)  # the inference rule's padding pairs
     scores = torch.where(receiver[:, None, :], scores, torch.full_like(scores, -torch.inf))
     best, destination = scores.max(dim=-1)
-    # Sort key: non-sources (-3) < sources (their score, or `low`) < pruned tokens (3 + rank).
+    # Sort key: non-sources (-3) < sources (their score, or finfo.min) < pruned tokens (3 + rank).
     key = torch.where(source, best, torch.full_like(best, -3.0))
     key = torch.where(kept, key, 3.0 + rank.to(best.dtype))
     by_rank = rank.argsort(dim=-1, descending=True)  # ties in key go to the higher rank first
