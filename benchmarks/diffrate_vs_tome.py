@@ -65,7 +65,54 @@ def evaluation_sets(loaded, views: int, seed: int, batch_size: int) -> dict[str,
 
 
 def fidelity(original, model, batches_by_set: dict, pooling: str) -> dict:
-    return {name: compare_models(original, model, batches, pooling) for name, batches in batches_by_set.items()}
+    return {
+        name: compare_models(original, model, batches, pooling, per_sample=True)
+        for name, batches in batches_by_set.items()
+    }
+
+
+def paired(diffrate: dict, tome: dict, resamples: int = 10_000) -> dict:
+    """DiffRate minus ToMe per image: mean, 95% bootstrap interval, medians, images where DiffRate is higher."""
+    ours, theirs = torch.tensor(diffrate["cosines"]), torch.tensor(tome["cosines"])
+    diff = ours - theirs
+    draws = torch.randint(len(diff), (resamples, len(diff)), generator=torch.Generator().manual_seed(0))
+    means = diff[draws].mean(1)
+    return {
+        "mean": diff.mean().item(),
+        "ci95": [means.quantile(0.025).item(), means.quantile(0.975).item()],
+        "median_diffrate": ours.median().item(),
+        "median_tome": theirs.median().item(),
+        "higher": int((diff > 0).sum()),
+        "samples": len(diff),
+    }
+
+
+def rescore(path: Path, args) -> dict:
+    """Re-measure the fidelity of stored results (their schedules; no search) with per-image cosines."""
+    result = json.loads(path.read_text())
+    loaded = load_model(ModelSpec(source=result["model"]))
+    eval_sets = evaluation_sets(loaded, args.eval_views, args.seed, args.batch_size)
+    original = loaded.model
+
+    def measure(passes: list[dict]) -> dict:
+        model, _, _ = compress(loaded, passes, None, args.seed)
+        return fidelity(original, model, eval_sets, loaded.pooling)
+
+    for row in result["rows"]:
+        row["tome"]["fidelity"] = measure([{"type": "tome", "r": row["tome"]["r"]}])
+        for rule, entry in row["diffrate"].items():
+            schedules = [("fidelity", entry)]
+            if "start_only" in entry:
+                schedules.append(("start", entry["search"]["start_schedule"]))
+            for key, source in schedules:
+                counts = {"prune": source["prune_kept"], "merge": source["merge_kept"]}
+                measured = measure([{"type": "diffrate", "merge_rule": rule, "schedule": counts}])
+                if key == "start":
+                    entry["start_only"]["fidelity"] = measured
+                else:
+                    entry["fidelity"] = measured
+    result["evaluation"] = list(eval_sets)
+    return result
 
 
 def run(args) -> dict:
@@ -99,6 +146,11 @@ def run(args) -> dict:
             }  # fmt: skip
             diffrate, meta, seconds = compress(loaded, [diffrate_pass], calibration, args.seed)
             gap = abs(meta["gmacs"] - tome_meta["gmacs"]) / tome_meta["gmacs"]
+            # Ablation: the chosen start shape alone, without the gradient search.
+            start = meta["report"]["start_schedule"]
+            schedule = {"prune": start["prune_kept"], "merge": start["merge_kept"]}
+            start_pass = {"type": "diffrate", "merge_rule": rule, "schedule": schedule}
+            start_model, start_meta, _ = compress(loaded, [start_pass], None, args.seed)
             row["diffrate"][rule] = {
                 "target_gmacs": tome_meta["gmacs"],
                 "gmacs": meta["gmacs"],
@@ -109,6 +161,10 @@ def run(args) -> dict:
                 "fidelity": fidelity(original, diffrate, eval_sets, loaded.pooling),
                 "flops_gap": gap,
                 "flops_matched": gap <= MATCH_TOLERANCE,
+                "start_only": {
+                    "gmacs": start_meta["gmacs"],
+                    "fidelity": fidelity(original, start_model, eval_sets, loaded.pooling),
+                },
             }
         rows.append(row)
     dense = next(iter(rows[0]["diffrate"].values()))["search"]["original_gmacs"]
@@ -181,10 +237,57 @@ def markdown(result: dict) -> str:
             f"DiffRate ({rule} merging) minus ToMe, mean cosine: {', '.join(f'{d:+.4f}' for d in deltas)} "
             f"(DiffRate higher in {sum(d > 0 for d in deltas)} of {len(deltas)} comparisons).",
         ]
+    if all("cosines" in row["tome"]["fidelity"][s] for row in result["rows"] for s in sets):
+        lines += [
+            "",
+            "## Paired, image by image",
+            "",
+            "DiffRate minus ToMe on the same images: mean with a 95% bootstrap interval (10,000 "
+            "resamples of the images), medians, and on how many images DiffRate is closer to the original.",
+            "",
+            "| cut | rule | set | mean difference (95% interval) | median DiffRate / ToMe | DiffRate higher |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in result["rows"]:
+            for rule, entry in row["diffrate"].items():
+                for s in sets:
+                    p = paired(entry["fidelity"][s], row["tome"]["fidelity"][s])
+                    lines.append(
+                        f"| {row['cut_asked']} | {rule} | {s} | {p['mean']:+.4f} ({p['ci95'][0]:+.4f} to "
+                        f"{p['ci95'][1]:+.4f}) | {p['median_diffrate']:.4f} / {p['median_tome']:.4f} | "
+                        f"{p['higher']} of {p['samples']} |"
+                    )
     lines += ["", "DiffRate schedules (kept tokens per block, CLS included):", ""]
     for row in result["rows"]:
         for rule, entry in row["diffrate"].items():
             lines.append(f"- {row['cut_asked']}, {rule}: prune {entry['prune_kept']}, merge {entry['merge_kept']}")
+    if any("start_only" in entry for row in result["rows"] for entry in row["diffrate"].values()):
+        lines += [
+            "",
+            "## Where each DiffRate schedule came from",
+            "",
+            "The search scores schedule shapes (power p: 1 = constant r, > 1 back-loaded) on its first "
+            "calibration batches, starts from the best, and returns the best-scoring counts there (task "
+            "loss, 1 - cosine) among the start and each epoch's read-out within 1% of the target FLOPs. "
+            "'Start only' applies the chosen start's counts with no gradient search.",
+            "",
+            "| cut | rule | start p (score) | epoch read-out scores | kept | start only: "
+            + " | start only: ".join(sets)
+            + " |",
+            "|---|---|---|---|---|" + "---|" * len(sets),
+        ]
+        for row in result["rows"]:
+            for rule, entry in row["diffrate"].items():
+                if "start_only" not in entry:
+                    continue
+                search = entry["search"]
+                chosen = next(c for c in search["start"] if c["chosen"])
+                epochs = ", ".join(f"{e['score']:.4f}" for e in search["epochs"])
+                start_cells = " | ".join(f"{entry['start_only']['fidelity'][s]['cosine_mean']:.4f}" for s in sets)
+                lines.append(
+                    f"| {row['cut_asked']} | {rule} | {chosen['power']:g} ({chosen['score']:.4f}) | {epochs} | "
+                    f"{search['kept']} | {start_cells} |"
+                )
     m = result["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['threads']} torch threads, torch {m['torch']}."]
     if result["note"]:
@@ -212,10 +315,18 @@ def main() -> None:
     parser.add_argument(
         "--combine", type=Path, nargs="+", help="merge the rows of earlier result .json files instead of running"
     )
+    parser.add_argument(
+        "--rescore", action="store_true", help="re-measure fidelity of the stored schedules in --out (no search)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = combine(args.combine, args.note) if args.combine else run(args)
+    if args.rescore:
+        result = rescore(args.out.with_suffix(".json"), args)
+    elif args.combine:
+        result = combine(args.combine, args.note)
+    else:
+        result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

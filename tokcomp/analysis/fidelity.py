@@ -46,9 +46,16 @@ def model_outputs(model: nn.Module, batch: dict[str, Tensor], pooling: str) -> d
 
 @torch.no_grad()
 def compare_models(
-    original: nn.Module, compressed: nn.Module, batches: Iterable[dict[str, Tensor]], pooling: str
-) -> dict[str, float]:
-    """Cosine of pooled embeddings; top-1 agreement and KL(original || compressed) on logits."""
+    original: nn.Module,
+    compressed: nn.Module,
+    batches: Iterable[dict[str, Tensor]],
+    pooling: str,
+    per_sample: bool = False,
+) -> dict:
+    """Cosine of pooled embeddings; top-1 agreement and KL(original || compressed) on logits.
+
+    `per_sample` adds every sample's cosine ("cosines"), for paired comparisons of two models.
+    """
     cosines, agree, kl = [], [], []
     for batch in batches:
         ref, out = model_outputs(original, batch, pooling), model_outputs(compressed, batch, pooling)
@@ -59,6 +66,8 @@ def compare_models(
             kl.append((log_p.exp() * (log_p - log_q)).sum(-1))
     cos = torch.cat(cosines)
     result = {"samples": int(cos.numel()), "cosine_mean": cos.mean().item(), "cosine_min": cos.min().item()}
+    if per_sample:
+        result["cosines"] = cos.tolist()
     if agree:
         result["top1_agreement"] = torch.cat(agree).mean().item()
         result["kl_mean"] = torch.cat(kl).mean().item()

@@ -3,7 +3,8 @@
 rates.py          prune / merge logits -> soft masks and straight-through counts
 soft_reducer.py   search-time reducer: tokens stay in place, masks enter attention
 loss.py           distillation (KL / cosine) or cross-entropy
-budget.py         token counts per block: the constant-r start and the per-block read-out
+budget.py         token counts per block: shaped starts at the target FLOPs, the per-block read-out
+start.py          the start: score schedule shapes on calibration batches, take the best
 search.py         the training loop over calibration batches (AdamW, cosine lr, FLOPs penalty)
 data.py           calibration batches: recipe data or a user forward_loop
 distributed.py    torchrun: process group, data shards, rank-0-only writes

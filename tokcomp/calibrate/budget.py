@@ -1,4 +1,4 @@
-"""Token counts per block and the FLOPs they cost: the start of the search and its read-out."""
+"""Token counts per block and the FLOPs they cost: the starts of the search and its read-out."""
 
 from __future__ import annotations
 
@@ -29,44 +29,64 @@ def per_block_lists(
     return prune_kept, merge_kept
 
 
-def linear_start(
-    geometry: Geometry, layers: list[int], protected: int, target_macs: int, merge_rule: str = "importance"
-) -> tuple[list[float], list[float]]:
-    """Starting (prune, merge) counts: every searched layer merges the same number r of tokens.
+def shape_weights(layers: int, power: float) -> list[float]:
+    """Share of the total reduction made by each of `layers` searched layers.
 
-    r is set so the FLOPs meet the target (ToMe's constant-r schedule, continuous); nothing
-    is pruned at the start (prune count = tokens entering the layer). With the bipartite
-    rule r is capped per layer by what it can merge (as ToMe caps r); only when that cannot
-    reach the target does the start prune. DiffRate itself starts
-    from uniform logits (about half the tokens in every layer), which a few hundred steps
-    at lr 0.01 cannot move far enough; this start lets the search spend its steps on the
-    shape of the schedule and on prune vs merge.
+    Layer i's share is s_i - s_(i-1), with s_i = ((i + 1) / layers)^power.
+
+    power 1 removes the same number of tokens in every layer (ToMe's constant r); above 1
+    removes fewer early and more late (back-loaded), below 1 the reverse.
+    """
+    shares = [((i + 1) / layers) ** power for i in range(layers)]
+    return [b - a for a, b in zip([0.0, *shares[:-1]], shares, strict=True)]
+
+
+def shaped_start(
+    geometry: Geometry,
+    layers: list[int],
+    protected: int,
+    target_macs: int,
+    merge_rule: str = "importance",
+    power: float = 1.0,
+) -> tuple[list[float], list[float]]:
+    """Starting (prune, merge) counts: pure merging, shaped by `power`, at the target FLOPs.
+
+    Searched layer i merges R x shape_weights(power)[i] tokens, R set by bisection so the
+    FLOPs meet the target; power 1 is ToMe's constant-r schedule (continuous). Nothing is
+    pruned at the start (prune count = tokens entering the layer). With the bipartite
+    rule each layer merges at most what the rule can (as ToMe caps r); only when that
+    cannot reach the target does the start prune. DiffRate itself starts from uniform
+    logits (about half the tokens in every layer), which a few hundred steps at lr 0.01
+    cannot move far enough; a start at the target lets the search spend its steps on the
+    schedule's shape and on prune vs merge.
     """
     floor, total = float(protected + 1), float(geometry.input_tokens)
     # Bipartite merging keeps at least floor(P / 2) + c of P tokens (c = (protected + 1) // 2).
     c = (protected + 1) // 2
+    weights = shape_weights(len(layers), power)
 
-    def counts(r: float, capped: bool) -> list[float]:
-        """Tokens after each searched layer merging r each; `capped`: no more than bipartite can merge."""
+    def counts(reduction: float, capped: bool) -> list[float]:
+        """Tokens after each searched layer; `capped`: no more merged than bipartite can merge."""
         out, previous = [], total
-        for _ in layers:
-            previous = max(floor, previous - r, (previous - 1) / 2 + c if capped else floor)
+        for weight in weights:
+            previous = max(floor, previous - reduction * weight, (previous - 1) / 2 + c if capped else floor)
             out.append(previous)
         return out
 
-    def macs(r: float, capped: bool) -> float:
-        return model_macs(geometry, tokens_per_block(counts(r, capped), layers, geometry))
+    def macs(reduction: float, capped: bool) -> float:
+        return model_macs(geometry, tokens_per_block(counts(reduction, capped), layers, geometry))
 
+    # Enough reduction for any layer to remove every token.
+    low, high = 0.0, total / max(min(weights), 1e-9)
     # Bipartite: like ToMe, merge at most what the rule can; prune only when that cannot reach the target.
-    capped = merge_rule == "bipartite" and macs(total, True) <= target_macs
-    low, high = 0.0, total
+    capped = merge_rule == "bipartite" and macs(high, True) <= target_macs
     if not macs(high, capped) <= target_macs <= macs(low, capped):
         raise TokcompError(
             f"target {target_macs / 1e9:.3f} GMACs is outside what the searched blocks can reach "
             f"({macs(high, capped) / 1e9:.3f} to {macs(low, capped) / 1e9:.3f} GMACs)",
             hint="choose a target_flops between those, or search more blocks (targets / ignore)",
         )
-    for _ in range(60):  # bisection on r: FLOPs fall as r grows
+    for _ in range(60):  # bisection: FLOPs fall as the reduction grows
         middle = (low + high) / 2
         low, high = (middle, high) if macs(middle, capped) > target_macs else (low, middle)
     merge = counts((low + high) / 2, capped)

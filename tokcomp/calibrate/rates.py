@@ -38,6 +38,22 @@ class RatePlan(NamedTuple):
     tokens: Tensor  # [L] n_l = tokens after layer l (carries the FLOPs gradient)
 
 
+def fixed_plan(prune: list[int], tokens: list[int], input_tokens: int) -> RatePlan:
+    """The plan of known integer counts per searched layer (tokens kept by pruning, tokens after).
+
+    The search forward under it is the compiled model's forward (tests/test_calibrate.py),
+    so it scores a schedule on calibration data exactly, with no gradient.
+    """
+    positions = torch.arange(input_tokens)
+    prune_count, after = torch.tensor(prune, dtype=torch.float32), torch.tensor(tokens, dtype=torch.float32)
+    return RatePlan(
+        (positions[None] < prune_count[:, None]).float(),
+        (positions[None] < after[:, None]).float(),
+        prune_count,
+        after,
+    )
+
+
 def candidate_counts(input_tokens: int, protected: int, granularity: int) -> list[int]:
     """Kept non-protected token counts N, N-g, ... down to at least 1."""
     if granularity < 1:

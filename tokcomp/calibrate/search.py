@@ -8,6 +8,14 @@ The FLOPs penalty is relative to the original model, so one lambda fits every mo
 size (DiffRate's lambda = 5 on GMACs is lambda ~ 106 here for DeiT-S). AdamW, no
 weight decay, cosine decay from lr to lr_min over all steps. The original model's
 outputs are computed once per batch (reducers off) and reused every epoch.
+
+The logits start centred on the schedule shape that scores best on the first
+SCORE_BATCHES batches (start.py). After every epoch the read-out counts are scored on
+the same batches, and the best-scoring counts are kept, the start's included: DiffRate's
+straight-through gradient is first order and can trade merging for pruning that costs
+more than it estimates (docs/diffrate.md), so the search never returns counts that
+score worse on its own data than where it began.
+
 Under torchrun the rate logits are wrapped in DistributedDataParallel and each rank
 steps through its own equal shard of batches.
 """
@@ -26,13 +34,25 @@ from torch import Tensor, nn
 
 from tokcomp.analysis.flops import model_macs
 from tokcomp.calibrate import distributed
-from tokcomp.calibrate.budget import linear_start, per_block_lists, tokens_per_block
+from tokcomp.calibrate.budget import per_block_lists, tokens_per_block
 from tokcomp.calibrate.loss import LossName, resolve_loss, task_loss, teacher_target
-from tokcomp.calibrate.rates import RateParameters
+from tokcomp.calibrate.rates import RateParameters, RatePlan, fixed_plan
 from tokcomp.calibrate.soft_reducer import SearchTrace, SoftDiffRate
-from tokcomp.progress import progress_bar
+from tokcomp.calibrate.start import (
+    SCORE_BATCHES,
+    START_POWERS,
+    StartCandidate,
+    choose_start,
+    integer_counts,
+    start_candidates,
+)
+from tokcomp.progress import info, progress_bar
 from tokcomp.surgery.adapters.base import Geometry
 from tokcomp.surgery.block import TokenBlock
+
+
+# Counts are eligible to be returned within this fraction of the target FLOPs.
+TARGET_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,7 @@ class SearchSettings:
     loss: LossName = "auto"
     proportional_attention: bool = True
     merge_rule: str = "importance"  # reducers.diffrate.MERGE_RULES
+    start_powers: tuple[float, ...] = START_POWERS  # schedule shapes the search may start from (start.py)
 
 
 @dataclass
@@ -59,7 +80,10 @@ class SearchResult:
     steps: int
     world_size: int
     seconds: float
-    epochs: list[dict] = field(default_factory=list)  # mean task loss and GMACs per epoch
+    epochs: list[dict] = field(default_factory=list)  # mean task loss, GMACs and read-out score per epoch
+    start: list[dict] = field(default_factory=list)  # start shapes: power, score, tokens; the chosen one flagged
+    kept: str = ""  # whose counts were kept: "start" or "epoch k" (the best score)
+    start_schedule: dict = field(default_factory=dict)  # the chosen start's prune_kept / merge_kept per block
 
 
 @dataclass
@@ -84,17 +108,39 @@ def search_rates(
     started = time.perf_counter()
     torch.manual_seed(seed)
     layers = [i for i, chosen in enumerate(searched) if chosen]
-    start = linear_start(geometry, layers, protected, settings.target_macs, settings.merge_rule)
-    rates = RateParameters(
-        len(layers), geometry.input_tokens, protected, settings.granularity, start, settings.merge_rule
+    candidates = start_candidates(
+        geometry, layers, protected, settings.target_macs, settings.merge_rule, settings.start_powers
     )
-    search = _Search(model, rates, layers, geometry, settings, pooling)
+    search = _Search(model, layers, protected, geometry, settings, pooling)
     data = [_Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")) for b in batches]
 
     with _search_mode(model, blocks, layers, search.trace, protected, settings, search.device):
         search.loss_name = _teacher_targets(model, data, settings.loss, pooling, search.device)
-        history = [search.epoch(data, epoch, seed) for epoch in range(settings.epochs)]
-        prune, merge = rates.read_out()
+        scoring = data[:SCORE_BATCHES]
+        start = search.choose_start(candidates, scoring)
+        search.begin(
+            RateParameters(
+                len(layers), geometry.input_tokens, protected, settings.granularity,
+                (start.prune, start.merge), settings.merge_rule,
+            )
+        )  # fmt: skip
+        start_counts = integer_counts(start.prune, start.merge, protected, settings.merge_rule)
+        options = [_Option("start", *start_counts, start.loss, search.macs_of(start_counts[1]))]
+        history = []
+        for epoch in range(settings.epochs):
+            history.append(search.epoch(data, epoch, seed))
+            prune, merge = search.rates.read_out()
+            score = search.score_counts(prune, merge, scoring)
+            option = _Option(f"epoch {epoch + 1}", prune, merge, score, search.macs_of(merge))
+            history[-1].update(score=option.score, read_out_gmacs=option.macs / 1e9)
+            options.append(option)
+        best = _best(options, settings.target_macs)
+        kept, prune, merge = best.name, best.prune, best.tokens
+        if kept == "start" and distributed.is_main_process():
+            info(
+                "[yellow]DiffRate: keeping the start's counts: no epoch's read-out within 1% of the target "
+                "FLOPs scored better on the scoring batches (report.json: diffrate.epochs, diffrate.start)"
+            )
 
     prune_kept, merge_kept = per_block_lists(prune, merge, layers, geometry)
     prune_kept, merge_kept = distributed.broadcast_ints(prune_kept), distributed.broadcast_ints(merge_kept)
@@ -109,31 +155,84 @@ def search_rates(
         world_size=distributed.world_size(),
         seconds=time.perf_counter() - started,
         epochs=history,
+        start=[
+            {"power": c.power, "score": c.loss, "tokens": [round(m, 1) for m in c.merge], "chosen": c is start}
+            for c in candidates
+        ],
+        kept=kept,
+        start_schedule=dict(zip(("prune_kept", "merge_kept"), per_block_lists(*start_counts, layers, geometry))),
     )
 
 
+@dataclass
+class _Option:
+    """Counts the search could return: the start's or an epoch's read-out, with their score."""
+
+    name: str
+    prune: list[int]
+    tokens: list[int]
+    score: float
+    macs: int
+
+
+def _best(options: list[_Option], target_macs: int) -> _Option:
+    """The best-scoring option within TARGET_TOLERANCE of the target FLOPs (the closest to it if none is)."""
+    eligible = [o for o in options if abs(o.macs - target_macs) <= TARGET_TOLERANCE * target_macs]
+    if not eligible:
+        return min(options, key=lambda o: abs(o.macs - target_macs))
+    return min(eligible, key=lambda o: o.score)
+
+
 class _Search:
-    """One search's moving parts: rates (DDP-wrapped when distributed), optimiser, trace."""
+    """One search's moving parts: trace, then (begin) rates (DDP-wrapped when distributed) and optimiser."""
 
     def __init__(
-        self,
-        model,
-        rates: RateParameters,
-        layers: list[int],
-        geometry: Geometry,
-        settings: SearchSettings,
-        pooling: str,
+        self, model, layers: list[int], protected: int, geometry: Geometry, settings: SearchSettings, pooling: str
     ):
         self.device = distributed.device()
+        self.protected = protected
         self.model, self.layers, self.geometry = model, layers, geometry
         self.settings, self.pooling = settings, pooling
-        self.rates = rates.to(self.device)
-        self.stepper = _wrap(self.rates, self.device)
-        self.optimizer = torch.optim.AdamW(self.rates.parameters(), lr=settings.lr, weight_decay=0.0)
         self.trace = SearchTrace()
         self.original_macs = model_macs(geometry, [geometry.input_tokens] * geometry.num_layers)
         self.loss_name = ""
         self.steps_done = 0
+
+    def begin(self, rates: RateParameters) -> None:
+        self.rates = rates.to(self.device)
+        self.stepper = _wrap(self.rates, self.device)
+        self.optimizer = torch.optim.AdamW(self.rates.parameters(), lr=self.settings.lr, weight_decay=0.0)
+
+    def choose_start(self, candidates: list[StartCandidate], data: list[_Batch]) -> StartCandidate:
+        """The best-scoring start shape on `data` (every rank scores its share; scores are averaged)."""
+        s = self.settings
+        with _progress("DiffRate start shapes", len(candidates)) as advance:
+
+            def score(candidate: StartCandidate) -> float:
+                counts = integer_counts(candidate.prune, candidate.merge, self.protected, s.merge_rule)
+                loss = self.score_counts(*counts, data)
+                advance(f"power {candidate.power:g}: loss {loss:.4f}")
+                return loss
+
+            return choose_start(candidates, score)
+
+    @torch.no_grad()
+    def score_counts(self, prune: list[int], tokens: list[int], data: list[_Batch]) -> float:
+        """Mean task loss over `data` of the model with these integer counts, averaged across ranks."""
+        plan = RatePlan(*(t.to(self.device) for t in fixed_plan(prune, tokens, self.geometry.input_tokens)))
+        losses = [self._task(plan, batch).item() for batch in data]
+        return distributed.mean_across_ranks(sum(losses) / len(losses))
+
+    def macs_of(self, tokens: list[int]) -> int:
+        """Model MACs with these tokens after the searched layers."""
+        return model_macs(self.geometry, tokens_per_block(tokens, self.layers, self.geometry))
+
+    def _task(self, plan: RatePlan, batch: _Batch) -> torch.Tensor:
+        self.trace.begin(plan)
+        output = self.model(**{k: v.to(self.device) for k, v in batch.inputs.items()})
+        labels = None if batch.labels is None else batch.labels.to(self.device)
+        weights = self.trace.pooling_weights() if self.pooling == "mean" else None
+        return task_loss(output, self.loss_name, batch.target, labels, self.pooling, weights)
 
     def epoch(self, data: list[_Batch], epoch: int, seed: int) -> dict:
         order = random.Random(seed * 1000 + epoch).sample(range(len(data)), len(data))
@@ -154,11 +253,7 @@ class _Search:
     def step(self, batch: _Batch, total: int) -> tuple[float, float]:
         self._set_lr(total)
         plan = self.stepper()
-        self.trace.begin(plan)
-        output = self.model(**{k: v.to(self.device) for k, v in batch.inputs.items()})
-        labels = None if batch.labels is None else batch.labels.to(self.device)
-        weights = self.trace.pooling_weights() if self.pooling == "mean" else None
-        task = task_loss(output, self.loss_name, batch.target, labels, self.pooling, weights)
+        task = self._task(plan, batch)
         macs = model_macs(self.geometry, tokens_per_block(list(plan.tokens), self.layers, self.geometry))
         penalty = self.settings.flops_weight * ((macs - self.settings.target_macs) / self.original_macs) ** 2
         self.optimizer.zero_grad(set_to_none=True)

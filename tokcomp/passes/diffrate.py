@@ -6,14 +6,16 @@
     - merge_rule: importance (DiffRate's) | bipartite (ToMe's matching decides which tokens merge)
 
 Counts include the protected tokens (CLS, distillation); tokens after block l are
-min(previous, prune[l], merge[l]). The search never compresses block 0 (as DiffRate).
+min(previous, prune[l], merge[l]). With DiffRate's merge rule the search leaves block 0
+alone, as DiffRate does (its CLS attention there ranks nothing yet); the bipartite rule
+merges by similarity, which ToMe already uses from block 0, so the search includes it.
 The metadata records `prune_kept` / `merge_kept`, so a checkpoint rebuilds the model
 without data.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -27,7 +29,15 @@ from tokcomp.surgery.adapters.base import Geometry
 # Checkpoints written before merge_rule existed used DiffRate's rule: restore falls back to it.
 LEGACY_MERGE_RULE = "importance"
 DEFAULT_MERGE_RULE = "bipartite"  # chosen on calibration data: docs/diffrate.md, "Merge rules"
-SEARCH_DEFAULTS = {"granularity": 4, "epochs": 3, "lr": 0.01, "lr_min": 0.001, "lambda_": 100.0, "loss": "auto"}
+SEARCH_DEFAULTS = {
+    "granularity": 4,
+    "epochs": 3,
+    "lr": 0.01,
+    "lr_min": 0.001,
+    "lambda_": 100.0,
+    "loss": "auto",
+    "start": "auto",
+}
 
 
 class DiffRateSchedule(StrictModel):
@@ -55,6 +65,11 @@ class DiffRateConfig(PassConfig):
     )
     loss: Literal["auto", "kl", "cosine", "ce"] | None = Field(
         default=None, description="auto: KL on logits for classifiers, cosine on the pooled output otherwise"
+    )
+    start: Literal["auto"] | Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="schedule shape the search starts from: auto = the best of several on the calibration data, "
+        "or a power (1 = ToMe's constant r, > 1 back-loaded, < 1 front-loaded) (auto)",
     )
     merge_rule: Literal["importance", "bipartite"] = Field(
         default=DEFAULT_MERGE_RULE,
@@ -176,6 +191,7 @@ def _check_schedule(
 
 def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], config: DiffRateConfig, ctx):
     from tokcomp.calibrate import SearchSettings, calibration_batches, distributed, print_schedule, search_rates
+    from tokcomp.calibrate.start import START_POWERS
     from tokcomp.recipe import CalibrationSpec
 
     if ctx.loaded is None or ctx.loaded.processor is None:
@@ -183,9 +199,12 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
             "the DiffRate search (target_flops) needs calibration data and the model's preprocessing",
             hint="run it from a recipe (tokcomp compile), or apply a known {type: diffrate, schedule: ...}",
         )
-    searched = [chosen and index > 0 for index, chosen in enumerate(selected)]  # block 0 never compresses
+    searched = [chosen and (index > 0 or config.merge_rule == "bipartite") for index, chosen in enumerate(selected)]
     if not any(searched):
-        raise RecipeError("targets / ignore leave only block 0, which DiffRate never compresses")
+        raise RecipeError(
+            "targets / ignore leave only block 0, which the search leaves alone with merge_rule: importance",
+            hint="select more blocks, or use merge_rule: bipartite",
+        )
     distributed.ensure_process_group()
     spec = ctx.calibration or CalibrationSpec()
     setting = config.search_setting
@@ -203,6 +222,7 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
         loss=setting("loss"),
         proportional_attention=config.proportional_attention,
         merge_rule=config.merge_rule,
+        start_powers=START_POWERS if setting("start") == "auto" else (float(setting("start")),),
     )
     result = search_rates(
         model, site.blocks, searched, site.protected, geometry, batches, settings, ctx.loaded.pooling, ctx.seed
@@ -218,7 +238,10 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
             "merge_rule": config.merge_rule,
         },
         "calibration": {"data": spec.forward_loop or spec.data, "samples": samples, "augment": spec.augment},
+        "start": result.start,
+        "start_schedule": result.start_schedule,
         "epochs": result.epochs,
+        "kept": result.kept,
         "steps": result.steps,
         "processes": result.world_size,
         "search_seconds": round(result.seconds, 1),
