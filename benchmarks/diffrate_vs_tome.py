@@ -87,6 +87,12 @@ def paired(diffrate: dict, tome: dict, resamples: int = 10_000) -> dict:
     }
 
 
+def schedule_pass(rule: str, counts: dict) -> dict:
+    """The DiffRate pass applying stored counts ({prune_kept, merge_kept}), no search."""
+    schedule = {"prune": counts["prune_kept"], "merge": counts["merge_kept"]}
+    return {"type": "diffrate", "merge_rule": rule, "schedule": schedule}
+
+
 def rescore(path: Path, args) -> dict:
     """Re-measure the fidelity of stored results (their schedules; no search) with per-image cosines."""
     result = json.loads(path.read_text())
@@ -101,16 +107,9 @@ def rescore(path: Path, args) -> dict:
     for row in result["rows"]:
         row["tome"]["fidelity"] = measure([{"type": "tome", "r": row["tome"]["r"]}])
         for rule, entry in row["diffrate"].items():
-            schedules = [("fidelity", entry)]
+            entry["fidelity"] = measure([schedule_pass(rule, entry)])
             if "start_only" in entry:
-                schedules.append(("start", entry["search"]["start_schedule"]))
-            for key, source in schedules:
-                counts = {"prune": source["prune_kept"], "merge": source["merge_kept"]}
-                measured = measure([{"type": "diffrate", "merge_rule": rule, "schedule": counts}])
-                if key == "start":
-                    entry["start_only"]["fidelity"] = measured
-                else:
-                    entry["fidelity"] = measured
+                entry["start_only"]["fidelity"] = measure([schedule_pass(rule, entry["search"]["start_schedule"])])
     result["evaluation"] = list(eval_sets)
     return result
 
@@ -147,9 +146,7 @@ def run(args) -> dict:
             diffrate, meta, seconds = compress(loaded, [diffrate_pass], calibration, args.seed)
             gap = abs(meta["gmacs"] - tome_meta["gmacs"]) / tome_meta["gmacs"]
             # Ablation: the chosen start shape alone, without the gradient search.
-            start = meta["report"]["start_schedule"]
-            schedule = {"prune": start["prune_kept"], "merge": start["merge_kept"]}
-            start_pass = {"type": "diffrate", "merge_rule": rule, "schedule": schedule}
+            start_pass = schedule_pass(rule, meta["report"]["start_schedule"])
             start_model, start_meta, _ = compress(loaded, [start_pass], None, args.seed)
             row["diffrate"][rule] = {
                 "target_gmacs": tome_meta["gmacs"],

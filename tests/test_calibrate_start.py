@@ -66,10 +66,10 @@ def test_integer_counts_round_never_increase_and_keep_the_bipartite_floor():
 
 
 def test_the_lowest_score_wins_and_ties_go_to_constant_r():
-    candidates = [StartCandidate(p, [1.0], [1.0]) for p in (0.5, 1.0, 1.5, 2.0)]
+    candidates = [StartCandidate(p, [1.0], [1.0], ([1], [1])) for p in (0.5, 1.0, 1.5, 2.0)]
     scores = {0.5: 0.3, 1.0: 0.2, 1.5: 0.1, 2.0: 0.4}
     assert choose_start(candidates, lambda c: scores[c.power]).power == 1.5
-    assert [c.loss for c in candidates] == [0.3, 0.2, 0.1, 0.4]
+    assert [c.score for c in candidates] == [0.3, 0.2, 0.1, 0.4]
     assert choose_start(candidates, lambda c: 0.5).power == 1.0
 
 

@@ -43,7 +43,6 @@ from tokcomp.calibrate.start import (
     START_POWERS,
     StartCandidate,
     choose_start,
-    integer_counts,
     start_candidates,
 )
 from tokcomp.progress import info, progress_bar
@@ -111,7 +110,7 @@ def search_rates(
     candidates = start_candidates(
         geometry, layers, protected, settings.target_macs, settings.merge_rule, settings.start_powers
     )
-    search = _Search(model, layers, protected, geometry, settings, pooling)
+    search = _Search(model, layers, geometry, settings, pooling)
     data = [_Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")) for b in batches]
 
     with _search_mode(model, blocks, layers, search.trace, protected, settings, search.device):
@@ -124,8 +123,7 @@ def search_rates(
                 (start.prune, start.merge), settings.merge_rule,
             )
         )  # fmt: skip
-        start_counts = integer_counts(start.prune, start.merge, protected, settings.merge_rule)
-        options = [_Option("start", *start_counts, start.loss, search.macs_of(start_counts[1]))]
+        options = [_Option("start", *start.counts, start.score, search.macs_of(start.counts[1]))]
         history = []
         for epoch in range(settings.epochs):
             history.append(search.epoch(data, epoch, seed))
@@ -156,11 +154,11 @@ def search_rates(
         seconds=time.perf_counter() - started,
         epochs=history,
         start=[
-            {"power": c.power, "score": c.loss, "tokens": [round(m, 1) for m in c.merge], "chosen": c is start}
+            {"power": c.power, "score": c.score, "tokens": [round(m, 1) for m in c.merge], "chosen": c is start}
             for c in candidates
         ],
         kept=kept,
-        start_schedule=dict(zip(("prune_kept", "merge_kept"), per_block_lists(*start_counts, layers, geometry))),
+        start_schedule=dict(zip(("prune_kept", "merge_kept"), per_block_lists(*start.counts, layers, geometry))),
     )
 
 
@@ -186,11 +184,8 @@ def _best(options: list[_Option], target_macs: int) -> _Option:
 class _Search:
     """One search's moving parts: trace, then (begin) rates (DDP-wrapped when distributed) and optimiser."""
 
-    def __init__(
-        self, model, layers: list[int], protected: int, geometry: Geometry, settings: SearchSettings, pooling: str
-    ):
+    def __init__(self, model, layers: list[int], geometry: Geometry, settings: SearchSettings, pooling: str):
         self.device = distributed.device()
-        self.protected = protected
         self.model, self.layers, self.geometry = model, layers, geometry
         self.settings, self.pooling = settings, pooling
         self.trace = SearchTrace()
@@ -205,12 +200,10 @@ class _Search:
 
     def choose_start(self, candidates: list[StartCandidate], data: list[_Batch]) -> StartCandidate:
         """The best-scoring start shape on `data` (every rank scores its share; scores are averaged)."""
-        s = self.settings
         with _progress("DiffRate start shapes", len(candidates)) as advance:
 
             def score(candidate: StartCandidate) -> float:
-                counts = integer_counts(candidate.prune, candidate.merge, self.protected, s.merge_rule)
-                loss = self.score_counts(*counts, data)
+                loss = self.score_counts(*candidate.counts, data)
                 advance(f"power {candidate.power:g}: loss {loss:.4f}")
                 return loss
 
@@ -223,8 +216,8 @@ class _Search:
         losses = [self._task(plan, batch).item() for batch in data]
         return distributed.mean_across_ranks(sum(losses) / len(losses))
 
-    def macs_of(self, tokens: list[int]) -> int:
-        """Model MACs with these tokens after the searched layers."""
+    def macs_of(self, tokens: list) -> int | Tensor:
+        """Model MACs with these tokens after the searched layers (ints, or tensors that carry a gradient)."""
         return model_macs(self.geometry, tokens_per_block(tokens, self.layers, self.geometry))
 
     def _task(self, plan: RatePlan, batch: _Batch) -> torch.Tensor:
@@ -254,7 +247,7 @@ class _Search:
         self._set_lr(total)
         plan = self.stepper()
         task = self._task(plan, batch)
-        macs = model_macs(self.geometry, tokens_per_block(list(plan.tokens), self.layers, self.geometry))
+        macs = self.macs_of(list(plan.tokens))
         penalty = self.settings.flops_weight * ((macs - self.settings.target_macs) / self.original_macs) ** 2
         self.optimizer.zero_grad(set_to_none=True)
         (task + penalty).backward()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokcomp.calibrate.budget import shaped_start
-from tokcomp.reducers.diffrate import bipartite_sources
+from tokcomp.reducers.diffrate import block_counts
 from tokcomp.surgery.adapters.base import Geometry
 
 # Back-loaded (> 1) to front-loaded (< 1) schedules; 1 is constant r.
@@ -32,7 +32,8 @@ class StartCandidate:
     power: float
     prune: list[float]  # continuous counts per searched layer: where the logits are centred
     merge: list[float]
-    loss: float = math.nan  # task loss at the integer counts, on the scoring batches
+    counts: tuple[list[int], list[int]]  # integer (prune kept, tokens after): what is scored
+    score: float = math.nan  # task loss at `counts` on the scoring batches
 
 
 def integer_counts(
@@ -45,13 +46,9 @@ def integer_counts(
     """
     prune_out, after_out, previous = [], [], math.inf
     for p, m in zip(prune, merge, strict=True):
-        kept = min(round(p), previous)
-        after = min(round(m), kept)
-        if merge_rule == "bipartite":
-            after = max(after, kept - bipartite_sources(kept, protected))
+        kept, previous = block_counts(previous, round(p), round(m), protected, merge_rule)
         prune_out.append(kept)
-        after_out.append(after)
-        previous = after
+        after_out.append(previous)
     return prune_out, after_out
 
 
@@ -64,14 +61,15 @@ def start_candidates(
     powers: tuple[float, ...] = START_POWERS,
 ) -> list[StartCandidate]:
     """One candidate per shape (every shape reaches the same targets: all layers at the floor)."""
-    return [
-        StartCandidate(power, *shaped_start(geometry, layers, protected, target_macs, merge_rule, power))
-        for power in powers
-    ]
+    candidates = []
+    for power in powers:
+        prune, merge = shaped_start(geometry, layers, protected, target_macs, merge_rule, power)
+        candidates.append(StartCandidate(power, prune, merge, integer_counts(prune, merge, protected, merge_rule)))
+    return candidates
 
 
 def choose_start(candidates: list[StartCandidate], score: Callable[[StartCandidate], float]) -> StartCandidate:
     """Score every candidate (lower is better); the lowest wins, ties to the shape nearest constant r."""
     for candidate in candidates:
-        candidate.loss = score(candidate)
-    return min(candidates, key=lambda c: (c.loss, abs(math.log(c.power))))
+        candidate.score = score(candidate)
+    return min(candidates, key=lambda c: (c.score, abs(math.log(c.power))))

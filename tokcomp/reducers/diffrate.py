@@ -53,6 +53,18 @@ def bipartite_sources(tokens: int, protected: int) -> int:
     return (tokens + 1) // 2 - (protected + 1) // 2
 
 
+def block_counts(tokens_in: int, prune_kept: int, merge_kept: int, protected: int, merge_rule: str) -> tuple[int, int]:
+    """(tokens after pruning, tokens after merging) of a block that `tokens_in` tokens enter.
+
+    Counts never grow, and the bipartite rule keeps at least P - bipartite_sources(P).
+    """
+    pruned = min(tokens_in, prune_kept)
+    merged = min(pruned, merge_kept)
+    if merge_rule == "bipartite":
+        merged = max(merged, pruned - bipartite_sources(pruned, protected))
+    return pruned, merged
+
+
 def importance_order(importance: Tensor, protected: int, mask: Tensor | None) -> Tensor:
     """Token indices [B, N]: protected tokens first, then the rest by importance, descending.
 
@@ -95,11 +107,7 @@ class DiffRate(Reducer):
 
     def _counts(self, tokens_in: int) -> tuple[int, int]:
         """(tokens after pruning, tokens after merging) for `tokens_in` tokens entering the block."""
-        pruned = min(tokens_in, self.prune_kept)
-        merged = min(pruned, self.merge_kept)
-        if self.merge_rule == "bipartite":
-            merged = max(merged, pruned - bipartite_sources(pruned, self.protected))
-        return pruned, merged
+        return block_counts(tokens_in, self.prune_kept, self.merge_kept, self.protected, self.merge_rule)
 
     def kept_tokens(self, tokens_in: int) -> int:
         return self._counts(tokens_in)[1]
