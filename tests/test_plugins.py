@@ -41,7 +41,7 @@ def _random_case(dtype, batch=3, tokens=37, width=70, r=9, seed=0):
     return t, *_merge_indices(batch, tokens, r, generator)
 
 
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-2}
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
 
 # --- custom ops (CPU reference, fake implementations) ------------------------------
@@ -93,7 +93,7 @@ def test_torch_export_sees_the_custom_ops_as_single_nodes():
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32], ids=["i64", "i32"])
 def test_kernels_match_reference_on_random_inputs(dtype, index_dtype):
     from tokcomp.plugins_cuda import triton_kernels as kernels
@@ -114,6 +114,26 @@ def test_kernels_match_reference_on_random_inputs(dtype, index_dtype):
     want = reference.index_merge_sum_reference(t.float(), kept, moved, into)
     got = kernels.index_merge(*(x.to(DEVICE) for x in (t, kept.to(index_dtype), moved.to(index_dtype), into.to(index_dtype))))
     torch.testing.assert_close(got.float().cpu(), want, atol=4 * TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+@needs_triton
+def test_kernels_clamp_out_of_range_indices_into_bounds():
+    """TensorRT times plugins on uninitialised buffers: a wild index is clamped, never read out of bounds."""
+    from tokcomp.plugins_cuda import triton_kernels as kernels
+
+    t = torch.randn(2, 9, 20)  # A = rows 0, 2, .., 8 (5 rows), B = rows 1, 3, 5, 7
+    wild = torch.tensor([[-7, 3, 10**6], [8, -1, 99]])
+    got = kernels.gather_tokens(t.to(DEVICE), wild.to(DEVICE)).cpu()
+    assert torch.equal(got, reference.gather_tokens_reference(t, wild.clamp(0, 8)))
+
+    unmerged, src, dst = torch.tensor([[10**6, -3], [0, 4]]), torch.tensor([[-1, 77], [2, 3]]), torch.tensor([[0, 3], [1, 1]])
+    got = kernels.bipartite_merge(*(x.to(DEVICE) for x in (t, unmerged, src, dst))).cpu()
+    want = reference.bipartite_merge_sum_reference(t, unmerged.clamp(0, 4), src.clamp(0, 4), dst)
+    torch.testing.assert_close(got, want)
+
+    moved, into = wild[:, :2], torch.tensor([[0, 2], [1, 1]])  # destinations are output rows (< 3)
+    got = kernels.index_merge(*(x.to(DEVICE) for x in (t, wild, moved, into))).cpu()
+    torch.testing.assert_close(got, reference.index_merge_sum_reference(t, wild.clamp(0, 8), moved.clamp(0, 8), into))
 
 
 @needs_triton
@@ -162,38 +182,69 @@ def test_cuda_dispatch_and_compiled_model_use_the_kernels():
 
 
 _PTX_CHECK = """
-import json, sys
+import json
 from tokcomp.plugins_cuda import ptx, triton_kernels as kernels
 out = []
-block_r, block_d = kernels.merge_blocks(15)
-for dtype, index_dtype in (("float32", "int32"), ("float16", "int64")):
+merge = {"BLOCK_D": kernels.BLOCK_D, "CHUNK": kernels.SOURCE_CHUNK}
+for dtype in ("float32", "float16", "bfloat16"):
+    for index_dtype in ("int32", "int64"):
         cases = [
-            (kernels.merge_rows_kernel, ptx.merge_signature(dtype, index_dtype), {"BIPARTITE": True, "BLOCK_R": block_r, "BLOCK_D": block_d}),
+            (kernels.bipartite_merge_kernel, ptx.merge_signature(dtype, index_dtype), merge),
+            (kernels.index_merge_kernel, ptx.merge_signature(dtype, index_dtype), merge),
             (kernels.gather_rows_kernel, ptx.gather_signature(dtype, index_dtype), {"BLOCK_D": kernels.BLOCK_D}),
         ]
-        if dtype == "float32":
-            cases.append((kernels.merge_rows_kernel, ptx.merge_signature(dtype, "int64"), {"BIPARTITE": False, "BLOCK_R": 64, "BLOCK_D": 128}))
         for kernel, signature, constexprs in cases:
             compiled = ptx.compile_kernel(kernel, signature, constexprs, capability=90)
-            params = ptx.entry_params(compiled.ptx, compiled.name)
-            out.append([len(params), len(signature), ".target sm_90" in compiled.ptx, compiled.num_warps])
+            out.append({
+                "name": compiled.name,
+                "params": len(ptx.entry_params(compiled.ptx, compiled.name)),
+                "signature": len(signature),
+                "sm_90": ".target sm_90" in compiled.ptx,
+                "warps": compiled.num_warps,
+                "registers": ptx.ptxas_registers(compiled.ptx, 90),
+            })
 print(json.dumps(out))
 """
 
 
-@needs_triton
-def test_kernels_compile_to_ptx_for_h100_with_exactly_the_tensorrt_arguments():
-    """PTX for sm_90 (no GPU needed) whose entry takes exactly (inputs, int32 scalars, output)."""
+@pytest.fixture(scope="module")
+def compiled_for_h100():
+    """Every kernel x value dtype x index dtype compiled to sm_90 PTX in a subprocess (the real compiler)."""
+    if not triton_available():
+        pytest.skip("triton is not installed (pip install triton)")
     import json
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the real compiler, not the interpreter
     result = subprocess.run([sys.executable, "-c", _PTX_CHECK], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(rows) == 5
-    for params, signature, targets_h100, warps in rows:
-        assert params == signature and targets_h100 and warps >= 1
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_to_ptx_for_h100_with_exactly_the_tensorrt_arguments(compiled_for_h100):
+    """PTX for sm_90 (no GPU needed) whose entry takes exactly (inputs, int32 scalars, output), one name each."""
+    assert len(compiled_for_h100) == 3 * 2 * 3
+    for kernel in compiled_for_h100:
+        assert kernel["params"] == kernel["signature"] and kernel["sm_90"] and kernel["warps"] == 4
+    names = [kernel["name"] for kernel in compiled_for_h100]
+    assert len(set(names)) == len(names)
+
+
+def test_kernels_fit_in_64_registers_on_sm90(compiled_for_h100):
+    """The merge tile has a fixed size whatever the number of sources, so registers stay at or below 64."""
+    registers = {kernel["name"]: kernel["registers"] for kernel in compiled_for_h100}
+    if None in registers.values():
+        pytest.skip("triton's bundled ptxas could not assemble the PTX on this machine")
+    assert max(registers.values()) <= 64, registers
+
+
+def test_rename_entry_renames_the_entry_and_its_parameters_only():
+    from tokcomp.plugins_cuda.ptx import entry_params, rename_entry
+
+    ptx = ".visible .entry k(\n.param .u64 k_param_0\n)\n{ ld.param.u64 %rd1, [k_param_0]; bra k_done; }"
+    renamed = rename_entry(ptx, "k", "k_fp16")
+    assert entry_params(renamed, "k_fp16") == [".param .u64 k_fp16_param_0"]
+    assert "[k_fp16_param_0]" in renamed and "bra k_done" in renamed
 
 
 def test_ptx_strip_refuses_a_kernel_that_reads_a_hidden_parameter():

@@ -5,12 +5,16 @@ outputs). Triton >= 3.4 appends two pointer parameters (global and profile scrat
 to every kernel; passing fewer arguments than the entry declares is undefined, so
 `compile_kernel` removes those two from the PTX entry when the kernel provably
 never reads them (no scratch memory and no load of either parameter), and refuses
-otherwise. Needs triton only; no GPU: PTX generation runs on any machine.
+otherwise. Each specialisation's entry is renamed after its types and constexprs
+(`specialised_name`), so no two kernels in one engine share an entry name. Needs
+triton only; no GPU: PTX generation (and `ptxas_registers`) runs on any machine.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
+import tempfile
 from dataclasses import dataclass
 
 _TYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int32": "i32", "int64": "i64"}
@@ -37,9 +41,16 @@ def gather_signature(dtype: str, index_dtype: str) -> dict[str, str]:
 
 
 def merge_signature(dtype: str, index_dtype: str) -> dict[str, str]:
+    """Signature of both merge kernels (bipartite and index merge take the same arguments)."""
     t, i = triton_type(dtype), triton_type(index_dtype)
     scalars = {name: "i32" for name in ("n_in", "n_kept", "n_out", "n_src", "width")}
     return {"T": f"*{t}", "KEPT": f"*{i}", "SRC": f"*{i}", "DST": f"*{i}", **scalars, "OUT": f"*{t}"}
+
+
+def specialised_name(base: str, signature: dict[str, str], constexprs: dict[str, int | bool]) -> str:
+    """`base` + its pointer types + constexpr values, e.g. gather_rows_kernel_fp16_i64_BLOCK_D128."""
+    types = dict.fromkeys(kind.lstrip("*") for kind in signature.values() if kind.startswith("*"))
+    return "_".join([base, *types, *(f"{name}{int(value)}" for name, value in constexprs.items())])
 
 
 def compile_kernel(kernel, signature: dict[str, str], constexprs: dict[str, int | bool], capability: int) -> CompiledKernel:
@@ -58,7 +69,13 @@ def compile_kernel(kernel, signature: dict[str, str], constexprs: dict[str, int 
     if getattr(metadata, "global_scratch_size", 0) or getattr(metadata, "profile_scratch_size", 0):
         raise RuntimeError(f"{metadata.name} needs Triton scratch memory, which TensorRT AOT plugins cannot provide")
     ptx = strip_trailing_params(compiled.asm["ptx"], metadata.name, keep=len(signature))
-    return CompiledKernel(metadata.name, ptx, metadata.num_warps, metadata.shared)
+    name = specialised_name(metadata.name, signature, constexprs)
+    return CompiledKernel(name, rename_entry(ptx, metadata.name, name), metadata.num_warps, metadata.shared)
+
+
+def rename_entry(ptx: str, old: str, new: str) -> str:
+    """Rename kernel `old` (its entry and its `old_param_N` parameters) to `new`."""
+    return re.sub(rf"(?<![\w$]){re.escape(old)}(?=_param_|[^\w$])", new, ptx)
 
 
 def entry_params(ptx: str, name: str) -> list[str]:
@@ -82,3 +99,31 @@ def strip_trailing_params(ptx: str, name: str, keep: int) -> str:
     match = re.search(rf"(\.entry\s+{re.escape(name)}\s*\()(.*?)(\))", ptx, re.S)
     kept = ",\n\t".join(params[:keep])
     return ptx[: match.start(2)] + "\n\t" + kept + "\n" + ptx[match.end(2) :]
+
+
+def _ptxas_path(capability: int) -> str:
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas  # the one triton itself uses for this architecture
+    except ImportError:
+        from triton import knobs
+
+        return knobs.nvidia.ptxas.path
+    return get_ptxas(capability).path
+
+
+def ptxas_registers(ptx: str, capability: int) -> int | None:
+    """Registers per thread that ptxas allocates for the PTX's kernel (None without a usable ptxas).
+
+    Uses the ptxas that ships with triton; checks register pressure with no GPU.
+    """
+    try:
+        ptxas = _ptxas_path(capability)
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as source:
+        source.write(ptx)
+        source.flush()
+        result = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", source.name, "-o", "/dev/null"], capture_output=True, text=True)
+    match = re.search(r"Used (\d+) registers", result.stderr)
+    return int(match.group(1)) if result.returncode == 0 and match else None

@@ -12,11 +12,14 @@ the batch is dynamic; the output shape is an expression of input shapes, so no
 attribute bakes a count or ratio into the plugin, and nothing is allocated at
 enqueue time.
 
-Requires tensorrt >= 10.7 (AOT plugins), triton and a CUDA GPU. NOT RUN in this
-repository's CI: TensorRT cannot be installed there (see docs/export.md).
-"""
+Annotations must stay real classes: TensorRT validates each plugin function with
+`issubclass(annotation, TensorDesc)`, so this module must never use
+`from __future__ import annotations` (which turns every annotation into a string).
 
-from __future__ import annotations
+Requires tensorrt >= 10.7 (AOT plugins), triton and a CUDA GPU. NOT RUN in this
+repository's CI: TensorRT cannot be installed there (see docs/export.md); the CPU
+tests import it against a stand-in of `tensorrt.plugin` (tests/test_gpu_tensorrt_plugins.py).
+"""
 
 from typing import Union
 
@@ -28,10 +31,12 @@ from tokcomp.plugins_cuda import NAMESPACE, ptx, triton_kernels
 
 _DTYPES = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16", trt.int32: "int32", trt.int64: "int64"}
 
-# One combination per (value dtype, index dtype): token tensors in fp32/fp16, indices
+# One combination per (value dtype, index dtype): token tensors in fp32/fp16/bf16, indices
 # in whatever integer type the parser produced for TopK/ArgMax outputs.
-_GATHER_TYPES = [f"{v}, {i}, {v}" for v in ("FP32", "FP16") for i in ("INT32", "INT64")]
-_MERGE_TYPES = [f"{v}, {i}, {i}, {i}, {v}" for v in ("FP32", "FP16") for i in ("INT32", "INT64")]
+_VALUE_TYPES = ("FP32", "FP16", "BF16")
+_GATHER_TYPES = [f"{v}, {i}, {v}" for v in _VALUE_TYPES for i in ("INT32", "INT64")]
+_MERGE_TYPES = [f"{v}, {i}, {i}, {i}, {v}" for v in _VALUE_TYPES for i in ("INT32", "INT64")]
+_AOT_RESULT = tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
 
 
 def _name(dtype) -> str:
@@ -50,7 +55,7 @@ def _torch(tensor: trtp.Tensor) -> torch.Tensor:
     return torch.as_tensor(tensor, device="cuda")
 
 
-def _launch(kernel: ptx.CompiledKernel, grid_x, grid_y, scalars) -> tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymExprs]:
+def _launch(kernel: ptx.CompiledKernel, grid_x, grid_y, scalars) -> _AOT_RESULT:
     params = trtp.KernelLaunchParams()
     params.grid_x = grid_x
     params.grid_y = grid_y
@@ -84,7 +89,7 @@ def gather_tokens_impl(t: trtp.Tensor, index: trtp.Tensor, outputs: tuple[trtp.T
 @trtp.aot_impl("tokcomp::GatherTokens")
 def gather_tokens_aot(
     t: trtp.TensorDesc, index: trtp.TensorDesc, outputs: tuple[trtp.TensorDesc], tactic: int
-) -> tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+) -> _AOT_RESULT:
     signature = ptx.gather_signature(_name(t.dtype), _name(index.dtype))
     kernel = ptx.compile_kernel(
         triton_kernels.gather_rows_kernel, signature, {"BLOCK_D": triton_kernels.BLOCK_D}, _capability()
@@ -98,18 +103,14 @@ def gather_tokens_aot(
 # --- BipartiteMerge / IndexMerge: own row + sum of the rows merged into it -----------
 
 
-def _merge_aot(t, kept, src, n_out, bipartite: bool):
-    sources = src.shape_expr[1]
-    if not sources.is_constant:  # static per layer: the compression schedule fixes it
-        raise ValueError("tokcomp merge plugins need a static number of merged tokens per layer")
-    n_src = sources.constant_value
-    block_r, block_d = triton_kernels.merge_blocks(n_src)
+def _merge_aot(kernel, t: trtp.TensorDesc, kept: trtp.TensorDesc, src: trtp.TensorDesc, n_out) -> _AOT_RESULT:
+    """Either merge kernel; the number of sources is a run-time scalar, so no shape needs to be a constant."""
     signature = ptx.merge_signature(_name(t.dtype), _name(kept.dtype))
-    constexprs = {"BIPARTITE": bipartite, "BLOCK_R": block_r, "BLOCK_D": block_d}
-    kernel = ptx.compile_kernel(triton_kernels.merge_rows_kernel, signature, constexprs, _capability())
+    constexprs = {"BLOCK_D": triton_kernels.BLOCK_D, "CHUNK": triton_kernels.SOURCE_CHUNK}
+    compiled = ptx.compile_kernel(kernel, signature, constexprs, _capability())
     batch, n_in, width = t.shape_expr[0], t.shape_expr[1], t.shape_expr[2]
     scalars = (n_in, kept.shape_expr[1], n_out, src.shape_expr[1], width)
-    return _launch(kernel, batch * n_out, trtp.cdiv(width, block_d), scalars)
+    return _launch(compiled, batch * n_out, trtp.cdiv(width, triton_kernels.BLOCK_D), scalars)
 
 
 @trtp.register("tokcomp::BipartiteMerge")
@@ -136,8 +137,8 @@ def bipartite_merge_impl(t, unmerged, src, dst, outputs: tuple[trtp.Tensor], str
 def bipartite_merge_aot(
     t: trtp.TensorDesc, unmerged: trtp.TensorDesc, src: trtp.TensorDesc, dst: trtp.TensorDesc,
     outputs: tuple[trtp.TensorDesc], tactic: int,
-) -> tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # fmt: skip
-    return _merge_aot(t, unmerged, src, outputs[0].shape_expr[1], bipartite=True)
+) -> _AOT_RESULT:  # fmt: skip
+    return _merge_aot(triton_kernels.bipartite_merge_kernel, t, unmerged, src, outputs[0].shape_expr[1])
 
 
 @trtp.register("tokcomp::IndexMerge")
@@ -164,8 +165,8 @@ def index_merge_impl(t, kept, src, dst, outputs: tuple[trtp.Tensor], stream: int
 def index_merge_aot(
     t: trtp.TensorDesc, kept: trtp.TensorDesc, src: trtp.TensorDesc, dst: trtp.TensorDesc,
     outputs: tuple[trtp.TensorDesc], tactic: int,
-) -> tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # fmt: skip
-    return _merge_aot(t, kept, src, kept.shape_expr[1], bipartite=False)
+) -> _AOT_RESULT:  # fmt: skip
+    return _merge_aot(triton_kernels.index_merge_kernel, t, kept, src, kept.shape_expr[1])
 
 
 REGISTERED = (f"{NAMESPACE}::GatherTokens", f"{NAMESPACE}::BipartiteMerge", f"{NAMESPACE}::IndexMerge")
