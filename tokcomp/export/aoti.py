@@ -10,10 +10,17 @@ It is compiled from the portable graph (standard aten ops only), so Inductor
 generates and fuses its own gather/scatter kernels and no tokcomp op has to be
 registered at load time. A package is device-specific: compile it on the kind of
 device it will serve on (`device="cuda"` on a GPU machine).
+
+The caller's model is never moved: an ExportedProgram shares the Parameter objects
+of the module it was exported from, so moving that module afterwards (as validation
+on CPU once did) would change the weights the package is compiled with. The export
+takes a copy on the target device instead. Compile and validation run without TF32
+(`validate.full_fp32`), so an fp32 package is checked at fp32 precision.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -22,14 +29,17 @@ import torch
 from tokcomp.errors import TokcompError
 from tokcomp.export.artifacts import ExportSubject, atomic_file, base_entry
 from tokcomp.export.onnx_export import dynamic_shapes
-from tokcomp.export.validate import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, compare_outputs
+from tokcomp.export.validate import DEFAULT_ATOL, DEFAULT_BATCH_SIZES, compare_outputs, full_fp32
 
 FILE = "model.pt2"
 
 
 def export_program(subject: ExportSubject, device: str = "cpu", example_batch: int = 2) -> torch.export.ExportedProgram:
-    """torch.export of the compressed model with a dynamic batch axis."""
-    wrapper = subject.wrapper.to(device)
+    """torch.export of a copy of the compressed model on `device`, with a dynamic batch axis.
+
+    The program owns the copy's weights; `subject.wrapper` stays where and what it was.
+    """
+    wrapper = copy.deepcopy(subject.wrapper).to(device)
     inputs = subject.spec.dummy_inputs(example_batch, seed=1234)
     args = tuple(inputs[name].to(device) for name in subject.spec.input_names)
     shapes = dynamic_shapes(subject.spec)
@@ -50,12 +60,12 @@ def export_aoti(
 ) -> list[dict[str, Any]]:
     device = _device(device)
     started = time.perf_counter()
-    program = export_program(subject, device)
-    subject.wrapper.cpu()  # the reference for validation runs on CPU
+    program = export_program(subject, device)  # subject.wrapper stays the CPU reference for validation
     target = subject.path / FILE
     with atomic_file(target) as tmp:
         tmp.unlink()  # the packager writes the file itself
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+        with full_fp32():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
         compile_s = time.perf_counter() - started
         runner = torch._inductor.aoti_load_package(str(tmp))
 

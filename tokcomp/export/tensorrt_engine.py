@@ -6,6 +6,13 @@ first by importing tokcomp.plugins_cuda.tensorrt_plugins. One optimization profi
 covers batch 1..max_batch. Writes model.engine and model.engine.plugins.json (the
 plugins the engine needs); `load_engine` registers them before deserialising.
 
+Precision (`configure_precision`): fp32 engines are built with TF32 cleared (TensorRT
+enables it by default, and an fp32 engine is validated at 1e-4). fp16 engines use
+BuilderFlag.FP16 on TensorRT 10; TensorRT 11 is always strongly typed and has no
+FP16 flag, so there the engine is built from an fp16 copy of the graph
+(`tensorrt_onnx.float16_graph`, fp32 inputs and outputs kept). The `tensorrt`
+extra pins TensorRT 10 (the tested API); both paths are kept so 11 works too.
+
 NOT RUN anywhere yet: TensorRT's libraries cannot be installed on the machines this
 was written on (see docs/export.md). Written against the TensorRT 10 Python API.
 """
@@ -40,23 +47,45 @@ def require_tensorrt():
     return trt
 
 
+def configure_precision(trt, config, fp16: bool) -> str:
+    """Set the builder config's precision flags; returns "fp32", "fp16-flag" or "fp16-graph" (see above)."""
+    if not fp16:
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default; 10 mantissa bits cannot meet 1e-4
+        return "fp32"
+    if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 10 (weakly typed)
+        config.set_flag(trt.BuilderFlag.FP16)
+        return "fp16-flag"
+    return "fp16-graph"  # TensorRT >= 11: the graph's types are the engine's
+
+
+def _parse(parser, onnx_path: Path, fp16_graph: bool) -> None:
+    if fp16_graph:
+        import onnx
+
+        from tokcomp.export.tensorrt_onnx import float16_graph
+
+        parsed = parser.parse(float16_graph(onnx.load(str(onnx_path))).SerializeToString(), str(onnx_path))
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TokcompError(f"TensorRT's ONNX parser rejects {onnx_path.name}: {errors}")
+
+
 def build_engine(onnx_path: Path, input_shapes: dict[str, list[int]], max_batch: int, fp16: bool) -> bytes:
     trt = require_tensorrt()
     register_plugins(read_manifest(f"{onnx_path}.plugins.json"))
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise TokcompError(f"TensorRT's ONNX parser rejects {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
+    precision = configure_precision(trt, config, fp16)
+    parser = trt.OnnxParser(network, logger)  # owns the parsed weights: keep it alive until the build is done
+    _parse(parser, onnx_path, fp16_graph=precision == "fp16-graph")
     profile = builder.create_optimization_profile()
     for name, dims in input_shapes.items():
         profile.set_shape(name, [1, *dims], [max(1, max_batch // 2), *dims], [max_batch, *dims])
     config.add_optimization_profile(profile)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TokcompError(f"TensorRT failed to build an engine from {onnx_path.name} (see the log above)")

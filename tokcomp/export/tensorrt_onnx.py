@@ -9,6 +9,9 @@ TransformApply step is a MatMul, which TensorRT runs natively (no plugin needed)
 `check_tensorrt_ops` lists every op of the graph and fails on any op TensorRT 10's
 ONNX parser does not support, or on the parser's documented restrictions (TopK's K
 must be an initializer below 3840; ScatterND has no reduction).
+
+`float16_graph` is the fp16 copy an fp16 engine is built from on TensorRT >= 11,
+which is always strongly typed (each tensor keeps the type the graph gives it).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import ModelProto, helper, numpy_helper
+from onnx import GraphProto, ModelProto, TensorProto, helper, numpy_helper
 
 from tokcomp.errors import TokcompError
 from tokcomp.plugins_cuda import NAMESPACE, PLUGIN_OP_TYPES, PLUGIN_VERSION
@@ -118,6 +121,76 @@ def check_tensorrt_ops(model: ModelProto) -> dict[str, Any]:
             hint="this reducer needs an export-safe rewrite of those steps (see docs/export.md)",
         )
     return report
+
+
+# Ops that make float tensors of a type of their own choosing; float16_graph refuses them.
+_SELF_TYPED_OPS = {"EyeLike", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"}
+
+
+def float16_graph(model: ModelProto) -> ModelProto:
+    """Copy of `model` that computes in fp16, with its fp32 inputs and outputs kept.
+
+    Float initializers and constants become fp16, Casts to float cast to fp16, and one
+    Cast at each float input and output keeps the I/O fp32 (as a TensorRT 10 fp16 engine's).
+    Stored shapes of intermediate values are dropped (their types changed).
+    """
+    out = copy.deepcopy(model)
+    graph = out.graph
+    _half_graph(graph)
+    del graph.value_info[:]
+    casts_in = [_cast_input(graph, value.name) for value in graph.input if value.type.tensor_type.elem_type == TensorProto.FLOAT]
+    casts_out = [_cast_output(graph, value.name) for value in graph.output if value.type.tensor_type.elem_type == TensorProto.FLOAT]
+    nodes = casts_in + list(graph.node) + casts_out
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out
+
+
+def _half_tensor(tensor: TensorProto) -> TensorProto:
+    """fp16 copy of a float tensor; finite values beyond fp16's range (mask fills like -3.4e38) saturate, not become inf."""
+    if tensor.data_type != TensorProto.FLOAT:
+        return tensor
+    values = numpy_helper.to_array(tensor)
+    limit = np.finfo(np.float16).max
+    values = np.where(np.isfinite(values), np.clip(values, -limit, limit), values)
+    return numpy_helper.from_array(values.astype(np.float16), tensor.name)
+
+
+def _half_graph(graph: GraphProto) -> None:
+    """Initializers, constants and float casts of `graph` (and of its subgraphs) to fp16, in place."""
+    for init in graph.initializer:
+        init.CopyFrom(_half_tensor(init))
+    for node in graph.node:
+        if node.op_type in _SELF_TYPED_OPS:
+            raise TokcompError(f"float16_graph cannot convert {node.op_type} {node.name} (it picks its own float type)")
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _half_graph(attr.g)
+            elif attr.type == onnx.AttributeProto.TENSOR:
+                attr.t.CopyFrom(_half_tensor(attr.t))
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+            elif node.op_type == "Constant" and attr.name in ("value_float", "value_floats"):
+                values = np.array(attr.f if attr.name == "value_float" else list(attr.floats), dtype=np.float16)
+                attr.CopyFrom(helper.make_attribute("value", numpy_helper.from_array(values)))
+
+
+def _rename(graph: GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+
+
+def _cast_input(graph: GraphProto, name: str):
+    """Consumers of input `name` read `name`_fp16, made by the returned Cast."""
+    _rename(graph, name, f"{name}_fp16")
+    return helper.make_node("Cast", [name], [f"{name}_fp16"], to=TensorProto.FLOAT16, name=f"{name}_to_fp16")
+
+
+def _cast_output(graph: GraphProto, name: str):
+    """The producer of output `name` writes `name`_fp16; the returned Cast makes the fp32 output."""
+    _rename(graph, name, f"{name}_fp16")
+    return helper.make_node("Cast", [f"{name}_fp16"], [name], to=TensorProto.FLOAT, name=f"{name}_to_fp32")
 
 
 def check_model(model: ModelProto) -> None:

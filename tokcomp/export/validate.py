@@ -13,12 +13,17 @@ float64: if PyTorch fp32 is itself more than `atol` away from fp64 there, the in
 (not the artifact) is ill-conditioned and the draw is set aside and redrawn. A batch
 size passes only on a draw where every sample matches; a mismatch on a
 well-conditioned sample is a real failure.
+
+Validation runs with TF32 off (`full_fp32`): TF32 keeps 10 mantissa bits, which is
+on by default for cuDNN convolutions (a ViT's patch embedding) and would put a CUDA
+runtime (AOTInductor) far outside the 1e-4 an fp32 artifact is held to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +82,28 @@ def draw_seed(batch: int, attempt: int) -> int:
     return _SEED + batch + 1000 * attempt
 
 
+def _tf32_switches() -> list[tuple[Any, str, Any]]:
+    """(object, attribute, value that turns TF32 off) for this torch's CUDA matmul and cuDNN flags."""
+    cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9: mixing in the old flags is an error
+        return [(cuda.matmul, "fp32_precision", "ieee"), (cudnn.conv, "fp32_precision", "ieee"), (cudnn.rnn, "fp32_precision", "ieee")]
+    return [(cuda.matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """fp32 matmuls and convolutions in full fp32 (no TF32) inside the block; the caller's flags after it."""
+    switches = _tf32_switches()
+    saved = [(target, name, getattr(target, name)) for target, name, _ in switches]
+    try:
+        for target, name, off in switches:
+            setattr(target, name, off)
+        yield
+    finally:
+        for target, name, value in reversed(saved):
+            setattr(target, name, value)
+
+
 def compare_outputs(
     run: Callable[[dict[str, Tensor]], Sequence[np.ndarray]],
     reference: nn.Module,
@@ -102,12 +129,13 @@ def compare_outputs(
     }
     exact = _Float64Reference(reference)  # built on the first mismatch only
     mismatches, ill_conditioned = [], []
-    for batch in batch_sizes:
-        kind, message = _validate_batch(run, reference, exact, spec, batch, tolerances, report)
-        if kind == "mismatch":
-            mismatches.append(message)
-        elif kind == "ill-conditioned":
-            ill_conditioned.append(message)
+    with full_fp32():
+        for batch in batch_sizes:
+            kind, message = _validate_batch(run, reference, exact, spec, batch, tolerances, report)
+            if kind == "mismatch":
+                mismatches.append(message)
+            elif kind == "ill-conditioned":
+                ill_conditioned.append(message)
     report["passed"] = not (mismatches or ill_conditioned)
     if mismatches:
         raise ExportValidationError(
