@@ -32,3 +32,20 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# GPU check (docs/kernels.md): `make gpu-wheels` on a machine with network writes the wheels the
+# GPU image lacks into $(GPU_WHEELS) (ignored, ~7 MiB); on the GPU machine, with that folder
+# carried, `make gpu-check` runs scripts/gpu_check.sh with the machine's own python3 (no venv,
+# its torch untouched) and writes logs and results to $$OUT. `make gpu-check DRY_RUN=1` runs the
+# same script here with the venv's python: CUDA steps are skipped, the rest runs.
+.PHONY: gpu-check gpu-wheels
+GPU_WHEELS ?= .gpu-wheels
+GPU_PYTHON ?= python3
+DRY_RUN ?= 0
+HOST_PY = $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-wheels:
+	$(HOST_PY) scripts/gpu_check.py wheels-download --dest $(GPU_WHEELS)
+
+gpu-check:
+	DRY_RUN=$(DRY_RUN) WHEELS=$(GPU_WHEELS) PYTHON=$(if $(filter 1,$(DRY_RUN)),$(HOST_PY),$(GPU_PYTHON)) bash scripts/gpu_check.sh
