@@ -13,11 +13,12 @@ from tests.test_export_validation import SPEC, Features, runtime
 from tokcomp.export.validate import compare_outputs, full_fp32
 
 
-def _tf32_state() -> dict[str, str]:
+def _tf32_state() -> dict[str, bool]:
+    """Whether CUDA matmuls, cuDNN (legacy flags) and cuDNN convolutions (per-op flag) may use TF32."""
     return {
-        "matmul": torch.backends.cuda.matmul.fp32_precision,
-        "conv": torch.backends.cudnn.conv.fp32_precision,
-        "rnn": torch.backends.cudnn.rnn.fp32_precision,
+        "matmul": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn": torch.backends.cudnn.allow_tf32,
+        "conv": torch.backends.cudnn.conv.fp32_precision == "tf32",
     }
 
 
@@ -31,10 +32,10 @@ def test_validation_runs_the_runtime_and_reference_without_tf32():
         return runtime(model)(inputs)
 
     before = _tf32_state()
-    assert before["conv"] == "tf32"  # torch's default for cuDNN convolutions
+    assert before["cudnn"] and before["conv"]  # torch's default for cuDNN
     report = compare_outputs(run, model, SPEC, batch_sizes=(1, 2))
     assert report["passed"] and len(seen) == 2
-    assert all(state == {"matmul": "ieee", "conv": "ieee", "rnn": "ieee"} for state in seen)
+    assert all(state == {"matmul": False, "cudnn": False, "conv": False} for state in seen)
     assert _tf32_state() == before  # the caller's flags are back
 
 
@@ -43,6 +44,19 @@ def test_full_fp32_restores_flags_after_an_error():
     with pytest.raises(RuntimeError, match="boom"), full_fp32():
         raise RuntimeError("boom")
     assert _tf32_state() == before
+
+
+def test_full_fp32_after_per_op_precisions_were_set():
+    """Once a caller sets cuDNN conv and RNN precisions apart, torch refuses the legacy flags: use the per-op ones."""
+    conv, rnn = torch.backends.cudnn.conv, torch.backends.cudnn.rnn
+    saved = (conv.fp32_precision, rnn.fp32_precision)
+    conv.fp32_precision, rnn.fp32_precision = "tf32", "ieee"
+    try:
+        with full_fp32():
+            assert (conv.fp32_precision, rnn.fp32_precision) == ("ieee", "ieee")
+        assert (conv.fp32_precision, rnn.fp32_precision) == ("tf32", "ieee")
+    finally:
+        conv.fp32_precision, rnn.fp32_precision = saved
 
 
 def _tome_subject():

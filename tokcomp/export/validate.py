@@ -83,11 +83,20 @@ def draw_seed(batch: int, attempt: int) -> int:
 
 
 def _tf32_switches() -> list[tuple[Any, str, Any]]:
-    """(object, attribute, value that turns TF32 off) for this torch's CUDA matmul and cuDNN flags."""
+    """(object, attribute, value that turns TF32 off) for CUDA matmuls and cuDNN.
+
+    The legacy flags when torch can read them (then both the legacy and the per-op
+    getters keep answering inside the block); the per-op `fp32_precision` flags when
+    torch >= 2.9 refuses the legacy ones because the caller set per-op precisions.
+    """
     cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
-    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9: mixing in the old flags is an error
+    legacy = [(cuda.matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
+    try:
+        for target, name, _ in legacy:
+            getattr(target, name)
+    except RuntimeError:
         return [(cuda.matmul, "fp32_precision", "ieee"), (cudnn.conv, "fp32_precision", "ieee"), (cudnn.rnn, "fp32_precision", "ieee")]
-    return [(cuda.matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
+    return legacy
 
 
 @contextlib.contextmanager
