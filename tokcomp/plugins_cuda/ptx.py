@@ -102,13 +102,19 @@ def strip_trailing_params(ptx: str, name: str, keep: int) -> str:
 
 
 def _ptxas_path(capability: int) -> str:
+    """The ptxas triton itself uses for this architecture (its helper's signature varies across versions)."""
     try:
-        from triton.backends.nvidia.compiler import get_ptxas  # the one triton itself uses for this architecture
-    except ImportError:
+        from triton.backends.nvidia import compiler
+
+        try:
+            tool = compiler.get_ptxas(capability)
+        except TypeError:  # triton versions with one ptxas for every architecture
+            tool = compiler.get_ptxas()
+    except (ImportError, AttributeError):
         from triton import knobs
 
-        return knobs.nvidia.ptxas.path
-    return get_ptxas(capability).path
+        tool = knobs.nvidia.ptxas
+    return tool.path if hasattr(tool, "path") else tool[0]  # a tool object, or (path, version)
 
 
 def ptxas_registers(ptx: str, capability: int) -> int | None:
@@ -118,7 +124,7 @@ def ptxas_registers(ptx: str, capability: int) -> int | None:
     """
     try:
         ptxas = _ptxas_path(capability)
-    except (ImportError, AttributeError, RuntimeError):
+    except Exception:  # no usable ptxas: the caller reports "unknown", nothing to fail on
         return None
     arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as source:
