@@ -60,8 +60,8 @@ def compile_kernel(kernel, signature: dict[str, str], constexprs: dict[str, int 
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    if not isinstance(kernel, JITFunction):  # under TRITON_INTERPRET=1 kernels are interpreter wrappers
-        kernel = JITFunction(kernel.fn)
+    if not isinstance(kernel, JITFunction):  # an interpreter wrapper: its helpers cannot be compiled either
+        raise RuntimeError("compiling PTX needs triton's compiler: run without TRITON_INTERPRET=1")
     full_signature = {**signature, **{name: "constexpr" for name in constexprs}}
     source = ASTSource(fn=kernel, signature=full_signature, constexprs=dict(constexprs))
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
