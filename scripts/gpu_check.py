@@ -80,8 +80,22 @@ def wheels_install(wheels: Path, target: Path) -> int:
     if not missing:
         print("nothing to install: every carried distribution is already here")
         return 0
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
+        return _unpack(missing, target)
     command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(target), *missing]
     return subprocess.run(command).returncode
+
+
+def _unpack(wheels: list[str], target: Path) -> int:
+    """Without pip: a wheel is a zip of what goes into site-packages (none of the carried ones has a .data folder)."""
+    print(f"{sys.executable} has no pip: unpacking the wheels into {target}")
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            if any(".data/" in name for name in archive.namelist()):
+                print(f"{wheel} has a .data folder and needs pip", file=sys.stderr)
+                return 1
+            archive.extractall(target)
+    return 0
 
 
 def _top_level_modules(wheel: Path) -> list[str]:
