@@ -48,3 +48,23 @@ def interleaved_throughput(
         name: {"median_s": statistics.median(t), "items_per_s": batch / statistics.median(t), "repeats": len(t)}
         for name, t in times.items()
     }
+
+
+def bootstrap_mean(values, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean of `values` with a 95% bootstrap interval (percentile method, seeded)."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    draws = torch.randint(len(values), (resamples, len(values)), generator=torch.Generator().manual_seed(seed))
+    means = values[draws].mean(1)
+    return {
+        "mean": values.mean().item(),
+        "ci95": [means.quantile(0.025).item(), means.quantile(0.975).item()],
+        "min": values.min().item(),
+        "samples": len(values),
+    }
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average, recorded beside every timing."""
+    import os
+
+    return round(os.getloadavg()[0], 2)

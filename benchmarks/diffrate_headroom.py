@@ -89,13 +89,13 @@ def run(args) -> dict:
     }
 
     def fidelity(passes: list[dict]) -> dict[str, float]:
-        model = apply(copy.deepcopy(original), passes, input_spec=loaded.input_spec).eval()
+        model = apply(copy.deepcopy(original), passes, image_size=loaded.input_spec.image_size).eval()
         return {name: compare_models(original, model, batches, loaded.pooling)["cosine_mean"] for name, batches in data.items()}
 
     n, layers = geometry.input_tokens, geometry.num_layers
     rows = []
     for cut in args.cuts:
-        tome_model = apply(copy.deepcopy(original), [{"type": "tome", "target_flops": f"-{cut}%"}], input_spec=loaded.input_spec)
+        tome_model = apply(copy.deepcopy(original), [{"type": "tome", "target_flops": f"-{cut}%"}], image_size=loaded.input_spec.image_size)
         tome_tokens = [b.reducer.kept_tokens(t) for b, t in _blocks_with_input(tome_model, n)]
         target = model_macs(geometry, tome_tokens)
         entries = [{"rule": "tome", "shape": "constant r", "tokens": tome_tokens, "gmacs": target / 1e9,

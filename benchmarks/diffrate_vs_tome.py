@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import bootstrap_mean, machine  # noqa: E402
 from tokcomp.analysis.fidelity import compare_models  # noqa: E402
 from tokcomp.data import load_samples, make_batches  # noqa: E402
 from tokcomp.pipeline import PassContext, run_passes  # noqa: E402
@@ -75,11 +75,10 @@ def paired(diffrate: dict, tome: dict, resamples: int = 10_000) -> dict:
     """DiffRate minus ToMe per image: mean, 95% bootstrap interval, medians, images where DiffRate is higher."""
     ours, theirs = torch.tensor(diffrate["cosines"]), torch.tensor(tome["cosines"])
     diff = ours - theirs
-    draws = torch.randint(len(diff), (resamples, len(diff)), generator=torch.Generator().manual_seed(0))
-    means = diff[draws].mean(1)
+    interval = bootstrap_mean(diff, resamples)
     return {
-        "mean": diff.mean().item(),
-        "ci95": [means.quantile(0.025).item(), means.quantile(0.975).item()],
+        "mean": interval["mean"],
+        "ci95": interval["ci95"],
         "median_diffrate": ours.median().item(),
         "median_tome": theirs.median().item(),
         "higher": int((diff > 0).sum()),

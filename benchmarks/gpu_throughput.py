@@ -61,13 +61,12 @@ def model_pair(key: str):
     import torch
 
     import tokcomp
-    from tokcomp.surgery.adapters.base import InputSpec
 
     label, build, passes = MODELS[key]
     torch.manual_seed(0)
     original = build().eval()
     compressed = copy.deepcopy(original)
-    tokcomp.apply(compressed, passes, input_spec=InputSpec("image", image_size=224))
+    tokcomp.apply(compressed, passes, image_size=224)
     return label, original, compressed.eval()
 
 

@@ -5,10 +5,11 @@
 
 Shapes are the reduction steps of the benchmarked models (ViT-B/16 ToMe r=13 at 197
 tokens, DINOv2-S at 257 tokens, a large merge of N/4 at 577 tokens) at batch 64 and
-256. Each kernel is timed with CUDA events, median of --repeats calls after warm-up,
-against the reference (gather + scatter_add + cat in PyTorch eager) on the same
-inputs; the bipartite merge is also timed at other SOURCE_CHUNK values (the chunk of
-sources each program examines per step). Writes <out>.json and <out>.md.
+256; ToMe's step is an index merge that keeps N - r tokens and adds r into them. Each
+kernel is timed with CUDA events, median of --repeats calls after warm-up, against the
+reference (gather + scatter_add in PyTorch eager) on the same inputs; the index merge
+is also timed at other SOURCE_CHUNK values (the chunk of sources each program examines
+per step). Writes <out>.json and <out>.md.
 """
 
 from __future__ import annotations
@@ -40,11 +41,10 @@ def make_case(batch, tokens, width, merged, dtype, device):
 
     generator = torch.Generator().manual_seed(0)
     t = torch.randn(batch, tokens, width, generator=generator).to(dtype)
-    a_count = (tokens + 1) // 2
-    order = torch.stack([torch.randperm(a_count, generator=generator) for _ in range(batch)])
-    src, unmerged = order[:, :merged], order[:, merged:].sort(dim=-1).values
-    dst = torch.randint(0, tokens // 2, (batch, merged), generator=generator)
-    return [x.to(device) for x in (t, unmerged, src, dst)]
+    order = torch.stack([torch.randperm(tokens, generator=generator) for _ in range(batch)])
+    src, kept = order[:, :merged], order[:, merged:].sort(dim=-1).values
+    dst = torch.randint(0, tokens - merged, (batch, merged), generator=generator)  # shared destinations included
+    return [x.to(device) for x in (t, kept, src, dst)]
 
 
 def median_ms(fn, warmup: int, repeats: int, cuda: bool) -> float:
@@ -69,22 +69,17 @@ def median_ms(fn, warmup: int, repeats: int, cuda: bool) -> float:
 
 
 def bench_shape(shape, dtype, warmup, repeats, cuda: bool) -> list[dict]:
-    """Rows for one shape: each op's kernel vs reference, then the bipartite merge per chunk size."""
+    """Rows for one shape: each op's kernel vs reference, then the index merge per chunk size."""
     from tokcomp.plugins_cuda import triton_kernels as kernels
     from tokcomp.reducers import ops as reference
 
     label, batch, tokens, width, merged = shape
-    t, unmerged, src, dst = make_case(batch, tokens, width, merged, dtype, "cuda" if cuda else "cpu")
-    kept, into = unmerged, dst % unmerged.shape[1]  # index merge: keep the unmerged rows, add the sources into them
+    t, kept, src, dst = make_case(batch, tokens, width, merged, dtype, "cuda" if cuda else "cpu")
     ops = {
-        "gather_tokens": (lambda: kernels.gather_tokens(t, unmerged), lambda: reference.gather_tokens_reference(t, unmerged)),
-        "bipartite_merge": (
-            lambda: kernels.bipartite_merge(t, unmerged, src, dst),
-            lambda: reference.bipartite_merge_sum_reference(t, unmerged, src, dst),
-        ),
+        "gather_tokens": (lambda: kernels.gather_tokens(t, kept), lambda: reference.gather_tokens_reference(t, kept)),
         "index_merge": (
-            lambda: kernels.index_merge(t, kept, src, into),
-            lambda: reference.index_merge_sum_reference(t, kept, src, into),
+            lambda: kernels.index_merge(t, kept, src, dst),
+            lambda: reference.index_merge_sum_reference(t, kept, src, dst),
         ),
     }
     common = {"shape": label, "batch": batch, "tokens": tokens, "width": width, "merged": merged}
@@ -94,17 +89,17 @@ def bench_shape(shape, dtype, warmup, repeats, cuda: bool) -> list[dict]:
         torch_ms = median_ms(torch_op, warmup, repeats, cuda)
         rows.append({**common, "op": op, "triton_ms": kernel_ms, "torch_ms": torch_ms, "speedup": torch_ms / kernel_ms})
     for chunk in CHUNKS:
-        rows.append({**common, "op": f"bipartite_merge CHUNK={chunk}", "triton_ms": _chunk_ms(t, unmerged, src, dst, chunk, warmup, repeats, cuda)})
+        rows.append({**common, "op": f"index_merge CHUNK={chunk}", "triton_ms": _chunk_ms(t, kept, src, dst, chunk, warmup, repeats, cuda)})
     return rows
 
 
-def _chunk_ms(t, unmerged, src, dst, chunk, warmup, repeats, cuda) -> float:
+def _chunk_ms(t, kept, src, dst, chunk, warmup, repeats, cuda) -> float:
     from tokcomp.plugins_cuda import triton_kernels as kernels
 
     saved = kernels.SOURCE_CHUNK
     kernels.SOURCE_CHUNK = chunk  # the launcher reads it at every call
     try:
-        return median_ms(lambda: kernels.bipartite_merge(t, unmerged, src, dst), warmup, repeats, cuda)
+        return median_ms(lambda: kernels.index_merge(t, kept, src, dst), warmup, repeats, cuda)
     finally:
         kernels.SOURCE_CHUNK = saved
 

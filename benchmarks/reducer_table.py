@@ -51,14 +51,14 @@ from tokcomp.data import Sample, load_samples, make_batches  # noqa: E402
 from tokcomp.passes import PASSES  # noqa: E402
 from tokcomp.pipeline import PassContext, run_passes  # noqa: E402
 from tokcomp.recipe import CalibrationSpec, parse_pass_list  # noqa: E402
-from tokcomp.reducers.prune import ClassAttentionPrune  # noqa: E402
-from tokcomp.reducers.schedule import tokens_after_layers  # noqa: E402
+from tokcomp.reducers.base import Reducer  # noqa: E402
+from tokcomp.reducers.rate import tokens_after_removals  # noqa: E402
 from tokcomp.sources import LoadedModel, load_model  # noqa: E402
 from tokcomp.surgery import find_adapter  # noqa: E402
 from tokcomp.surgery.adapters.base import Geometry, InputSpec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-FIXED_SCHEDULE = {"tome", "token_transform", "prune", "evit"}
+FIXED_SCHEDULE = {"tome", "token_transform", "prune", "evit", "zero_tprune"}
 ABLATIONS = {  # extra rows after `token_transform` (fidelity only, not timed): label -> pass settings
     "token_transform k=2 (many-to-many)": {"type": "token_transform", "k": 2},
     "token_transform on keys": {"type": "token_transform", "metric": "keys"},
@@ -178,12 +178,12 @@ def parse_cut(budget: str) -> float:
 def token_passes() -> list[str]:
     """Registered passes that take a FLOPs target (every token-reduction pass), ToMe first."""
     found = [name for name, cls in PASSES.items() if "target_flops" in cls.Config.model_fields]
-    first = [name for name in ("tome", "token_transform", "prune", "evit") if name in found]
+    first = [name for name in ("tome", "token_transform", "prune", "evit", "zero_tprune") if name in found]
     return first + sorted(set(found) - set(first))
 
 
 def schedule_cut(geometry: Geometry, protected: int, schedule: list[int]) -> float:
-    counts = tokens_after_layers(geometry.input_tokens, [ClassAttentionPrune(r, protected) for r in schedule])
+    counts = tokens_after_removals(schedule, geometry.input_tokens, protected, Reducer.limit)
     return 1 - model_macs(geometry, counts) / model_macs(geometry, [geometry.input_tokens] * geometry.num_layers)
 
 
@@ -218,8 +218,7 @@ def _random_drop(task: Task, schedule: list[int]):
     original = task.loaded.model
     adapter = find_adapter(original)
     geometry = adapter.geometry(original, task.spec)
-    reducers = [ClassAttentionPrune(r, adapter.protected_tokens(original)) for r in schedule]  # for the counts
-    tokens = tokens_after_layers(geometry.input_tokens, reducers)
+    tokens = tokens_after_removals(schedule, geometry.input_tokens, adapter.protected_tokens(original), Reducer.limit)
     model = random_drop_like(original, geometry.input_tokens, tokens, seed=0)
     return model.eval(), {"tokens_per_layer": tokens, "gmacs": model_macs(geometry, tokens) / 1e9}
 

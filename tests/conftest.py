@@ -12,6 +12,21 @@ def _seed():
     torch.manual_seed(0)
 
 
+# Real zoo models, loaded once per test session. Tests that rewrite one take a deepcopy.
+@pytest.fixture(scope="session")
+def dinov2():
+    from tokcomp.sources import load_model
+
+    return load_model("zoo:dinov2-small")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from tokcomp.sources import load_model
+
+    return load_model("zoo:minilm-l6")
+
+
 def tiny_vision(kind: str):
     """Tiny random models of each vision family, for fast unit tests only."""
     from transformers import (
@@ -55,3 +70,27 @@ def tiny_vit_dir(tmp_path_factory):
     model.save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def state_of(size, real=None, protected: int = 1, source: bool = True):
+    """A TokenState for reducer unit tests: given sizes [B, N], optional real flags, leading protected tokens."""
+    from tokcomp.surgery.state import TokenState
+
+    size = torch.as_tensor(size, dtype=torch.float32)
+    batch, tokens = size.shape
+    real = None if real is None else torch.as_tensor(real).bool()
+    positions = torch.arange(tokens)
+    return TokenState(
+        size=size,
+        real=real,
+        protected=(positions < protected).expand(batch, tokens),
+        position=positions.expand(batch, tokens),
+        source=torch.eye(tokens).expand(batch, tokens, tokens) * (1 if real is None else real[..., None]) if source else None,
+    )
+
+
+def rate_at(removed: int, tokens: int, protected: int = 1):
+    """The Rate that removes exactly `removed` of `tokens` tokens entering a layer (as r did)."""
+    from tokcomp.reducers.rate import Rate
+
+    return Rate(removed, tokens - protected)

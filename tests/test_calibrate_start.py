@@ -133,7 +133,7 @@ def test_a_fixed_start_power_scores_one_shape_and_still_keeps_the_best():
     target = int(0.6 * model_macs(geometry, [geometry.input_tokens] * geometry.num_layers))
     generator = torch.Generator().manual_seed(1)
     batches = [{"pixel_values": torch.randn(4, 3, 32, 32, generator=generator)} for _ in range(2)]
-    settings = SearchSettings(target_macs=target, epochs=1, lr=0.05, merge_rule="bipartite", start_powers=(1.5,))
+    settings = SearchSettings(target_macs=target, epochs=1, lr=0.05, merge_rule="bipartite", start=1.5)
     result = search_rates(model, site.blocks, [True] * 4, site.protected, geometry, batches, settings, "cls")
     assert [(c["power"], c["chosen"]) for c in result.start] == [(1.5, True)]
     assert result.kept in {"start", "epoch 1"}

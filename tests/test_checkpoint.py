@@ -66,7 +66,7 @@ def test_load_round_trip_is_exact(compiled, tiny_model_dir):
     from transformers import ViTForImageClassification
 
     original = ViTForImageClassification.from_pretrained(tiny_model_dir / "model").eval()
-    in_memory = tokcomp.apply(original, [{"type": "tome", "r": 6}], input_spec=None)
+    in_memory = tokcomp.apply(original, [{"type": "tome", "r": 6}])
     reloaded = tokcomp.load(compiled)
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

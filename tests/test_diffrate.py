@@ -8,13 +8,12 @@ import torch
 import yaml
 
 import tokcomp
-from tests.conftest import tiny_bert, tiny_vision
+from tests.conftest import state_of, tiny_bert, tiny_vision
 from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.fileio import read_json
-from tokcomp.reducers.diffrate import DiffRate, bipartite_sources
+from tokcomp.reducers.diffrate import DiffRate, bipartite_sources, rates_from_kept
 from tokcomp.surgery import capture_final_state
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +34,16 @@ def _info(importance):
     return AttentionInfo(query=query, key=key, bias=None, scale=1.0)
 
 
+def _diffrate(prune, merge, tokens=7, protected=1, merge_rule="importance"):
+    """The reducer that keeps `prune` / `merge` of `tokens` tokens entering it (counts at that input)."""
+    (rates,) = rates_from_kept([prune], [merge], tokens, protected, merge_rule)
+    return DiffRate(*rates, protected, merge_rule)
+
+
 def _run(prune, merge, sizes=None):
     x = X[None]
-    size = torch.ones(1, 7) if sizes is None else torch.tensor([sizes])
-    state = TokenState(size=size, mask=None, source=torch.eye(7)[None])
-    return DiffRate(prune, merge)(x, state, _info(IMPORTANCE))
+    state = state_of(torch.ones(1, 7) if sizes is None else [sizes])
+    return _diffrate(prune, merge)(x, state, _info(IMPORTANCE))
 
 
 def test_prune_keeps_cls_then_the_most_attended_tokens_in_order():
@@ -69,15 +73,14 @@ def test_merge_only_when_prune_keeps_everything():
     assert torch.allclose(out[0, 3], (X[5] + X[6] + X[1]) / 3)
 
 
-def test_kept_tokens_is_the_min_of_both_counts():
-    reducer = DiffRate(150, 120)
+def test_kept_tokens_is_the_min_of_both_counts_and_scales_with_the_input():
+    reducer = _diffrate(150, 120, tokens=197)
     assert reducer.kept_tokens(197) == 120
-    assert reducer.kept_tokens(100) == 100
-    assert DiffRate(90, 120).kept_tokens(197) == 90
-    with pytest.raises(ValueError, match="protected"):
-        DiffRate(1, 5)
-    with pytest.raises(ValueError, match="protected"):
-        DiffRate(10, 2, protected=2)
+    # a half-size input (99 tokens, 98 reducible): pruning removes round(47 * 98 / 196) = 24 (halves
+    # round up), merging round(30 * 74 / 149) = 15 of the 74 reducible tokens left
+    assert reducer.kept_tokens(99) == 99 - 24 - 15
+    assert _diffrate(90, 120, tokens=197).kept_tokens(197) == 90
+    assert _diffrate(1, 5, tokens=7).kept_tokens(7) == 2  # at least one token besides the protected stays
 
 
 @pytest.mark.parametrize("merge_rule", ["importance", "bipartite"])
@@ -98,7 +101,7 @@ def test_padding_never_leaks_into_real_tokens(merge_rule):
     """Changing the padded positions must change no real token; real tokens keep all their mass."""
     model = tiny_bert()
     schedule = {"prune": [16, 12, 9], "merge": [16, 10, 7]}
-    tokcomp.apply(model, [{"type": "diffrate", "schedule": schedule, "merge_rule": merge_rule}])
+    tokcomp.apply(model, [{"type": "diffrate", "schedule": schedule, "merge_rule": merge_rule}], sequence_length=16)
     ids = torch.randint(5, 200, (2, 16))
     mask = torch.ones_like(ids)
     mask[:, 9:] = 0
@@ -108,12 +111,15 @@ def test_padding_never_leaks_into_real_tokens(merge_rule):
         a = model(input_ids=ids, attention_mask=mask).last_hidden_state
         b = model(input_ids=other, attention_mask=mask).last_hidden_state
     sa, sb = states
-    assert a.shape[1] == 7
-    assert torch.equal(sa.mask, sb.mask)
-    real = sa.mask.bool()
+    assert a.shape[1] == 7  # the batch is as long as a 16-token sample needs
+    assert torch.equal(sa.real, sb.real)
+    real = sa.real
     assert (a[real] - b[real]).abs().max().item() <= 1e-5
-    # Pruning to 12 and 9 removes only padding (9 real tokens); merging to 7 keeps every real token's mass.
-    assert torch.allclose((sa.size * sa.mask).sum(1), torch.full((2,), 9.0))
+    # The 9-token samples keep the schedule's share of their own tokens, as when run alone.
+    with torch.no_grad():
+        alone = model(input_ids=ids[:, :9]).last_hidden_state
+    assert sa.real.sum(-1).tolist() == [alone.shape[1]] * 2
+    assert (a[:, : alone.shape[1]] - alone).abs().max().item() <= 1e-5
 
 
 def test_reduced_model_exports_with_static_shapes():
@@ -263,10 +269,10 @@ def test_bipartite_rule_is_tome_matching_over_the_importance_order():
 
     order = [0, 2, 4, 5, 3, 6, 1]  # CLS, then by importance (see IMPORTANCE)
     size = torch.tensor([[1.0, 1, 1, 2, 1, 3, 1]])
-    state = TokenState(size=size, mask=None, source=torch.eye(7)[None])
-    out, merged = DiffRate(7, 5, merge_rule="bipartite")(X[None], state, _info(IMPORTANCE))
-    sorted_state = TokenState(size=size[:, order], mask=None, source=torch.eye(7)[None][:, order])
-    tome = TokenTransform(2, k=1, selection="alternating", metric="hidden")
+    state = state_of(size)
+    out, merged = _diffrate(7, 5, merge_rule="bipartite")(X[None], state, _info(IMPORTANCE))
+    sorted_state = state.gather(torch.tensor([order]))
+    tome = TokenTransform(rates_from_kept([7], [5], 7, 1, "bipartite")[0][1], 1, k=1, selection="alternating", metric="hidden")
     want, want_state = tome(X[None][:, order], sorted_state, _info(IMPORTANCE))
     assert torch.allclose(out, want) and torch.equal(merged.size, want_state.size)
     assert torch.equal(merged.source, want_state.source)
@@ -276,10 +282,10 @@ def test_bipartite_rule_is_tome_matching_over_the_importance_order():
 def test_bipartite_rule_floor_and_schedule_check():
     # 7 tokens, CLS protected: only the A tokens at sorted positions 2, 4, 6 can merge.
     assert bipartite_sources(7, 1) == 3 and bipartite_sources(66, 2) == 32
-    assert DiffRate(7, 2, merge_rule="bipartite").kept_tokens(7) == 4
-    assert DiffRate(7, 2).kept_tokens(7) == 2
+    assert _diffrate(7, 2, merge_rule="bipartite").kept_tokens(7) == 4
+    assert _diffrate(7, 2).kept_tokens(7) == 2
     with pytest.raises(TokcompError, match="merge_rule"):
-        DiffRate(7, 5, merge_rule="nearest")
+        _diffrate(7, 5, merge_rule="nearest")
     model = tiny_vision("dinov2")  # 65 tokens
     schedule = {"prune": [65, 60, 40, 30], "merge": [65, 50, 30, 10]}  # 30 tokens keep >= 16
     with pytest.raises(RecipeError, match=r"merge\[3\] = 10.*keeps at least 16") as info:

@@ -129,12 +129,12 @@ def test_declared_dynamic_batch_runs_at_a_new_batch_size(exported):
 def test_tokcomp_flavour_has_one_node_per_merge_with_function_bodies(exported):
     ckpt, _ = exported
     entry = _entries(ckpt)["onnx-tokcomp"]
-    assert entry["validation"]["passed"] and entry["tokcomp_ops"] == ["BipartiteMerge"]
+    assert entry["validation"]["passed"] and entry["tokcomp_ops"] == ["IndexMerge"]
     model = onnx.load(str(ckpt / "model.tokcomp.onnx"))
     merges = [n for n in model.graph.node if n.domain == "tokcomp"]
     reducers = sum(r > 0 for r in read_state(ckpt).passes[0].metadata["r_per_layer"])
-    assert len(merges) == reducers == 2
-    assert [f.name for f in model.functions] == ["BipartiteMerge"]
+    assert [n.op_type for n in merges] == ["IndexMerge"] * reducers and reducers == 2
+    assert [f.name for f in model.functions] == ["IndexMerge"]
     assert max(d for b in entry["validation"]["max_abs_diff"].values() for d in b.values()) <= 1e-4
 
 
@@ -151,10 +151,10 @@ def test_tensorrt_flavour_strips_bodies_sets_plugin_attributes_and_passes_checks
     )
     check_model(model)
     report = check_tensorrt_ops(model)
-    assert report["plugins"] == ["BipartiteMerge"] and report["unsupported"] == []
+    assert report["plugins"] == ["IndexMerge"] and report["unsupported"] == []
     assert report["ops"]["TopK"] >= 2 and entry["tensorrt_check"] == report
     manifest = read_json(ckpt / entry["plugin_manifest"])
-    assert [p["name"] for p in manifest["plugins"]] == ["BipartiteMerge"]
+    assert [p["name"] for p in manifest["plugins"]] == ["IndexMerge"]
     assert manifest["module"] == "tokcomp.plugins_cuda.tensorrt_plugins"
 
 
@@ -177,6 +177,18 @@ def test_tensorrt_op_check_rejects_what_the_parser_cannot_import():
     message = str(excinfo.value)
     assert "TopK" in message and "initializer" in message
     assert "Unique" in message and "plugin_namespace" in message
+
+
+def test_tensorrt_flavour_refuses_a_tokcomp_op_without_a_plugin():
+    """An earlier version's TransformApply (then rewritten to MatMul) has no plugin now: refused by name."""
+    from onnx import TensorProto, helper
+
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("transform", "t", "out")]
+    node = helper.make_node("TransformApply", ["transform", "t"], ["out"], domain="tokcomp")
+    graph = helper.make_graph([node], "g", values[:2], values[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("tokcomp", 1)])
+    with pytest.raises(TokcompError, match="tokcomp op TransformApply has no TensorRT plugin"):
+        make_tensorrt_flavour(model)
 
 
 def test_validation_mismatch_fails_with_numbers(exported):

@@ -19,7 +19,6 @@ from tokcomp.export.io_spec import ExportWrapper, io_spec
 from tokcomp.export.onnx_export import export_onnx
 from tokcomp.export.tensorrt_onnx import check_model, check_tensorrt_ops, make_tensorrt_flavour
 from tokcomp.export.validate import validate_onnx
-from tokcomp.surgery.adapters.base import InputSpec
 
 pytestmark = [
     pytest.mark.slow,
@@ -56,7 +55,7 @@ def test_dinov2_small_exports_with_every_reducer(name, flavour, tmp_path):
     from tokcomp.sources import load_model
 
     model = load_model("zoo:dinov2-small").model
-    tokcomp.apply(model, [REDUCERS[name]], input_spec=InputSpec("image", image_size=224))
+    tokcomp.apply(model, [REDUCERS[name]], image_size=224)
     spec = io_spec(model, "transformers", "image", 224, None)
     wrapper = ExportWrapper(model, spec, "transformers")
     graph = export_onnx(wrapper, spec, flavour)

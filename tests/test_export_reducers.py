@@ -7,6 +7,8 @@ ops too; the portable flavour of each reducer on the real DINOv2-S is measured b
 tests/test_export_real.py (opt-in, minutes).
 """
 
+from collections import Counter
+
 import onnx
 import pytest
 
@@ -17,32 +19,47 @@ from tokcomp.export.onnx_export import export_onnx
 from tokcomp.export.tensorrt_onnx import check_model, check_tensorrt_ops, make_tensorrt_flavour
 from tokcomp.export.validate import validate_onnx
 
-# 17 tokens in (16 patches + CLS), one block: exports are the slow part of CI.
+# 17 tokens in (16 patches + CLS), one block: exports are the slow part of CI. Each reducer with
+# the reduction steps its block exports: the tokcomp nodes, and a MatMul where it reads one of them.
+SCHEDULE = {"prune": [14], "merge": [11]}
 REDUCERS = {
-    "prune": ({"type": "prune", "r": 4}, {"GatherTokens"}),
-    "evit": ({"type": "evit", "r": 4}, {"GatherTokens"}),
-    "token_transform": ({"type": "token_transform", "r": 4}, {"GatherTokens"}),
+    "tome": ({"type": "tome", "r": 4}, {"IndexMerge": 1}),
+    "prune": ({"type": "prune", "r": 4}, {"GatherTokens": 1}),
+    "zero_tprune": ({"type": "zero_tprune", "r": 4}, {"GatherTokens": 1}),
+    "evit": ({"type": "evit", "r": 4}, {"IndexMerge": 1}),  # the inattentive tokens fuse into one
+    "token_transform": ({"type": "token_transform", "r": 4}, {"IndexMerge": 1}),  # k = 1: exclusive
+    # k = 2 spreads each moved token: kept and moved rows are gathered, the spread is a MatMul on them
+    "token_transform_k2": ({"type": "token_transform", "r": 4, "k": 2}, {"GatherTokens": 2, "MatMul": 1}),
     "diffrate": (
-        {"type": "diffrate", "schedule": {"prune": [14], "merge": [11]}, "merge_rule": "importance"},
-        {"GatherTokens"},
+        {"type": "diffrate", "schedule": SCHEDULE, "merge_rule": "importance"},
+        {"GatherTokens": 1, "IndexMerge": 1},
     ),
     "diffrate_bipartite": (
-        {"type": "diffrate", "schedule": {"prune": [14], "merge": [11]}, "merge_rule": "bipartite"},
-        {"GatherTokens", "IndexMerge"},
+        {"type": "diffrate", "schedule": SCHEDULE, "merge_rule": "bipartite"},
+        {"GatherTokens": 1, "IndexMerge": 1},
     ),
 }
 
 
+def reduction_steps(model: onnx.ModelProto) -> Counter:
+    """tokcomp nodes by op type, plus the MatMuls that read a tokcomp node's output."""
+    nodes = model.graph.node
+    tokcomp_outputs = {name for node in nodes if node.domain == "tokcomp" for name in node.output}
+    steps = Counter(node.op_type for node in nodes if node.domain == "tokcomp")
+    steps["MatMul"] = sum(node.op_type == "MatMul" and bool(tokcomp_outputs & set(node.input)) for node in nodes)
+    return steps
+
+
 @pytest.mark.parametrize("name", sorted(REDUCERS))
 def test_reducer_exports_with_tokcomp_ops(name, tmp_path):
-    passes, expected_ops = REDUCERS[name]
+    passes, expected_steps = REDUCERS[name]
     model = small_vision("dinov2", layers=1)
     tokcomp.apply(model, [passes])
     spec = io_spec(model, "transformers", "image", 16, None)
     wrapper = ExportWrapper(model, spec, "transformers")
     graph = export_onnx(wrapper, spec, "tokcomp")
-    used = {n.op_type for n in graph.graph.node if n.domain == "tokcomp"}
-    assert expected_ops <= used, used
+    steps = reduction_steps(graph)
+    assert steps == Counter(expected_steps), steps
     path = tmp_path / "model.tokcomp.onnx"
     onnx.save_model(graph, str(path))
     report = validate_onnx(path, wrapper, spec)
@@ -51,4 +68,4 @@ def test_reducer_exports_with_tokcomp_ops(name, tmp_path):
     trt = make_tensorrt_flavour(graph)
     check_model(trt)
     ops = check_tensorrt_ops(trt)
-    assert set(ops["plugins"]) == used - {"TransformApply"} and ops["unsupported"] == []
+    assert ops["plugins"] == sorted(set(expected_steps) - {"MatMul"}) and ops["unsupported"] == []

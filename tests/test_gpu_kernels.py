@@ -22,14 +22,20 @@ SHAPES = [(1, 5, 1, 0), (3, 37, 70, 9), (2, 197, 128, 13), (4, 257, 384, 64), (2
 
 
 def _case(batch, tokens, width, merged, dtype, index_dtype, seed=0):
-    """t (made non-contiguous), and ToMe indices: unmerged / src index A, dst index B (shared destinations included)."""
+    """t (made non-contiguous), and a ToMe-shaped index merge: N - r tokens kept, r moved into
+    output rows dst (shared destinations included)."""
     generator = torch.Generator().manual_seed(seed)
     t = torch.randn(batch, width, tokens, generator=generator).to(dtype).transpose(1, 2)  # a strided view
-    a_count = (tokens + 1) // 2
-    order = torch.stack([torch.randperm(a_count, generator=generator) for _ in range(batch)])
-    src, unmerged = order[:, :merged], order[:, merged:].sort(dim=-1).values
-    dst = torch.randint(0, max(tokens // 2, 1), (batch, merged), generator=generator)
-    return t, *(x.to(index_dtype) for x in (unmerged, src, dst))
+    order = torch.stack([torch.randperm(tokens, generator=generator) for _ in range(batch)])
+    src, kept = order[:, :merged], order[:, merged:].sort(dim=-1).values
+    dst = torch.randint(0, tokens - merged, (batch, merged), generator=generator)
+    return t, *(x.to(index_dtype) for x in (kept, src, dst))
+
+
+def _crowded(kept, dst):
+    """The same sources merged into only the first eighth of the kept rows: many sources per output row."""
+    few = kept[:, : max(1, kept.shape[1] // 8)]
+    return few, dst % few.shape[1]
 
 
 def _cuda(*tensors):
@@ -42,21 +48,16 @@ def _cuda(*tensors):
 def test_kernels_match_the_cpu_reference(shape, dtype, index_dtype):
     from tokcomp.plugins_cuda import triton_kernels as kernels
 
-    t, unmerged, src, dst = _case(*shape, dtype, index_dtype)
+    t, kept, src, dst = _case(*shape, dtype, index_dtype)
     tol = TOLERANCE[dtype]
-    want = reference.bipartite_merge_sum_reference(t.float(), unmerged.long(), src.long(), dst.long())
-    got = kernels.bipartite_merge(*_cuda(t, unmerged, src, dst))
-    assert got.dtype == dtype
-    torch.testing.assert_close(got.float().cpu(), want, atol=tol * max(1.0, want.abs().max().item()), rtol=tol)
+    for rows, into in ((kept, dst), _crowded(kept, dst)):
+        want = reference.index_merge_sum_reference(t.float(), rows.long(), src.long(), into.long())
+        got = kernels.index_merge(*_cuda(t, rows, src, into))
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float().cpu(), want, atol=tol * max(1.0, want.abs().max().item()), rtol=tol)
 
-    got = kernels.gather_tokens(*_cuda(t, unmerged))
-    assert torch.equal(got.cpu(), reference.gather_tokens_reference(t, unmerged.long()))  # a copy is exact
-
-    kept = unmerged[:, : max(1, unmerged.shape[1] // 2)]
-    into = (dst % kept.shape[1]).to(index_dtype)
-    want = reference.index_merge_sum_reference(t.float(), kept.long(), src.long(), into.long())
-    got = kernels.index_merge(*_cuda(t, kept, src, into))
-    torch.testing.assert_close(got.float().cpu(), want, atol=tol * max(1.0, want.abs().max().item()), rtol=tol)
+    got = kernels.gather_tokens(*_cuda(t, kept))
+    assert torch.equal(got.cpu(), reference.gather_tokens_reference(t, kept.long()))  # a copy is exact
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
@@ -64,13 +65,12 @@ def test_merges_are_bitwise_deterministic(dtype):
     """Gather-side sums in a fixed order, no atomics: the same inputs give the same bits every time."""
     from tokcomp.plugins_cuda import triton_kernels as kernels
 
-    args = _cuda(*_case(64, 257, 768, 100, dtype, torch.int64, seed=5))
-    kept = args[1][:, :40]
-    index_args = [args[0], kept, args[2], args[3] % 40]
-    first = (kernels.bipartite_merge(*args), kernels.index_merge(*index_args))
+    t, kept, src, dst = _cuda(*_case(64, 257, 768, 100, dtype, torch.int64, seed=5))
+    few, into = _crowded(kept, dst)
+    cases = [(t, kept, src, dst), (t, few, src, into)]
+    first = [kernels.index_merge(*args) for args in cases]
     for _ in range(3):
-        assert torch.equal(kernels.bipartite_merge(*args), first[0])
-        assert torch.equal(kernels.index_merge(*index_args), first[1])
+        assert all(torch.equal(kernels.index_merge(*args), want) for args, want in zip(cases, first, strict=True))
 
 
 def test_wild_indices_stay_in_bounds():
@@ -83,22 +83,17 @@ def test_wild_indices_stay_in_bounds():
         return torch.randint(-(2**62), 2**62, shape, device="cuda")
 
     kernels.gather_tokens(t, wild(8, 50))
-    kernels.bipartite_merge(t, wild(8, 86), wild(8, 13), wild(8, 13))
+    kernels.index_merge(t, wild(8, 184), wild(8, 13), wild(8, 13))  # ToMe's r = 13
     kernels.index_merge(t, wild(8, 100), wild(8, 40), wild(8, 40))
     torch.cuda.synchronize()  # an illegal address would raise here
 
 
-@pytest.mark.parametrize("name", ["gather_tokens", "bipartite_merge_sum", "index_merge_sum", "transform_apply"])
+@pytest.mark.parametrize("name", ["gather_tokens", "index_merge_sum"])
 def test_custom_ops_pass_opcheck_on_cuda(name):
     from tokcomp.plugins_cuda.ops import TOKEN_OPS
 
-    t, unmerged, src, dst = _cuda(*_case(3, 37, 70, 9, torch.float32, torch.int64))
-    args = {
-        "gather_tokens": (t, unmerged),
-        "bipartite_merge_sum": (t, unmerged, src, dst),
-        "index_merge_sum": (t, unmerged, src, dst % unmerged.shape[1]),
-        "transform_apply": (torch.rand(3, 5, 37, device="cuda"), t),
-    }[name]
+    t, kept, src, dst = _cuda(*_case(3, 37, 70, 9, torch.float32, torch.int64))
+    args = {"gather_tokens": (t, kept), "index_merge_sum": (t, kept, src, dst)}[name]
     torch.library.opcheck(TOKEN_OPS[name], args)  # schema, fake impl, CUDA dispatch, autograd registration
     want = reference.REFERENCE_OPS[name](*(a.cpu() for a in args))
     torch.testing.assert_close(TOKEN_OPS[name](*args).cpu(), want, atol=1e-5, rtol=1e-5)

@@ -261,7 +261,6 @@ for value in (trt.float32, trt.float16, trt.bfloat16):
         gather_index = trtp.TensorDesc(index, [batch, 11])
         calls = {
             "GatherTokens": (plugins.gather_tokens_desc, plugins.gather_tokens_aot, (t, gather_index)),
-            "BipartiteMerge": (plugins.bipartite_merge_desc, plugins.bipartite_merge_aot, (t, kept, src, dst)),
             "IndexMerge": (plugins.index_merge_desc, plugins.index_merge_aot, (t, kept, src, dst)),
         }
         for op, (desc, aot, inputs) in calls.items():
@@ -297,23 +296,23 @@ def plugin_report(tmp_path_factory):
 
 def test_plugins_register_with_class_annotations(plugin_report):
     """TensorRT runs issubclass() on every annotation: none may be a string (no postponed annotations)."""
-    assert plugin_report["registered"] == ["tokcomp::BipartiteMerge", "tokcomp::GatherTokens", "tokcomp::IndexMerge"]
+    assert plugin_report["registered"] == ["tokcomp::GatherTokens", "tokcomp::IndexMerge"]
     assert plugin_report["string_annotations"] == []
 
 
 def test_aot_launch_matches_the_kernels_for_a_dynamic_batch(plugin_report):
     """Grid, block and scalars are expressions of the input shapes; the batch is never asked for its constant."""
     rows = plugin_report["aot"]
-    assert len(rows) == 3 * 3 * 2
+    assert len(rows) == 2 * 3 * 2  # ops x value dtypes x index dtypes
     batch, n_in, width, n_kept, n_src = 3, 37, 70, 10, 9
-    n_out = {"GatherTokens": 11, "BipartiteMerge": n_kept + n_in // 2, "IndexMerge": n_kept}
+    n_out = {"GatherTokens": 11, "IndexMerge": n_kept}
     for row in rows:
         assert row["out_shape"] == [batch, n_out[row["op"]], width]
         assert row["grid"] == [batch * n_out[row["op"]], 1] and row["block_x"] == 128  # 4 warps, width 70 < 128
         if row["op"] == "GatherTokens":
             assert row["scalars"] == [n_in, 11, width] and row["entry_params"] == 2 + 3 + 1
         else:
-            assert row["scalars"] == [n_in, n_kept, n_out[row["op"]], n_src, width] and row["entry_params"] == 4 + 5 + 1
+            assert row["scalars"] == [n_in, n_kept, n_src, width] and row["entry_params"] == 4 + 4 + 1
 
 
 def test_every_kernel_specialisation_has_its_own_entry_name(plugin_report):

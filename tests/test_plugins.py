@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tokcomp
-from tests.conftest import tiny_vision
+from tests.conftest import tiny_bert, tiny_vision
 from tokcomp.reducers import ops as reference
 from tokcomp.reducers.ops import use_ops
 
@@ -28,11 +28,11 @@ needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not 
 
 
 def _merge_indices(batch: int, tokens: int, r: int, generator: torch.Generator):
-    a_count = (tokens + 1) // 2
-    order = torch.stack([torch.randperm(a_count, generator=generator) for _ in range(batch)])
-    src, unmerged = order[:, :r], order[:, r:].sort(dim=-1).values
-    dst = torch.randint(0, tokens // 2, (batch, r), generator=generator)  # shared destinations included
-    return unmerged, src, dst
+    """A ToMe-shaped index merge: N - r tokens kept in index order, r moved into them."""
+    order = torch.stack([torch.randperm(tokens, generator=generator) for _ in range(batch)])
+    src, kept = order[:, :r], order[:, r:].sort(dim=-1).values
+    dst = torch.randint(0, tokens - r, (batch, r), generator=generator)  # shared destinations included
+    return kept, src, dst
 
 
 def _random_case(dtype, batch=3, tokens=37, width=70, r=9, seed=0):
@@ -47,15 +47,14 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 # --- custom ops (CPU reference, fake implementations) ------------------------------
 
 
+def test_every_swappable_step_has_a_custom_op():
+    assert set(TOKEN_OPS) == set(reference.REFERENCE_OPS) == {"gather_tokens", "index_merge_sum"}
+
+
 @pytest.mark.parametrize("name", sorted(TOKEN_OPS))
 def test_custom_ops_pass_opcheck_and_equal_the_reference(name):
-    t, unmerged, src, dst = _random_case(torch.float32)
-    args = {
-        "gather_tokens": (t, unmerged),
-        "bipartite_merge_sum": (t, unmerged, src, dst),
-        "index_merge_sum": (t, unmerged, src, unmerged[:, : src.shape[1]] % unmerged.shape[1]),
-        "transform_apply": (torch.rand(3, 5, 37), t),
-    }[name]
+    t, kept, src, dst = _random_case(torch.float32)
+    args = {"gather_tokens": (t, kept), "index_merge_sum": (t, kept, src, dst)}[name]
     torch.library.opcheck(TOKEN_OPS[name], args)  # schema, fake impl, dispatch consistency
     assert torch.equal(TOKEN_OPS[name](*args), reference.REFERENCE_OPS[name](*args))
 
@@ -86,7 +85,7 @@ def test_torch_export_sees_the_custom_ops_as_single_nodes():
     with use_ops(TOKEN_OPS):
         program = torch.export.export(model, (torch.rand(2, 3, 32, 32),))
     targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
-    assert targets.count("tokcomp.bipartite_merge.default") == 4
+    assert [t for t in targets if t.startswith("tokcomp.")] == ["tokcomp.index_merge.default"] * 4  # one per block
 
 
 # --- kernels vs the CPU reference --------------------------------------------------
@@ -98,9 +97,9 @@ def test_torch_export_sees_the_custom_ops_as_single_nodes():
 def test_kernels_match_reference_on_random_inputs(dtype, index_dtype):
     from tokcomp.plugins_cuda import triton_kernels as kernels
 
-    t, unmerged, src, dst = _random_case(dtype, seed=1)
-    want = reference.bipartite_merge_sum_reference(t.float(), unmerged, src, dst)
-    got = kernels.bipartite_merge(*(x.to(DEVICE) for x in (t, unmerged.to(index_dtype), src.to(index_dtype), dst.to(index_dtype))))
+    t, kept, src, dst = _random_case(dtype, seed=1)
+    want = reference.index_merge_sum_reference(t.float(), kept, src, dst)
+    got = kernels.index_merge(*(x.to(DEVICE) for x in (t, kept.to(index_dtype), src.to(index_dtype), dst.to(index_dtype))))
     assert got.dtype == dtype and got.shape == want.shape
     torch.testing.assert_close(got.float().cpu(), want, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
 
@@ -121,53 +120,83 @@ def test_kernels_clamp_out_of_range_indices_into_bounds():
     """TensorRT times plugins on uninitialised buffers: a wild index is clamped, never read out of bounds."""
     from tokcomp.plugins_cuda import triton_kernels as kernels
 
-    t = torch.randn(2, 9, 20)  # A = rows 0, 2, .., 8 (5 rows), B = rows 1, 3, 5, 7
+    t = torch.randn(2, 9, 20)
     wild = torch.tensor([[-7, 3, 10**6], [8, -1, 99]])
     got = kernels.gather_tokens(t.to(DEVICE), wild.to(DEVICE)).cpu()
     assert torch.equal(got, reference.gather_tokens_reference(t, wild.clamp(0, 8)))
-
-    unmerged, src, dst = torch.tensor([[10**6, -3], [0, 4]]), torch.tensor([[-1, 77], [2, 3]]), torch.tensor([[0, 3], [1, 1]])
-    got = kernels.bipartite_merge(*(x.to(DEVICE) for x in (t, unmerged, src, dst))).cpu()
-    want = reference.bipartite_merge_sum_reference(t, unmerged.clamp(0, 4), src.clamp(0, 4), dst)
-    torch.testing.assert_close(got, want)
 
     moved, into = wild[:, :2], torch.tensor([[0, 2], [1, 1]])  # destinations are output rows (< 3)
     got = kernels.index_merge(*(x.to(DEVICE) for x in (t, wild, moved, into))).cpu()
     torch.testing.assert_close(got, reference.index_merge_sum_reference(t, wild.clamp(0, 8), moved.clamp(0, 8), into))
 
+    # A destination is only compared with the output row: a wild one adds its source nowhere.
+    stray = torch.tensor([[0, 10**6], [1, -4]])
+    got = kernels.index_merge(*(x.to(DEVICE) for x in (t, wild, moved, stray))).cpu()
+    torch.testing.assert_close(got, reference.index_merge_sum_reference(t, wild.clamp(0, 8), moved[:, :1].clamp(0, 8), stray[:, :1]))
+
+
+def _recorded_merges(model, inputs: dict) -> list[tuple]:
+    """The exact (t, kept, src, dst) of every index merge one forward pass of `model` makes."""
+    calls = []
+
+    def record(t, kept, src, dst):
+        calls.append((t.clone(), kept, src, dst))
+        return reference.index_merge_sum_reference(t, kept, src, dst)
+
+    with torch.inference_mode(), use_ops({"index_merge_sum": record}):
+        model(**inputs)
+    return calls
+
+
+def _padded_text_merges() -> list[tuple]:
+    """ToMe on a batch of 16, 11 and 6 real tokens: slots past a sample's end hold the null index N."""
+    model = tokcomp.apply(tiny_bert(), [{"type": "tome", "r": 3}], sequence_length=16)
+    ids = torch.randint(5, 200, (3, 16), generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(16) < torch.tensor([[16], [11], [6]])).long()
+    return _recorded_merges(model, {"input_ids": ids, "attention_mask": mask})
+
 
 @needs_triton
 def test_kernels_match_reference_on_real_merges():
-    """The exact (t, unmerged, src, dst) a ToMe model produces, recorded during a forward pass, fp32 and fp16."""
+    """The exact (t, kept, src, dst) ToMe produces, recorded during a forward pass, fp32 and fp16."""
     from tests.test_export import small_vision
     from tokcomp.plugins_cuda import triton_kernels as kernels
 
-    calls = []
-
-    def record(t, unmerged, src, dst):
-        calls.append((t.clone(), unmerged, src, dst))
-        return reference.bipartite_merge_sum_reference(t, unmerged, src, dst)
-
     model = small_vision("dinov2")
     tokcomp.apply(model, [{"type": "tome", "r": 4}])
-    with torch.inference_mode(), use_ops({"bipartite_merge_sum": record}):
-        model(pixel_values=torch.rand(3, 3, 16, 16))
+    calls = _recorded_merges(model, {"pixel_values": torch.rand(3, 3, 16, 16)})
     assert len(calls) == 2
     for dtype in (torch.float32, torch.float16):
-        for t, unmerged, src, dst in calls:
-            want = reference.bipartite_merge_sum_reference(t.to(dtype).float(), unmerged, src, dst)
-            got = kernels.bipartite_merge(t.to(dtype).to(DEVICE), unmerged.to(DEVICE), src.to(DEVICE), dst.to(DEVICE))
+        for t, kept, src, dst in calls:
+            want = reference.index_merge_sum_reference(t.to(dtype).float(), kept, src, dst)
+            got = kernels.index_merge(t.to(dtype).to(DEVICE), kept.to(DEVICE), src.to(DEVICE), dst.to(DEVICE))
             scale = want.abs().max().item()
             torch.testing.assert_close(got.float().cpu(), want, atol=TOLERANCE[dtype] * scale, rtol=TOLERANCE[dtype])
+
+
+@needs_triton
+def test_kernels_read_the_null_row_of_a_padded_batch():
+    """Index N of a padded batch is the zero row the caller appended: an ordinary index for the kernels."""
+    from tokcomp.plugins_cuda import triton_kernels as kernels
+
+    calls = _padded_text_merges()
+    assert len(calls) == 3
+    for t, kept, src, dst in calls:
+        null = t.shape[1] - 1
+        assert (kept == null).any() and (src == null).any() and not t[:, null].any()
+        want = reference.index_merge_sum_reference(t, kept, src, dst)
+        got = kernels.index_merge(t.to(DEVICE), kept.to(DEVICE), src.to(DEVICE), dst.to(DEVICE))
+        torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(kernels.gather_tokens(t.to(DEVICE), kept.to(DEVICE)).cpu(), reference.gather_tokens_reference(t, kept))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_cuda_dispatch_and_compiled_model_use_the_kernels():
-    t, unmerged, src, dst = _random_case(torch.float16, batch=64, tokens=197, width=386, r=13)
-    args = [x.cuda() for x in (t, unmerged, src, dst)]
-    got = torch.ops.tokcomp.bipartite_merge(*args)
-    want = reference.bipartite_merge_sum_reference(t.float(), unmerged, src, dst)
+    t, kept, src, dst = _random_case(torch.float16, batch=64, tokens=197, width=386, r=13)
+    args = [x.cuda() for x in (t, kept, src, dst)]
+    got = torch.ops.tokcomp.index_merge(*args)
+    want = reference.index_merge_sum_reference(t.float(), kept, src, dst)
     torch.testing.assert_close(got.float().cpu(), want, atol=2e-2, rtol=2e-2)
     model = tiny_vision("dinov2").cuda()
     tokcomp.apply(model, [{"type": "tome", "r": 4}])
@@ -189,8 +218,7 @@ merge = {"BLOCK_D": kernels.BLOCK_D, "CHUNK": kernels.SOURCE_CHUNK}
 for dtype in ("float32", "float16", "bfloat16"):
     for index_dtype in ("int32", "int64"):
         cases = [
-            (kernels.bipartite_merge_kernel, ptx.merge_signature(dtype, index_dtype), merge),
-            (kernels.index_merge_kernel, ptx.merge_signature(dtype, index_dtype), merge),
+            (kernels.index_merge_kernel, ptx.index_merge_signature(dtype, index_dtype), merge),
             (kernels.gather_rows_kernel, ptx.gather_signature(dtype, index_dtype), {"BLOCK_D": kernels.BLOCK_D}),
         ]
         for kernel, signature, constexprs in cases:
@@ -223,7 +251,7 @@ def compiled_for_h100():
 
 def test_kernels_compile_to_ptx_for_h100_with_exactly_the_tensorrt_arguments(compiled_for_h100):
     """PTX for sm_90 (no GPU needed) whose entry takes exactly (inputs, int32 scalars, output), one name each."""
-    assert len(compiled_for_h100) == 3 * 2 * 3
+    assert len(compiled_for_h100) == 3 * 2 * 2  # value dtypes x index dtypes x kernels
     for kernel in compiled_for_h100:
         assert kernel["params"] == kernel["signature"] and kernel["sm_90"] and kernel["warps"] == 4
     names = [kernel["name"] for kernel in compiled_for_h100]
@@ -265,11 +293,11 @@ def test_manifest_round_trip_and_refuses_foreign_modules(tmp_path):
     from tokcomp.fileio import write_json
     from tokcomp.plugins_cuda.manifest import build_manifest, read_manifest, write_manifest
 
-    manifest = build_manifest(["BipartiteMerge", "GatherTokens", "BipartiteMerge"], aot=True)
+    manifest = build_manifest(["IndexMerge", "GatherTokens", "IndexMerge"], aot=True)
     write_manifest(tmp_path / "m.json", manifest)
     assert read_manifest(tmp_path / "m.json")["plugins"] == [
-        {"name": "BipartiteMerge", "namespace": "tokcomp", "version": "1", "aot": True},
         {"name": "GatherTokens", "namespace": "tokcomp", "version": "1", "aot": True},
+        {"name": "IndexMerge", "namespace": "tokcomp", "version": "1", "aot": True},
     ]
     write_json(tmp_path / "evil.json", {**manifest, "module": "os"})
     with pytest.raises(TokcompError, match="tokcomp only loads tokcomp.plugins_cuda.tensorrt_plugins"):
@@ -293,7 +321,7 @@ def test_tensorrt_plugins_register_and_engine_matches_pytorch(tmp_path):
     from tokcomp.export import export_checkpoint
     from tokcomp.plugins_cuda.manifest import build_manifest, register_plugins
 
-    assert register_plugins(build_manifest(["BipartiteMerge", "GatherTokens", "IndexMerge"], aot=True))
+    assert register_plugins(build_manifest(["GatherTokens", "IndexMerge"], aot=True))
     ckpt = make_checkpoint(tmp_path, [{"type": "tome", "r": 2}])
     entry = export_checkpoint(ckpt, "tensorrt", max_batch=8)
     assert entry["validation"]["passed"] and (ckpt / "model.engine.plugins.json").is_file()

@@ -6,19 +6,8 @@ import torch
 import tokcomp
 from tokcomp.data import load_samples, make_batches
 from tokcomp.fileio import read_json
-from tokcomp.sources import load_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dinov2():
-    return load_model("zoo:dinov2-small")
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return load_model("zoo:minilm-l6")
 
 
 def _image_batch(loaded, n=4):
@@ -33,12 +22,12 @@ def test_dinov2_rewrite_is_exact_on_real_weights(dinov2):
     model = copy.deepcopy(dinov2.model)
     with torch.no_grad():
         expected = dinov2.model(**batch).last_hidden_state
-        tokcomp.apply(model, [{"type": "tome", "r": 0}], input_spec=dinov2.input_spec)
+        tokcomp.apply(model, [{"type": "tome", "r": 0}], image_size=dinov2.input_spec.image_size)
         got = model(**batch).last_hidden_state
     assert (expected - got).abs().max().item() <= 1e-5
 
 
-def test_dinov2_tome_beats_random_drop_at_equal_tokens(tmp_path):
+def test_dinov2_tome_beats_random_drop_at_equal_tokens(tmp_path, dinov2):
     out = tmp_path / "ckpt"
     tokcomp.compile(
         {
@@ -58,7 +47,7 @@ def test_dinov2_tome_beats_random_drop_at_equal_tokens(tmp_path):
     assert fidelity["cosine_mean"] > 0.95
 
     reloaded = tokcomp.load(out)
-    batch = _image_batch(load_model("zoo:dinov2-small"), 2)
+    batch = _image_batch(dinov2, 2)
     with torch.no_grad():
         first = reloaded(**batch).last_hidden_state
         second = tokcomp.load(out)(**batch).last_hidden_state

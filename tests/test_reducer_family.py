@@ -14,23 +14,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 import tokcomp
-from tests.conftest import tiny_bert, tiny_vision
+from tests.conftest import rate_at, state_of, tiny_bert, tiny_vision
 from tokcomp.errors import RecipeError, TokcompError
-from tokcomp.pipeline import PassContext, run_passes
+from tokcomp.passes.context import PassContext
+from tokcomp.pipeline import run_passes
 from tokcomp.recipe import load_recipe, parse_pass_list
+from tokcomp.reducers.apply import merge, select
 from tokcomp.reducers.evit import EViT
-from tokcomp.reducers.prune import ClassAttentionPrune, split_by_importance
+from tokcomp.reducers.prune import ClassAttentionPrune
+from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.reducers.tome import ToMe
-from tokcomp.reducers.transform import (
-    ExclusiveMerge,
-    TokenTransform,
-    dense_transform,
-    soft_assignment,
-    transform_tokens,
-)
+from tokcomp.reducers.transform import TokenTransform, soft_assignment
 from tokcomp.surgery import capture_final_state, find_adapter, token_blocks
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
 
 FAMILY_PASSES = [
     {"type": "token_transform"},
@@ -38,6 +34,7 @@ FAMILY_PASSES = [
     {"type": "token_transform", "target_selection": "cls_attention", "metric": "keys", "k": 4, "temperature": 0.1},
     {"type": "prune"},
     {"type": "evit"},
+    {"type": "zero_tprune"},
 ]
 
 
@@ -45,131 +42,91 @@ def _ids(spec):
     return "-".join(str(v) for v in spec.values())
 
 
-def _inputs(batch=3, tokens=15, channels=6, padding=False, integer=False):
-    """Random tokens, keys, sizes 1..3 and a source map; integer x makes every sum exact."""
+def _inputs(batch=3, tokens=15, channels=6, padding=False, integer=False, protected=1):
+    """Random tokens, keys, sizes 1..3 and a source map; integer x makes every sum exact.
+
+    With `padding`, samples 0 and 1 end in padding (real tokens first, the state's invariant).
+    """
     x = torch.randint(-8, 9, (batch, tokens, channels)).float() if integer else torch.randn(batch, tokens, channels)
-    mask = None
+    real = None
     if padding:
-        mask = torch.ones(batch, tokens)
-        mask[0, tokens - 4 :] = 0
-        mask[1, 5:] = 0
-    size = torch.randint(1, 4, (batch, tokens)).float()
-    state = TokenState(size=size, mask=mask, source=torch.eye(tokens).expand(batch, tokens, tokens))
+        real = torch.ones(batch, tokens, dtype=torch.bool)
+        real[0, tokens - 4 :] = False
+        real[1, 5:] = False
+    state = state_of(torch.randint(1, 4, (batch, tokens)).float(), real, protected)
     key = torch.randn(batch, 2, tokens, 4)
-    bias = None if mask is None else torch.where(mask > 0, 0.0, torch.finfo(x.dtype).min)[:, None, None, :]
+    bias = None if real is None else torch.where(real, 0.0, torch.finfo(x.dtype).min)[:, None, None, :]
     return x, state, AttentionInfo(query=key, key=key, bias=bias, scale=0.5)
 
 
-def _assert_same(a, b, exact=True, real_only=False):
-    """Same tokens, sizes, masks and source maps; `real_only` skips x and size of padding rows."""
+def _assert_same(a, b, exact=True):
+    """Same tokens, sizes, flags and source maps on the real rows (padding rows may hold anything)."""
     (xa, sa), (xb, sb) = a, b
     assert xa.shape == xb.shape
-    assert (sa.mask is None) == (sb.mask is None)
-    if sa.mask is not None:
-        assert torch.equal(sa.mask, sb.mask)
-    keep = sa.mask.bool() if real_only and sa.mask is not None else torch.ones(xa.shape[:2], dtype=torch.bool)
+    assert (sa.real is None) == (sb.real is None)
+    if sa.real is not None:
+        assert torch.equal(sa.real, sb.real)
+    keep = sa.real if sa.real is not None else torch.ones(xa.shape[:2], dtype=torch.bool)
     if exact:
         assert torch.equal(xa[keep], xb[keep])
     else:
         assert (xa[keep] - xb[keep]).abs().max().item() <= 1e-5
     assert torch.equal(sa.size[keep], sb.size[keep])
-    assert torch.equal(sa.source, sb.source)
+    assert torch.equal(sa.protected, sb.protected)
+    assert torch.equal(sa.position[keep], sb.position[keep])
+    assert torch.equal(sa.source[keep], sb.source[keep])
 
 
 # ------------------------------------------------------------------ special cases of T
 
 
-def _distillation_token_first(result, tokens, r):
-    """ToMe's output with B0 (the distillation token) moved to index 1, where the family keeps it.
-
-    ToMe orders [unmerged A, B], so B0 lands after the unmerged A tokens and the next block
-    protects (and the head reads) a patch token at index 1 instead.
-    """
-    x, state = result
-    at = (tokens + 1) // 2 - min(r, (tokens - 2) // 2)  # number of unmerged A tokens
-    order = torch.tensor([0, at, *[i for i in range(1, x.shape[1]) if i != at]])
-    pick = lambda t: None if t is None else t[:, order]  # noqa: E731
-    return pick(x), state.with_(size=pick(state.size), mask=pick(state.mask), source=pick(state.source))
-
-
 @pytest.mark.parametrize("padding", [False, True])
 @pytest.mark.parametrize("protected", [1, 2])
 @pytest.mark.parametrize("tokens,r", [(15, 1), (15, 4), (16, 7), (16, 20)])
-def test_k1_with_alternating_targets_is_tome_exactly(tokens, r, protected, padding):
-    """Same merges, same output order, same sizes and source map; x bit-identical (integer inputs).
-
-    With a distillation token the order differs in one place only (see _distillation_token_first).
-    """
-    x, state, info = _inputs(tokens=tokens, padding=padding, integer=True)
-    expected = ToMe(r, protected)(x, state, info)
-    if protected == 2:
-        expected = _distillation_token_first(expected, tokens, r)
+def test_k1_with_alternating_targets_on_keys_is_tome_exactly(tokens, r, protected, padding):
+    """Same merges, same output order, same sizes and source map; x bit-identical (integer inputs)."""
+    x, state, info = _inputs(tokens=tokens, padding=padding, integer=True, protected=protected)
+    rate = rate_at(r, tokens, protected)
+    expected = ToMe(rate, protected)(x, state, info)
     for temperature in (1.0, 0.01):
-        tt = TokenTransform(
-            r, k=1, temperature=temperature, selection="alternating", metric="keys", protected=protected
-        )
+        tt = TokenTransform(rate, protected, k=1, temperature=temperature, selection="alternating", metric="keys")
         _assert_same(expected, tt(x, state, info))
-    exclusive = ExclusiveMerge(r, selection="alternating", metric="keys", protected=protected)
-    _assert_same(expected, exclusive(x, state, info))
 
 
-@pytest.mark.parametrize("protected", [1, 2])
-def test_k1_matches_tome_on_real_valued_tokens(protected):
-    """With real-valued x only the summation order differs (matmul vs scatter_add)."""
-    x, state, info = _inputs(tokens=20, padding=True)
-    expected = ToMe(6, protected)(x, state, info)
-    if protected == 2:
-        expected = _distillation_token_first(expected, 20, 6)
-    tt = TokenTransform(6, k=1, selection="alternating", metric="keys", protected=protected)
-    _assert_same(expected, tt(x, state, info), exact=False)
-
-
+@pytest.mark.parametrize("padding", [False, True])
 @pytest.mark.parametrize("selection", ["alternating", "cls_attention"])
-def test_zero_temperature_limit_is_exclusive_merging(selection):
-    """k = 3 with temperature -> 0 puts each token wholly on its best target."""
-    x, state, info = _inputs(tokens=17, integer=True)
-    hard = ExclusiveMerge(5, selection=selection)(x, state, info)
-    cold = TokenTransform(5, k=3, temperature=1e-8, selection=selection)(x, state, info)
+def test_zero_temperature_limit_is_exclusive_merging(selection, padding):
+    """k = 3 with temperature -> 0 puts each token wholly on its best target (the k = 1 merge)."""
+    x, state, info = _inputs(tokens=17, integer=True, padding=padding)
+    rate = rate_at(5, 17)
+    hard = TokenTransform(rate, 1, k=1, selection=selection)(x, state, info)
+    cold = TokenTransform(rate, 1, k=3, temperature=1e-8, selection=selection)(x, state, info)
     _assert_same(hard, cold)
-    warm = TokenTransform(5, k=3, temperature=0.5, selection=selection)(x, state, info)
+    warm = TokenTransform(rate, 1, k=3, temperature=0.5, selection=selection)(x, state, info)
     assert not torch.equal(hard[1].size, warm[1].size)  # a real temperature does spread mass
 
 
 @pytest.mark.parametrize("padding", [False, True])
-@pytest.mark.parametrize("metric", ["keys", "hidden"])
-def test_k1_with_cls_targets_is_exclusive_merging_exactly(metric, padding):
-    """transform_tokens (gather + matmul) equals the scatter_add merge for one-hot columns."""
+def test_all_zero_shares_are_pruning(padding):
+    """T with one-hot selection rows and no shares keeps the selected rows exactly (integer x)."""
     x, state, info = _inputs(tokens=16, padding=padding, integer=True)
-    exclusive = ExclusiveMerge(6, selection="cls_attention", metric=metric)(x, state, info)
-    _assert_same(exclusive, TokenTransform(6, k=1, selection="cls_attention", metric=metric)(x, state, info))
-
-
-@pytest.mark.parametrize("padding", [False, True])
-def test_one_hot_selection_rows_are_pruning(padding):
-    # integer x: transform_tokens computes (x * size) / size, exact only for integers
-    x, state, info = _inputs(tokens=16, padding=padding, integer=True)
-    kept, dropped = split_by_importance(info.cls_attention(), 11, 1, state.mask)
+    keep = 11 if state.real is None else state.real.sum(-1) - 5
+    kept, order = keep_most_important(info.cls_attention(), state, keep, 11, by_position=True)
+    moved = order[:, 11:]
     no_shares = torch.zeros(3, 5, 11)
-    t = dense_transform(kept, dropped, no_shares, 16)
-    assert torch.equal(t.sum(-1), torch.ones(3, 11))  # one 1 per row
-    assert torch.equal(t.sum(-2).gather(1, dropped), torch.zeros(3, 5))  # dropped columns are empty
-    # Pruning carries padding rows as they were; T empties them (x 0, size 1): real rows are identical.
-    pruned = ClassAttentionPrune(5)(x, state, info)
-    _assert_same(pruned, transform_tokens(x, state, kept, dropped, no_shares), real_only=True)
+    null = state.real is not None
+    _assert_same(select(x, state, kept, null=null), merge(x, state, kept, moved, assignment=no_shares, null=null))
 
 
-def test_dense_t_is_what_transform_tokens_applies():
+def test_the_source_map_is_t_and_x_is_the_t_weighted_mean():
+    """After one reduction from an identity source map, source = T (unweighted): X' = T (w X) / T w."""
     x, state, info = _inputs(tokens=14)
-    reducer = TokenTransform(4, k=3, temperature=0.3)
-    plan = reducer.plan(x, state, info)
-    shares = soft_assignment(plan.scores, 3, 0.3)
-    t = dense_transform(plan.kept, plan.moved, shares, 14)
+    out, new = TokenTransform(rate_at(4, 14), 1, k=3, temperature=0.3)(x, state, info)
+    t = new.source
     w = state.size[..., None]
-    expected_x = (t @ (x * w)) / (t @ w)
-    got_x, got_state = reducer(x, state, info)
-    assert (got_x - expected_x).abs().max().item() <= 1e-5
-    assert torch.allclose(got_state.size, (t @ w)[..., 0])
-    assert torch.allclose(got_state.source, t @ state.source)
+    assert (out - (t @ (x * w)) / (t @ w)).abs().max().item() <= 1e-5
+    assert torch.allclose(new.size, (t @ w)[..., 0])
+    assert torch.allclose(t.sum(1), torch.ones(3, 14))  # every column of T sums to 1
 
 
 # ------------------------------------------------------------------ soft assignment
@@ -198,7 +155,7 @@ def test_forbidden_targets_get_nothing_and_nothing_is_nan():
 @pytest.mark.parametrize("selection", ["alternating", "cls_attention"])
 def test_many_to_many_conserves_mass_and_the_weighted_mean(selection):
     x, state, info = _inputs(tokens=21)
-    out, new = TokenTransform(7, k=4, temperature=0.5, selection=selection)(x, state, info)
+    out, new = TokenTransform(rate_at(7, 21), 1, k=4, temperature=0.5, selection=selection)(x, state, info)
     assert out.shape[1] == 14
     assert torch.allclose(new.size.sum(1), state.size.sum(1))
     assert torch.allclose(new.source.sum(1), torch.ones(3, 21))  # every input token fully accounted for
@@ -224,8 +181,7 @@ LOGITS = [0.0, 3.0, 1.0, 2.0, 0.5, 2.5]
 
 def test_prune_keeps_most_attended_tokens_in_index_order():
     x = torch.arange(6 * 2, dtype=torch.float32).view(1, 6, 2)
-    state = TokenState(size=torch.ones(1, 6), mask=None, source=torch.eye(6)[None])
-    out, new = ClassAttentionPrune(2)(x, state, _cls_attention_info(LOGITS))
+    out, new = ClassAttentionPrune(rate_at(2, 6), 1)(x, state_of(torch.ones(1, 6)), _cls_attention_info(LOGITS))
     # CLS always; then the three highest logits: tokens 1 (3.0), 5 (2.5), 3 (2.0), in index order
     assert torch.equal(out[0], x[0, [0, 1, 3, 5]])
     assert new.source[0].argmax(-1).tolist() == [0, 1, 3, 5]
@@ -234,8 +190,7 @@ def test_prune_keeps_most_attended_tokens_in_index_order():
 def test_evit_fuses_the_rest_by_cls_attention():
     x = torch.randn(1, 6, 3)
     sizes = torch.tensor([[1.0, 1.0, 2.0, 1.0, 3.0, 1.0]])
-    state = TokenState(size=sizes, mask=None, source=torch.eye(6)[None])
-    out, new = EViT(2)(x, state, _cls_attention_info(LOGITS))
+    out, new = EViT(rate_at(2, 6), 1)(x, state_of(sizes), _cls_attention_info(LOGITS))
     # keep 6 - 2 - 1 = 3: CLS, 1, 5; fuse 2, 3, 4 with weights a_i (sizes are already in a under
     # proportional attention, so they do not weight x again) into one token standing for 2 + 1 + 3
     a = torch.softmax(torch.tensor(LOGITS), 0)
@@ -248,8 +203,7 @@ def test_evit_fuses_the_rest_by_cls_attention():
 
 def test_evit_fused_row_is_a_row_of_t():
     x = torch.randn(1, 6, 3)
-    state = TokenState(size=torch.ones(1, 6), mask=None, source=torch.eye(6)[None])
-    _, new = EViT(2)(x, state, _cls_attention_info(LOGITS))
+    _, new = EViT(rate_at(2, 6), 1)(x, state_of(torch.ones(1, 6)), _cls_attention_info(LOGITS))
     a = torch.softmax(torch.tensor(LOGITS), 0)
     fused_row = new.source[0, 3]  # the source map is T itself after one reduction
     assert torch.equal(fused_row[[0, 1, 5]], torch.zeros(3))
@@ -272,11 +226,11 @@ def test_padding_never_leaks_into_real_tokens(spec):
         a = model(input_ids=ids, attention_mask=mask).last_hidden_state
         b = model(input_ids=other, attention_mask=mask).last_hidden_state
     sa, sb = states
-    assert torch.equal(sa.mask, sb.mask)
-    real = sa.mask.bool()
+    assert torch.equal(sa.real, sb.real)
+    real = sa.real
     assert (a[real] - b[real]).abs().max().item() <= 1e-5
-    if spec["type"] != "prune":  # merging and fusing keep every real token's mass
-        assert torch.allclose((sa.size * sa.mask).sum(1), torch.full((2,), 9.0))
+    if spec["type"] not in ("prune", "zero_tprune"):  # merging and fusing keep every real token's mass
+        assert torch.allclose(sa.weight().sum(1), torch.full((2,), 9.0))
 
 
 @pytest.mark.parametrize("spec", FAMILY_PASSES, ids=_ids)
@@ -311,29 +265,26 @@ def test_target_flops_resolves_like_tome():
         return record.metadata["r_per_layer"]
 
     expected = r_list("tome")
-    assert all(r_list(kind) == expected for kind in ("token_transform", "prune", "evit"))
+    assert all(r_list(kind) == expected for kind in ("token_transform", "prune", "evit", "zero_tprune"))
 
 
-def test_token_transform_exports_without_scatter():
-    """torch.export of the reducer: gathers and a batched matmul, no scatter, same numbers."""
+def test_token_transform_exports_with_torch_export():
+    """torch.export of the many-to-many reducer on a padded batch: same numbers as eager."""
 
     class Wrapper(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.reducer = TokenTransform(5, k=3, temperature=0.2)
+            self.reducer = TokenTransform(rate_at(5, 17), 1, k=3, temperature=0.2)
 
-        def forward(self, x, size, key):
-            state = TokenState(size=size, mask=None)
+        def forward(self, x, size, real, key):
+            state = state_of(size, real, source=False)
             out, new = self.reducer(x, state, AttentionInfo(query=key, key=key, bias=None, scale=0.5))
             return out, new.size
 
-    x, state, info = _inputs(tokens=17)
+    x, state, info = _inputs(tokens=17, padding=True)
     module = Wrapper()
-    program = torch.export.export(module, (x, state.size, info.key))
-    ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
-    assert not any("scatter" in op for op in ops), ops
-    assert any("bmm" in op or "matmul" in op for op in ops), ops
-    for got, expected in zip(program.module()(x, state.size, info.key), module(x, state.size, info.key)):
+    program = torch.export.export(module, (x, state.size, state.real, info.key))
+    for got, expected in zip(program.module()(x, state.size, state.real, info.key), module(x, state.size, state.real, info.key)):
         assert torch.allclose(got, expected)
 
 
@@ -359,12 +310,12 @@ def test_config_errors_name_the_key_and_the_valid_values(spec, message):
 
 def test_reducer_errors_name_valid_values():
     with pytest.raises(TokcompError, match="alternating, cls_attention"):
-        TokenTransform(2, selection="random")
+        TokenTransform(rate_at(2, 10), 1, selection="random")
     with pytest.raises(TokcompError, match="hidden, keys"):
-        TokenTransform(2, metric="values")
+        TokenTransform(rate_at(2, 10), 1, metric="values")
 
 
-@pytest.mark.parametrize("kind", ["token_transform", "prune", "evit"])
+@pytest.mark.parametrize("kind", ["token_transform", "prune", "evit", "zero_tprune"])
 def test_example_recipe_parses(kind):
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{kind}.yaml")
     assert [p.type for p in recipe.passes] == [kind]

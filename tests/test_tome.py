@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 
 import tokcomp
-from tests.conftest import tiny_bert, tiny_vision
+from tests.conftest import rate_at, state_of, tiny_bert, tiny_vision
+from tokcomp.reducers.rate import Rate
 from tokcomp.reducers.schedule import inflect_schedule
 from tokcomp.reducers.tome import ToMe
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
 
 # Six tokens, CLS first. Metric (keys, one head):
 #   A = tokens 0, 2, 4;  B = tokens 1, 3, 5
@@ -18,11 +18,10 @@ METRIC = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.6, 0.8
 
 def _run(r, sizes=None, protected=1):
     x = torch.arange(6 * 3, dtype=torch.float32).view(1, 6, 3)
-    size = torch.ones(1, 6) if sizes is None else torch.tensor([sizes], dtype=torch.float32)
-    state = TokenState(size=size, mask=None, source=torch.eye(6)[None])
+    state = state_of(torch.ones(1, 6) if sizes is None else [sizes], protected=protected)
     key = METRIC[None, None]  # [B, H=1, N, d]
     info = AttentionInfo(query=key, key=key, bias=None, scale=1.0)
-    return x, ToMe(r, protected)(x, state, info)
+    return x, ToMe(rate_at(r, 6, protected), protected)(x, state, info)
 
 
 def test_tome_r2_hand_computed():
@@ -59,19 +58,28 @@ def test_tome_protects_distillation_token_as_destination():
     metric = METRIC.clone()
     metric[4] = torch.tensor([1.0, 0.05])
     x = torch.randn(1, 6, 3)
-    state = TokenState(size=torch.ones(1, 6), mask=None, source=torch.eye(6)[None])
     key = F.normalize(metric, dim=-1)[None, None]
     info = AttentionInfo(query=key, key=key, bias=None, scale=1.0)
-    _, free = ToMe(2, protected=1)(x, state, info)
-    _, kept = ToMe(2, protected=2)(x, state, info)
+    _, free = ToMe(rate_at(2, 6, 1), 1)(x, state_of(torch.ones(1, 6), protected=1), info)
+    _, kept = ToMe(rate_at(2, 6, 2), 2)(x, state_of(torch.ones(1, 6), protected=2), info)
     assert free.source[0, 1].sum() == 2  # token 4 merged into token 1 when unprotected
     assert kept.source[0, 1].tolist() == [0, 1, 0, 0, 0, 0]  # distillation token stays pure
 
 
 def test_tome_clamps_r_to_half_the_unprotected_tokens():
-    assert ToMe(100, protected=1).kept_tokens(197) == 197 - 98
-    assert ToMe(100, protected=2).kept_tokens(198) == 198 - 98
-    assert ToMe(0).kept_tokens(10) == 10
+    assert ToMe(Rate(100, 196), protected=1).kept_tokens(197) == 197 - 98
+    assert ToMe(Rate(100, 196), protected=2).kept_tokens(198) == 198 - 98
+    assert ToMe(Rate(0, 9), protected=1).kept_tokens(10) == 10
+
+
+def test_rate_reproduces_the_reference_count_and_scales_with_the_input():
+    rate = Rate(16, 196)  # r = 16 of DeiT's 197 tokens (CLS protected)
+    assert rate.of(196) == 16
+    assert [rate.of(n) for n in (0, 6, 98, 392)] == [0, 0, 8, 32]  # round(16 n / 196), halves up
+    per_sample = rate.of(torch.tensor([196, 98, 6]))
+    assert per_sample.tolist() == [16, 8, 0]
+    assert ToMe(rate, 1).kept_tokens(197) == 181
+    assert ToMe(rate, 1).kept_tokens(99) == 91  # a half-size input loses half as many tokens
 
 
 def test_inflect_schedule_matches_tome_definition():
@@ -109,8 +117,8 @@ def test_padding_never_leaks_into_real_tokens():
         a = model(input_ids=ids, attention_mask=mask).last_hidden_state
         b = model(input_ids=other, attention_mask=mask).last_hidden_state
     sa, sb = states
-    assert torch.equal(sa.mask, sb.mask)
-    real = sa.mask.bool()
+    assert torch.equal(sa.real, sb.real)
+    real = sa.real
     assert (a[real] - b[real]).abs().max().item() <= 1e-5
     # the real tokens still account for all 9 real input tokens
-    assert torch.allclose((sa.size * sa.mask).sum(1), torch.full((2,), 9.0))
+    assert torch.allclose(sa.weight().sum(1), torch.full((2,), 9.0))

@@ -21,9 +21,24 @@ def compile(recipe: str | Path | dict[str, Any] | Recipe, output_dir: str | Path
     return compile_recipe(recipe, output_dir, force=force)
 
 
-def apply(model: nn.Module, passes: list[dict[str, Any]], **kwargs) -> nn.Module:
-    """In-memory surgery, e.g. tokcomp.apply(model, [{"type": "tome", "r": 8}]); returns the model."""
-    return apply_passes(model, passes, **kwargs)
+def apply(
+    model: nn.Module,
+    passes: list[dict[str, Any]],
+    *,
+    image_size: int | None = None,
+    sequence_length: int | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """In-memory surgery, e.g. tokcomp.apply(model, [{"type": "tome", "target_flops": "-35%"}], image_size=224).
+
+    Budgets (`r`, `target_flops`, schedules) are resolved at the reference input, `image_size`
+    for vision models and `sequence_length` for text models (default: the model config's image
+    size, 128 tokens), and applied as a rate of each input's own tokens, so the model is right
+    at every resolution and length. The tokens each block keeps at the reference input are
+    logged. Returns the model, rewritten in place.
+    """
+    apply_passes(model, passes, image_size=image_size, sequence_length=sequence_length, seed=seed)
+    return model
 
 
 __all__ = ["apply", "compile", "load"]

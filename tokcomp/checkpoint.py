@@ -28,7 +28,10 @@ from tokcomp.passes import PassRecord, get_pass
 
 STATE_FILE = "tokcomp.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+# 2: token budgets apply as rates of each input's own tokens (the records did not change: a
+# format-1 checkpoint loads into the same model at its reference input, and now into the
+# right one at every other input too). Readers of format 1 would apply counts, so they refuse 2.
+FORMAT_VERSION = 2
 
 
 class BaseModelInfo(BaseModel):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +11,14 @@ import torch
 from torch import nn
 
 from tokcomp.checkpoint import save_checkpoint
-from tokcomp.errors import RecipeError, TokcompError
+from tokcomp.errors import RecipeError, TokcompError, UnsupportedModelError
 from tokcomp.fileio import atomic_directory
 from tokcomp.passes import PassRecord, get_pass
+from tokcomp.passes.context import PassContext
 from tokcomp.progress import info
-from tokcomp.recipe import CalibrationSpec, PassSpec, Recipe
-from tokcomp.sources import LoadedModel, load_model
+from tokcomp.recipe import PassSpec, Recipe
+from tokcomp.sources import load_model
 from tokcomp.surgery.adapters.base import InputSpec
-
-
-@dataclass
-class PassContext:
-    """What a pass may use besides the model: the reference input, calibration data settings, seed."""
-
-    input_spec: InputSpec
-    seed: int = 0
-    calibration: CalibrationSpec | None = None
-    loaded: LoadedModel | None = None  # passes may replace loaded.processor (e.g. a trimmed tokenizer)
-    # Callables(folder) that write a pass's extra files into the checkpoint.
-    file_writers: list[Callable[[Path], None]] = field(default_factory=list)
 
 
 def run_passes(model: nn.Module, passes: list[PassSpec], ctx: PassContext) -> list[PassRecord]:
@@ -78,14 +65,40 @@ def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) 
 
 
 def apply_passes(
-    model: nn.Module, passes: list[dict[str, Any]], input_spec: InputSpec | None = None, seed: int = 0
-) -> nn.Module:
-    """In-memory surgery: validate pass dicts like [{"type": "tome", "r": 8}] and apply them."""
+    model: nn.Module,
+    passes: list[dict[str, Any]],
+    *,
+    image_size: int | None = None,
+    sequence_length: int | None = None,
+    input_spec: InputSpec | None = None,
+    seed: int = 0,
+) -> list[PassRecord]:
+    """In-memory surgery: validate pass dicts like [{"type": "tome", "r": 8}] and apply them.
+
+    Budgets are resolved at the reference input (`image_size` / `sequence_length`, default
+    the model's own) and applied as rates of every input's own tokens. Returns the pass
+    records (with each token pass's tokens per layer at the reference input), also logged.
+    """
     from tokcomp.recipe import parse_pass_list
     from tokcomp.surgery import find_adapter
 
     specs = parse_pass_list(passes)
     if input_spec is None:
-        input_spec = find_adapter(model).default_input(model)
-    run_passes(model, specs, PassContext(input_spec, seed))
-    return model
+        try:
+            input_spec = find_adapter(model).default_input(model, image_size, sequence_length)
+        except UnsupportedModelError:  # passes that do not reduce tokens (vocabulary trimming)
+            input_spec = InputSpec("text", sequence_length=sequence_length)
+    records = run_passes(model, specs, PassContext(input_spec, seed))
+    for record in records:
+        if "tokens_per_layer" in record.metadata:
+            tokens = record.metadata["tokens_per_layer"]
+            info(
+                f"{record.name}: tokens per block at the reference input ({_describe_input(input_spec)}): "
+                f"{record.metadata['input_tokens']} -> {' '.join(map(str, tokens))}; "
+                "any other input keeps the same share of its own tokens"
+            )
+    return records
+
+
+def _describe_input(spec: InputSpec) -> str:
+    return f"{spec.image_size} px" if spec.modality == "image" else f"{spec.sequence_length} tokens"

@@ -48,6 +48,8 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
         loaded = _load_transformers(source, spec, source)
     loaded.model.eval()
     loaded.input_spec = _input_spec(loaded, spec)
+    if spec.image_size is not None and loaded.processor is not None and loaded.input_spec.modality == "image":
+        fit_processor(loaded.processor, spec.image_size)
     return loaded
 
 
@@ -121,6 +123,43 @@ def _input_spec(loaded: LoadedModel, spec: ModelSpec) -> InputSpec:
         return InputSpec("text", sequence_length=spec.sequence_length or default.sequence_length)
     size = spec.image_size or _processor_image_size(loaded.processor) or default.image_size
     return InputSpec("image", image_size=size)
+
+
+def fit_processor(processor, image_size: int) -> None:
+    """Make an image processor produce image_size x image_size inputs (it is saved in the checkpoint).
+
+    Resize-then-crop processors keep their resize / crop ratio (DINOv2: shortest edge 256 for a
+    224 crop -> 592 for 518); resize-only processors resize to the square.
+    """
+    from PIL import Image
+
+    size = _as_dict(getattr(processor, "size", None))
+    if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
+        crop = _as_dict(processor.crop_size)
+        ratio = image_size / (crop.get("height") or image_size)
+        processor.crop_size = {"height": image_size, "width": image_size}
+        if size.get("shortest_edge"):
+            processor.size = {"shortest_edge": round(size["shortest_edge"] * ratio)}
+        elif size.get("height"):
+            processor.size = {"height": round(size["height"] * ratio), "width": round(size["width"] * ratio)}
+    elif size.get("height") or size.get("shortest_edge"):
+        processor.size = {"height": image_size, "width": image_size}
+    produced = processor(images=[Image.new("RGB", (image_size + 37, image_size + 11))], return_tensors="pt")
+    shape = tuple(produced["pixel_values"].shape[-2:])
+    if shape != (image_size, image_size):
+        raise TokcompError(
+            f"cannot make the model's image processor ({type(processor).__name__}) produce {image_size} px inputs "
+            f"(it produces {shape[0]}x{shape[1]})",
+            hint="drop model.image_size from the recipe, or give a model folder whose preprocessor_config.json has that size",
+        )
+
+
+def _as_dict(size) -> dict:
+    if size is None:
+        return {}
+    if isinstance(size, dict):
+        return size
+    return {k: v for k, v in vars(size).items() if v is not None}
 
 
 def _processor_image_size(processor) -> int | None:

@@ -24,7 +24,7 @@ def model_outputs(model: nn.Module, batch: dict[str, Tensor], pooling: str) -> d
         with capture_final_state(model) as states:
             out = model(**batch)
         state = states[-1]
-        weights = state.size if state.mask is None else state.size * state.mask
+        weights = state.weight()
     else:
         out = model(**batch)
         mask = batch.get("attention_mask")

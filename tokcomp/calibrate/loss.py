@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tokcomp.calibrate.settings import LossName
 from tokcomp.errors import TokcompError
 
-LossName = Literal["auto", "kl", "cosine", "ce"]
 
 
 def pooled(output, pooling: str, weights: Tensor | None) -> Tensor:

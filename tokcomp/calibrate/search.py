@@ -38,13 +38,8 @@ from tokcomp.calibrate.budget import per_block_lists, tokens_per_block
 from tokcomp.calibrate.loss import LossName, resolve_loss, task_loss, teacher_target
 from tokcomp.calibrate.rates import RateParameters, RatePlan, fixed_plan
 from tokcomp.calibrate.soft_reducer import SearchTrace, SoftDiffRate
-from tokcomp.calibrate.start import (
-    SCORE_BATCHES,
-    START_POWERS,
-    StartCandidate,
-    choose_start,
-    start_candidates,
-)
+from tokcomp.calibrate.settings import SearchSettings
+from tokcomp.calibrate.start import SCORE_BATCHES, StartCandidate, choose_start, start_candidates
 from tokcomp.progress import info, progress_bar
 from tokcomp.surgery.adapters.base import Geometry
 from tokcomp.surgery.block import TokenBlock
@@ -52,20 +47,6 @@ from tokcomp.surgery.block import TokenBlock
 
 # Counts are eligible to be returned within this fraction of the target FLOPs.
 TARGET_TOLERANCE = 0.01
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    target_macs: int
-    granularity: int = 4
-    epochs: int = 3
-    lr: float = 0.01
-    lr_min: float = 0.001
-    flops_weight: float = 100.0
-    loss: LossName = "auto"
-    proportional_attention: bool = True
-    merge_rule: str = "importance"  # reducers.diffrate.MERGE_RULES
-    start_powers: tuple[float, ...] = START_POWERS  # schedule shapes the search may start from (start.py)
 
 
 @dataclass
@@ -248,7 +229,7 @@ class _Search:
         plan = self.stepper()
         task = self._task(plan, batch)
         macs = self.macs_of(list(plan.tokens))
-        penalty = self.settings.flops_weight * ((macs - self.settings.target_macs) / self.original_macs) ** 2
+        penalty = self.settings.lambda_ * ((macs - self.settings.target_macs) / self.original_macs) ** 2
         self.optimizer.zero_grad(set_to_none=True)
         (task + penalty).backward()
         self.optimizer.step()

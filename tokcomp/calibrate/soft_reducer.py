@@ -29,16 +29,18 @@ from torch import Tensor
 
 from tokcomp.calibrate.rates import RatePlan
 from tokcomp.errors import TokcompError
+from tokcomp.reducers.apply import inverse
 from tokcomp.reducers.base import Reducer
-from tokcomp.reducers.diffrate import PADDING_IMPORTANCE
-from tokcomp.reducers.transform import _forbid_pairs
+from tokcomp.reducers.matching import bipartite_matching
+from tokcomp.reducers.ranking import importance_order
+from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
 # Floor of the survival mask inside log(): e^-13.8 of a token's attention weight is left.
 MASK_EPS = 1e-6
-# Rank of tokens removed by an earlier layer: after every live token, before padding.
-_REMOVED_IMPORTANCE = PADDING_IMPORTANCE / 2
+# Importance of tokens removed by an earlier layer: below every attention probability.
+_REMOVED_IMPORTANCE = -0.5
 
 
 @dataclass
@@ -48,28 +50,69 @@ class SearchTrace:
     plan: RatePlan | None = None
     size: Tensor | None = None  # [B, N] true token sizes
     keep: Tensor | None = None  # [B, N] survival mask (hard forward, soft gradient)
-    mask: Tensor | None = None  # [B, N] padding flags of the last searched block
+    real: Tensor | None = None  # [B, N] padding flags of the last searched block
 
     def begin(self, plan: RatePlan) -> None:
-        self.plan, self.size, self.keep, self.mask = plan, None, None, None
+        self.plan, self.size, self.keep, self.real = plan, None, None, None
 
     def pooling_weights(self) -> Tensor:
         """Per-token weight of a mean pooling over the final tokens: size x survival x real."""
         weight = self.size * self.keep
-        return weight if self.mask is None else weight * self.mask
+        return weight if self.real is None else weight * self.real
 
 
-def token_rank(importance: Tensor, keep: Tensor, mask: Tensor | None, protected: int) -> Tensor:
-    """Sorted position [B, N] of every token: protected first, then live tokens by importance."""
-    rest = torch.where(
-        keep[:, protected:] > 0, importance[:, protected:], torch.full_like(keep[:, protected:], _REMOVED_IMPORTANCE)
+def token_rank(importance: Tensor, keep: Tensor, state: TokenState) -> Tensor:
+    """Sorted position [B, N] of every token: protected first, live tokens by importance, removed, padding."""
+    live = torch.where(keep > 0, importance, torch.full_like(importance, _REMOVED_IMPORTANCE))
+    return inverse(importance_order(live, state))
+
+
+def reference_position(position: Tensor, state: TokenState, protected: int, tokens: int) -> Tensor:
+    """Where a sorted position of each sample falls at the reference input [B, N].
+
+    The plan's counts refer to the reference input (every token real). A sample with n
+    reducible tokens keeps the same share of them as the reference keeps of its
+    N - protected, the share its rates give it in the compiled model (up to rounding).
+    """
+    if state.real is None:
+        return position
+    reducible = (state.real & ~state.protected).sum(dim=-1, keepdim=True).clamp_min(1)
+    scaled = protected + torch.div((position - protected) * (tokens - protected), reducible, rounding_mode="floor")
+    return torch.where(position < protected, position, scaled).clamp(max=tokens - 1)
+
+
+def bipartite_merge_order(
+    x: Tensor, rank: Tensor, pruned: Tensor, alive: Tensor, state: TokenState
+) -> tuple[Tensor, Tensor]:
+    """(merge position [B, N], destination token [B, N]) under the bipartite rule.
+
+    The tokens kept by pruning (rank < pruned) are matched as the compiled reducer matches
+    them (reducers/matching.py, over the importance order). Merge positions: every
+    non-source first, then the A sources by best score ascending (ties: higher rank
+    first), then the pruned tokens by rank, so positions >= M are exactly the P - M best
+    matched A tokens that the compiled model merges.
+    """
+    order = rank.argsort(dim=-1)  # tokens in sorted order
+    sorted_real = ((rank < pruned[:, None]) & alive).gather(1, order)
+    if state.real is not None:
+        sorted_real = sorted_real & state.real.gather(1, order)
+    sorted_state = TokenState(
+        size=state.size, real=sorted_real, protected=state.protected.gather(1, order), position=order
     )
-    if mask is not None:
-        rest = torch.where(mask[:, protected:] > 0, rest, torch.full_like(rest, PADDING_IMPORTANCE))
-    order = rest.argsort(dim=-1, descending=True, stable=True)
-    rank = order.argsort(dim=-1) + protected
-    head = torch.arange(protected, device=rank.device).expand(rank.shape[0], -1)
-    return torch.cat([head, rank], dim=1)
+    metric = F.normalize(x.detach(), dim=-1).gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+    matching = bipartite_matching(metric, sorted_state)
+    # Back to tokens: A = even sorted positions (sources), B = odd (destinations).
+    best = torch.full_like(rank, -3, dtype=x.dtype)
+    best = best.scatter(1, order[:, 0::2], matching.best.to(x.dtype))
+    destination = order[:, 1::2].gather(1, matching.partner)
+    destination = torch.zeros_like(rank).scatter(1, order[:, 0::2], destination)
+    movable = (best > matching.forbidden) & (rank % 2 == 0)
+    # Sort key: non-sources (-3) < sources (their score) < pruned tokens (3 + rank).
+    key = torch.where(movable, best, torch.full_like(best, -3.0))
+    key = torch.where(rank < pruned[:, None], key, 3.0 + rank.to(best.dtype))
+    by_rank = rank.argsort(dim=-1, descending=True)  # ties in key go to the higher rank first
+    merge_order = by_rank.gather(1, key.gather(1, by_rank).argsort(dim=-1, stable=True))
+    return inverse(merge_order), destination
 
 
 def nearest_destination(x: Tensor, is_destination: Tensor) -> Tensor:
@@ -79,35 +122,6 @@ def nearest_destination(x: Tensor, is_destination: Tensor) -> Tensor:
     eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
     allowed = is_destination[:, None, :] & ~eye
     return torch.where(allowed, scores, torch.full_like(scores, -torch.inf)).argmax(dim=-1)
-
-
-def bipartite_merge_order(
-    x: Tensor, rank: Tensor, pruned: int, protected: int, mask: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """(merge position [B, N], best B destination [B, N]) under the bipartite rule.
-
-    Tokens at rank < `pruned` survive pruning and are split by rank parity: A = even,
-    B = odd; ranks below `protected` never move or receive. Merge positions: every
-    non-source first, then the A sources by best B score ascending (ties: higher rank
-    first), then the pruned tokens by rank, so positions >= M are exactly the P - M best
-    matched A tokens that ToMe's matching merges. Real and padding tokens never pair;
-    padding pairs with padding first.
-    """
-    kept = rank < pruned
-    unprotected = rank >= protected
-    source = kept & unprotected & (rank % 2 == 0)
-    receiver = kept & unprotected & (rank % 2 == 1)
-    metric = F.normalize(x.detach(), dim=-1)
-    scores = metric @ metric.transpose(-1, -2)
-    scores = _forbid_pairs(scores, mask, mask)  # the inference rule's padding pairs
-    scores = torch.where(receiver[:, None, :], scores, torch.full_like(scores, -torch.inf))
-    best, destination = scores.max(dim=-1)
-    # Sort key: non-sources (-3) < sources (their score, or finfo.min) < pruned tokens (3 + rank).
-    key = torch.where(source, best, torch.full_like(best, -3.0))
-    key = torch.where(kept, key, 3.0 + rank.to(best.dtype))
-    by_rank = rank.argsort(dim=-1, descending=True)  # ties in key go to the higher rank first
-    order = by_rank.gather(1, key.gather(1, by_rank).argsort(dim=-1, stable=True))
-    return order.argsort(dim=-1), destination
 
 
 class SoftDiffRate(Reducer):
@@ -123,7 +137,7 @@ class SoftDiffRate(Reducer):
         proportional_attention: bool,
         merge_rule: str = "importance",
     ):
-        super().__init__(protected)
+        super().__init__(Rate(0, 1), protected)
         self.layer = layer
         self.trace = trace
         self.proportional_attention = proportional_attention
@@ -140,30 +154,31 @@ class SoftDiffRate(Reducer):
                 f"{trace.plan.prune_mask.shape[1]} (the reference input)",
                 hint="make the preprocessing produce the reference input size (model.image_size / sequence_length)",
             )
-        size = trace.size if trace.size is not None else torch.ones_like(x[..., 0])
-        keep = trace.keep if trace.keep is not None else torch.ones_like(x[..., 0])
-        rank = token_rank(attn.cls_attention().detach(), keep.detach(), state.mask, self.protected)
-        prune = trace.plan.prune_mask[self.layer, :tokens][rank]  # [B, N] per token
+        size = trace.size if trace.size is not None else torch.ones_like(state.size)
+        keep = trace.keep if trace.keep is not None else torch.ones_like(state.size)
+        real = state.real.to(size.dtype) if state.real is not None else torch.ones_like(size)
+        rank = token_rank(attn.cls_attention().detach(), keep.detach(), state)
+        at_reference = reference_position(rank, state, self.protected, tokens)
+        prune = trace.plan.prune_mask[self.layer, :tokens][at_reference] * real  # [B, N] per token
         if self.merge_rule == "bipartite":
-            pruned = int(trace.plan.prune_count[self.layer])
-            position, dst = bipartite_merge_order(x, rank, pruned, self.protected, state.mask)
-            merge = trace.plan.merge_mask[self.layer, :tokens][position]
+            pruned = (prune.detach() > 0).sum(dim=-1)
+            position, dst = bipartite_merge_order(x, rank, pruned, keep.detach() > 0, state)
+            merge = trace.plan.merge_mask[self.layer, :tokens][reference_position(position, state, self.protected, tokens)]
         else:
-            merge = trace.plan.merge_mask[self.layer, :tokens][rank]
-            destination = (rank >= self.protected) & (merge.detach() > 0) & (keep.detach() > 0)
+            merge = trace.plan.merge_mask[self.layer, :tokens][at_reference]
+            destination = (rank >= self.protected) & (merge.detach() > 0) & (keep.detach() > 0) & (real > 0)
             dst = nearest_destination(x, destination)
 
         # Merge sources: alive, kept by pruning, dropped by merging; padding carries no weight.
-        real = state.mask if state.mask is not None else torch.ones_like(size)
         moved = keep * prune * (1 - merge) * size * real
         new_size = size + torch.zeros_like(size).scatter_add(1, dst, moved)
-        received = torch.zeros_like(x).scatter_add(1, dst[..., None].expand_as(x), moved[..., None] * x)
-        x = (x * size[..., None] + received) / new_size[..., None]
+        received = torch.zeros_like(x).scatter_add(1, dst[..., None].expand_as(x), moved[..., None].to(x.dtype) * x)
+        x = (x * size[..., None].to(x.dtype) + received) / new_size[..., None].to(x.dtype)
 
         keep = keep * prune * merge
-        trace.size, trace.keep, trace.mask = new_size, keep, state.mask
+        trace.size, trace.keep, trace.real = new_size, keep, real
         weight = new_size if self.proportional_attention else torch.ones_like(new_size)
-        return x, state.with_(size=weight * (keep + MASK_EPS))
+        return x, state._replace(size=weight * (keep + MASK_EPS))
 
     def describe(self) -> dict:
         return {**super().describe(), "layer": self.layer, "merge_rule": self.merge_rule}

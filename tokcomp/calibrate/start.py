@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokcomp.calibrate.budget import shaped_start
+from tokcomp.calibrate.settings import START_POWERS
 from tokcomp.reducers.diffrate import block_counts
 from tokcomp.surgery.adapters.base import Geometry
 
-# Back-loaded (> 1) to front-loaded (< 1) schedules; 1 is constant r.
-START_POWERS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 # Calibration batches a schedule is scored on (a forward each, no gradient): every start
 # shape, and the search's read-out after every epoch.
 SCORE_BATCHES = 6

@@ -1,7 +1,6 @@
 """torch -> ONNX for a compressed model: the portable graph and the tokcomp-op graph.
 
-Exporter settings that matter (all measured, see /shared/reference/export.md and
-docs/export.md):
+Exporter settings that matter (all measured on these machines, see docs/export.md):
 - dynamo exporter, opset 18, batch the only dynamic axis;
 - attention traced with the math SDPA backend: the CPU flash kernel's decomposition
   disagrees with the traced strides once merging has changed the token count and

@@ -17,17 +17,12 @@ from tokcomp.plugins_cuda import NAMESPACE, OP_TYPES
 
 OPSET_VERSION = 1
 STANDARD_OPSET = 18  # LayerNormalization (17), ScatterElements reduction=add (16); TensorRT 10 parses it
-_INT64_MAX = 2**63 - 1
 
 # op_type -> (input names, documentation)
 _SIGNATURES = {
     "GatherTokens": (("t", "index"), "out[b, k] = t[b, index[b, k]]"),
-    "BipartiteMerge": (("t", "unmerged", "src", "dst"), "ToMe sum-merge: [A[unmerged], B + scatter_add(A[src] at dst)]"),
     "IndexMerge": (("t", "kept", "src", "dst"), "t[kept] + scatter_add(t[src] at dst)"),
-    "TransformApply": (("transform", "t"), "transform @ t"),
 }
-# Attributes TensorRT's ONNX parser reads on plugin nodes; declared so the TensorRT flavour checks.
-PLUGIN_ATTRIBUTES = ("plugin_version", "plugin_namespace", "aot")
 
 
 def register_schemas() -> None:
@@ -36,10 +31,7 @@ def register_schemas() -> None:
     for op_type, (inputs, doc) in _SIGNATURES.items():
         if onnx.defs.has(op_type, NAMESPACE):
             continue
-        params = [
-            OpSchema.FormalParameter(name, "T" if name in ("t", "transform") else "I", f"{name} input")
-            for name in inputs
-        ]
+        params = [OpSchema.FormalParameter(name, "T" if name == "t" else "I", f"{name} input") for name in inputs]
         schema = OpSchema(
             op_type,
             NAMESPACE,
@@ -48,6 +40,7 @@ def register_schemas() -> None:
             inputs=params,
             outputs=[OpSchema.FormalParameter("out", "T", "tokens after the step")],
             type_constraints=[("T", floats, "token values"), ("I", ["tensor(int32)", "tensor(int64)"], "token indices")],
+            # what TensorRT's ONNX parser reads on plugin nodes; declared so the TensorRT flavour checks
             attributes=[
                 OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version", required=False),
                 OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace", required=False),
@@ -73,22 +66,11 @@ def translation_table() -> dict:
     def gather_tokens(t, index):
         return opset.GatherTokens(t, index)
 
-    def bipartite_merge(t, unmerged, src, dst):
-        return opset.BipartiteMerge(t, unmerged, src, dst)
-
     def index_merge(t, kept, src, dst):
         return opset.IndexMerge(t, kept, src, dst)
 
-    def transform_apply(transform, t):
-        return opset.TransformApply(transform, t)
-
     ops = torch.ops.tokcomp
-    return {
-        ops.gather_tokens.default: gather_tokens,
-        ops.bipartite_merge.default: bipartite_merge,
-        ops.index_merge.default: index_merge,
-        ops.transform_apply.default: transform_apply,
-    }
+    return {ops.gather_tokens.default: gather_tokens, ops.index_merge.default: index_merge}
 
 
 # --- function bodies (standard ONNX ops) -------------------------------------------
@@ -108,10 +90,6 @@ def _expanded(index: str, width: str, out: str) -> list[onnx.NodeProto]:
     ]
 
 
-def _prologue() -> list[onnx.NodeProto]:
-    return [_const("axis2", [2])]
-
-
 def _function(op_type: str, inputs: tuple[str, ...], nodes: list[onnx.NodeProto]) -> FunctionProto:
     return helper.make_function(
         NAMESPACE, op_type, list(inputs), ["out"], nodes, [helper.make_opsetid("", STANDARD_OPSET)], []
@@ -119,27 +97,12 @@ def _function(op_type: str, inputs: tuple[str, ...], nodes: list[onnx.NodeProto]
 
 
 def function_bodies() -> dict[str, FunctionProto]:
-    width = [helper.make_node("Shape", ["t"], ["width"], start=2, end=3)]
-    gather = _prologue() + width + _expanded("index", "width", "ix") + [
+    prologue = [_const("axis2", [2]), helper.make_node("Shape", ["t"], ["width"], start=2, end=3)]  # what _expanded reads
+    gather = prologue + _expanded("index", "width", "ix") + [
         helper.make_node("GatherElements", ["t", "ix"], ["out"], axis=1)
     ]
-    halves = [
-        _const("zero", [0]), _const("one", [1]), _const("end", [_INT64_MAX]), _const("axis1", [1]), _const("two", [2]),
-        helper.make_node("Slice", ["t", "zero", "end", "axis1", "two"], ["a"]),
-        helper.make_node("Slice", ["t", "one", "end", "axis1", "two"], ["b"]),
-    ]  # fmt: skip
-    bipartite = (
-        _prologue() + width + halves
-        + _expanded("unmerged", "width", "ui") + _expanded("src", "width", "si") + _expanded("dst", "width", "di")
-        + [
-            helper.make_node("GatherElements", ["a", "ui"], ["kept"], axis=1),
-            helper.make_node("GatherElements", ["a", "si"], ["moved"], axis=1),
-            helper.make_node("ScatterElements", ["b", "di", "moved"], ["merged"], axis=1, reduction="add"),
-            helper.make_node("Concat", ["kept", "merged"], ["out"], axis=1),
-        ]
-    )  # fmt: skip
     index_merge = (
-        _prologue() + width
+        prologue
         + _expanded("kept", "width", "ki") + _expanded("src", "width", "si") + _expanded("dst", "width", "di")
         + [
             helper.make_node("GatherElements", ["t", "ki"], ["rows"], axis=1),
@@ -147,8 +110,7 @@ def function_bodies() -> dict[str, FunctionProto]:
             helper.make_node("ScatterElements", ["rows", "di", "moved"], ["out"], axis=1, reduction="add"),
         ]
     )  # fmt: skip
-    transform = [helper.make_node("MatMul", ["transform", "t"], ["out"])]
-    bodies = {"GatherTokens": gather, "BipartiteMerge": bipartite, "IndexMerge": index_merge, "TransformApply": transform}
+    bodies = {"GatherTokens": gather, "IndexMerge": index_merge}
     return {op: _function(op, _SIGNATURES[op][0], nodes) for op, nodes in bodies.items()}
 
 

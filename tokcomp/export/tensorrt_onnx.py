@@ -3,8 +3,7 @@
 TensorRT's ONNX parser treats an unknown op_type as a plugin name and reads the
 node attributes plugin_version / plugin_namespace (and `aot`, to pick the
 ahead-of-time implementation). A model-local function of the same name would be
-used instead of the plugin, so the flavour strips the function bodies. The
-TransformApply step is a MatMul, which TensorRT runs natively (no plugin needed).
+used instead of the plugin, so the flavour strips the function bodies.
 
 `check_tensorrt_ops` lists every op of the graph and fails on any op TensorRT 10's
 ONNX parser does not support, or on the parser's documented restrictions (TopK's K
@@ -48,16 +47,13 @@ TOPK_MAX_K = 3840
 
 
 def make_tensorrt_flavour(model: ModelProto, aot: bool = True) -> ModelProto:
-    """Copy of a tokcomp-op model: bodies removed, plugin attributes set, TransformApply -> MatMul."""
+    """Copy of a tokcomp-op model: bodies removed, plugin attributes set."""
     out = copy.deepcopy(model)
     kept = [f for f in out.functions if f.domain != NAMESPACE]
     del out.functions[:]
     out.functions.extend(kept)
     for node in out.graph.node:
         if node.domain != NAMESPACE:
-            continue
-        if node.op_type == "TransformApply":
-            node.op_type, node.domain = "MatMul", ""
             continue
         if node.op_type not in PLUGIN_OP_TYPES:
             raise TokcompError(f"tokcomp op {node.op_type} has no TensorRT plugin", hint=f"plugins: {PLUGIN_OP_TYPES}")

@@ -9,7 +9,7 @@ import pkgutil
 
 from tokcomp.passes.base import PASSES, Pass, PassConfig, PassRecord, get_pass, register_pass
 
-_SUPPORT_MODULES = {"base", "budget", "token_reduction"}
+_SUPPORT_MODULES = {"base", "budget", "context", "token_reduction"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _SUPPORT_MODULES and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -12,11 +12,14 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tokcomp.errors import RecipeError
+
+if TYPE_CHECKING:
+    from tokcomp.passes.context import PassContext
 
 
 class StrictModel(BaseModel):
@@ -28,6 +31,17 @@ class PassConfig(StrictModel):
         default=None, description='block names to touch, exact or "re:<regex>"; default: every block'
     )
     ignore: list[str] = Field(default_factory=list, description='block names to leave alone, exact or "re:<regex>"')
+
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _regexes_compile(cls, patterns):
+        for pattern in patterns or []:
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return patterns
 
 
 @dataclass
@@ -48,7 +62,7 @@ class Pass(ABC):
     summary: ClassVar[str] = ""
 
     @abstractmethod
-    def apply(self, model, config: PassConfig, ctx) -> dict[str, Any]:
+    def apply(self, model, config: PassConfig, ctx: PassContext) -> dict[str, Any]:
         """Rewrite `model` in place; return JSON metadata that `restore` needs.
 
         Token-reduction passes include `tokens_per_layer` (see passes/token_reduction.py);

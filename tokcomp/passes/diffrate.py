@@ -20,24 +20,17 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from tokcomp.analysis.flops import model_macs, resolve_flops_target
+from tokcomp.calibrate.settings import SEARCH_KEYS, SearchSettings
 from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.passes.base import Pass, PassConfig, StrictModel, register_pass, select_blocks
+from tokcomp.passes.context import PassContext
 from tokcomp.passes.token_reduction import BlockSite, geometry_of, token_metadata
-from tokcomp.reducers.diffrate import DiffRate, bipartite_sources
+from tokcomp.reducers.diffrate import DiffRate, bipartite_sources, rates_from_kept
 from tokcomp.surgery.adapters.base import Geometry
 
 # Checkpoints written before merge_rule existed used DiffRate's rule: restore falls back to it.
 LEGACY_MERGE_RULE = "importance"
 DEFAULT_MERGE_RULE = "bipartite"  # chosen on calibration data: docs/diffrate.md, "Merge rules"
-SEARCH_DEFAULTS = {
-    "granularity": 4,
-    "epochs": 3,
-    "lr": 0.01,
-    "lr_min": 0.001,
-    "lambda_": 100.0,
-    "loss": "auto",
-    "start": "auto",
-}
 
 
 class DiffRateSchedule(StrictModel):
@@ -53,7 +46,7 @@ class DiffRateConfig(PassConfig):
         default=None, description='search for this budget: a fraction (0.62), a cut ("-38%") or GMACs ("2.9G")'
     )
     schedule: DiffRateSchedule | None = Field(default=None, description="apply these kept counts; no search")
-    # Search settings; None means the default in SEARCH_DEFAULTS (a fixed schedule records none of them).
+    # Search settings; None means SearchSettings' default (a fixed schedule takes none of them).
     granularity: int | None = Field(default=None, ge=1, description="step between candidate kept counts (4)")
     epochs: int | None = Field(default=None, ge=1, description="passes over the calibration data (3)")
     lr: float | None = Field(
@@ -85,7 +78,7 @@ class DiffRateConfig(PassConfig):
                 "give exactly one of 'target_flops' (search) and 'schedule' ({prune: [...], merge: [...]})"
             )
         if self.schedule is not None:
-            given = [("lambda" if k == "lambda_" else k) for k in SEARCH_DEFAULTS if getattr(self, k) is not None]
+            given = [("lambda" if k == "lambda_" else k) for k in SEARCH_KEYS if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to a search (target_flops), not to a fixed schedule")
             if len(self.schedule.prune) != len(self.schedule.merge):
@@ -93,9 +86,15 @@ class DiffRateConfig(PassConfig):
                 raise ValueError(f"schedule.prune has {prune} values but schedule.merge has {merge}")
         return self
 
-    def search_setting(self, key: str):
-        value = getattr(self, key)
-        return SEARCH_DEFAULTS[key] if value is None else value
+    def search_settings(self, target_macs: int) -> SearchSettings:
+        """The search's settings: the keys this recipe gives, SearchSettings' defaults for the rest."""
+        given = {key: getattr(self, key) for key in SEARCH_KEYS if getattr(self, key) is not None}
+        return SearchSettings(
+            target_macs=target_macs,
+            proportional_attention=self.proportional_attention,
+            merge_rule=self.merge_rule,
+            **given,
+        )
 
 
 @register_pass
@@ -105,7 +104,7 @@ class DiffRatePass(Pass):
     Config = DiffRateConfig
     summary = "DiffRate: prune by CLS attention, then merge, to learned per-layer kept counts"
 
-    def apply(self, model, config: DiffRateConfig, ctx) -> dict[str, Any]:
+    def apply(self, model, config: DiffRateConfig, ctx: PassContext) -> dict[str, Any]:
         site = BlockSite.prepare(model, self.name)
         geometry = geometry_of(model, ctx.input_spec)
         selected = select_blocks(site.names, config)
@@ -142,13 +141,11 @@ class DiffRatePass(Pass):
 def _reducers(
     prune: list[int], merge: list[int], protected: int, input_tokens: int, merge_rule: str
 ) -> list[DiffRate | None]:
-    """A DiffRate reducer where a block removes tokens; None where it keeps them all."""
-    reducers, tokens = [], input_tokens
-    for p, m in zip(prune, merge, strict=True):
-        reducer = DiffRate(p, m, protected, merge_rule) if min(p, m) < tokens else None
-        reducers.append(reducer)
-        tokens = reducer.kept_tokens(tokens) if reducer is not None else tokens
-    return reducers
+    """A DiffRate reducer (its counts as rates) where a block removes tokens; None where it keeps them all."""
+    return [
+        DiffRate(prune_rate, merge_rate, protected, merge_rule) if prune_rate.removed or merge_rate.removed else None
+        for prune_rate, merge_rate in rates_from_kept(prune, merge, input_tokens, protected, merge_rule)
+    ]
 
 
 def _check_schedule(
@@ -190,8 +187,7 @@ def _check_schedule(
 
 
 def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], config: DiffRateConfig, ctx):
-    from tokcomp.calibrate import SearchSettings, calibration_batches, distributed, print_schedule, search_rates
-    from tokcomp.calibrate.start import START_POWERS
+    from tokcomp.calibrate import calibration_batches, distributed, print_schedule, search_rates
     from tokcomp.recipe import CalibrationSpec
 
     if ctx.loaded is None or ctx.loaded.processor is None:
@@ -207,22 +203,10 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
         )
     distributed.ensure_process_group()
     spec = ctx.calibration or CalibrationSpec()
-    setting = config.search_setting
-    batches, samples = calibration_batches(
-        spec, model, ctx.loaded.processor, ctx.input_spec, ctx.seed, setting("loss") == "ce"
-    )
     original = model_macs(geometry, [geometry.input_tokens] * geometry.num_layers)
-    settings = SearchSettings(
-        target_macs=resolve_flops_target(config.target_flops, original),
-        granularity=setting("granularity"),
-        epochs=setting("epochs"),
-        lr=setting("lr"),
-        lr_min=setting("lr_min"),
-        flops_weight=setting("lambda_"),
-        loss=setting("loss"),
-        proportional_attention=config.proportional_attention,
-        merge_rule=config.merge_rule,
-        start_powers=START_POWERS if setting("start") == "auto" else (float(setting("start")),),
+    settings = config.search_settings(resolve_flops_target(config.target_flops, original))
+    batches, samples = calibration_batches(
+        spec, model, ctx.loaded.processor, ctx.input_spec, ctx.seed, settings.loss == "ce"
     )
     result = search_rates(
         model, site.blocks, searched, site.protected, geometry, batches, settings, ctx.loaded.pooling, ctx.seed
@@ -233,10 +217,7 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
         "achieved_gmacs": result.achieved_macs / 1e9,
         "original_gmacs": result.original_macs / 1e9,
         "loss": result.loss,
-        "settings": {
-            **{("lambda" if k == "lambda_" else k): setting(k) for k in SEARCH_DEFAULTS},
-            "merge_rule": config.merge_rule,
-        },
+        "settings": settings.report(),
         "calibration": {"data": spec.forward_loop or spec.data, "samples": samples, "augment": spec.augment},
         "start": result.start,
         "start_schedule": result.start_schedule,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from tokcomp.passes.base import register_pass
 from tokcomp.passes.budget import BudgetConfig
-from tokcomp.passes.token_transform import ScheduledReductionPass
-from tokcomp.reducers.base import Reducer
+from tokcomp.passes.token_reduction import ScheduledReductionPass
 from tokcomp.reducers.evit import EViT
 
 
@@ -18,7 +17,5 @@ class EViTPass(ScheduledReductionPass):
     name = "evit"
     version = 1
     Config = EViTConfig
+    reducer = EViT
     summary = "EViT: keep the most attended tokens, fuse the r + 1 others into one (removes r per block)"
-
-    def make_reducer(self, config: EViTConfig, r: int, protected: int) -> Reducer:
-        return EViT(r, protected)

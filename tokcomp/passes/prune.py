@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from tokcomp.passes.base import register_pass
 from tokcomp.passes.budget import BudgetConfig
-from tokcomp.passes.token_transform import ScheduledReductionPass
-from tokcomp.reducers.base import Reducer
+from tokcomp.passes.token_reduction import ScheduledReductionPass
 from tokcomp.reducers.prune import ClassAttentionPrune
 
 
@@ -18,7 +17,5 @@ class PrunePass(ScheduledReductionPass):
     name = "prune"
     version = 1
     Config = PruneConfig
+    reducer = ClassAttentionPrune
     summary = "class-attention pruning: drop the r least attended tokens per block"
-
-    def make_reducer(self, config: PruneConfig, r: int, protected: int) -> Reducer:
-        return ClassAttentionPrune(r, protected)

@@ -1,15 +1,26 @@
-"""What every token-reduction pass shares: rewriting blocks, installing reducers, metadata."""
+"""What every token-reduction pass shares: rewriting blocks, installing reducers, metadata.
+
+`ScheduledReductionPass` is the apply/restore of every pass whose reducers are fully
+described by their config and the tokens each block removes at the reference input
+(`tome`, `token_transform`, `prune`, `evit`, `zero_tprune`): the budget is resolved
+at the reference input (passes/budget.py), recorded as `r_per_layer` with the reference
+`input_tokens`, and turned into per-block rates (reducers/rate.py) by apply and by
+restore alike, so a checkpoint rebuilds exactly what was compiled.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
 from tokcomp.analysis.flops import model_macs
 from tokcomp.errors import RecipeError
+from tokcomp.passes.base import Pass, select_blocks
+from tokcomp.passes.budget import BudgetConfig, resolve_r_list
 from tokcomp.reducers.base import Reducer
+from tokcomp.reducers.rate import Rate, rates_from_removals
 from tokcomp.reducers.schedule import tokens_after_layers
 from tokcomp.surgery import find_adapter, rewrite_blocks
 from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
@@ -42,14 +53,18 @@ class BlockSite:
         for block, reducer in zip(self.blocks, reducers, strict=True):
             block.reducer = reducer
             block.proportional_attention = proportional_attention
+        # Padding moves behind each sample's real tokens before the first reduction (state invariant).
+        self.blocks[0].compact_padding = any(reducer is not None for reducer in reducers)
 
 
 def geometry_of(model: nn.Module, spec: InputSpec) -> Geometry:
-    return find_adapter(model).geometry(model, spec)
+    adapter = find_adapter(model)
+    adapter.check_input(model, spec)
+    return adapter.geometry(model, spec)
 
 
 def token_metadata(site: BlockSite, geometry: Geometry, reducers: list[Reducer | None]) -> dict[str, Any]:
-    """Metadata every token pass records: family, protected tokens, and static token counts."""
+    """Metadata every token pass records: family, protected tokens, and counts at the reference input."""
     tokens = tokens_after_layers(geometry.input_tokens, reducers)
     return {
         "family": site.adapter.family,
@@ -58,3 +73,38 @@ def token_metadata(site: BlockSite, geometry: Geometry, reducers: list[Reducer |
         "tokens_per_layer": tokens,
         "gmacs": model_macs(geometry, tokens) / 1e9,
     }
+
+
+class ScheduledReductionPass(Pass):
+    """A token pass whose reducers are fully described by the config and r per block."""
+
+    Config: ClassVar[type[BudgetConfig]] = BudgetConfig
+    reducer: ClassVar[type[Reducer]]
+
+    def make_reducer(self, config: BudgetConfig, rate: Rate, protected: int) -> Reducer:
+        return self.reducer(rate, protected)
+
+    def proportional_attention(self, config: BudgetConfig) -> bool:
+        return bool(getattr(config, "proportional_attention", False))
+
+    def apply(self, model, config: BudgetConfig, ctx) -> dict[str, Any]:
+        site = BlockSite.prepare(model, self.name)
+        geometry = geometry_of(model, ctx.input_spec)
+
+        def make(r_list: list[int]) -> list[Reducer | None]:
+            return self._reducers(config, r_list, geometry.input_tokens, site.protected)
+
+        selected = select_blocks(site.names, config)
+        r_list = resolve_r_list(config, selected, geometry, make, self.name, site.protected)
+        reducers = make(r_list)
+        site.install(reducers, self.proportional_attention(config))
+        return {**token_metadata(site, geometry, reducers), "r_per_layer": r_list}
+
+    def restore(self, model, config: BudgetConfig, metadata: dict[str, Any]) -> None:
+        site = BlockSite.prepare(model, self.name)
+        reducers = self._reducers(config, metadata["r_per_layer"], metadata["input_tokens"], metadata["protected"])
+        site.install(reducers, self.proportional_attention(config))
+
+    def _reducers(self, config: BudgetConfig, r_list: list[int], input_tokens: int, protected: int) -> list[Reducer | None]:
+        rates = rates_from_removals(r_list, input_tokens, protected, self.reducer.limit)
+        return [self.make_reducer(config, rate, protected) if rate.removed else None for rate in rates]

@@ -1,22 +1,15 @@
-"""Pass `token_transform`: Token Transforming's many-to-many merging in every selected block.
-
-Also home of `ScheduledReductionPass`, the apply/restore shared by the reducer family
-(`token_transform`, `prune`, `evit`): a per-block r from the shared budget
-(passes/budget.py), one reducer per block, and a record that rebuilds from
-(config, metadata) alone.
-"""
+"""Pass `token_transform`: Token Transforming's many-to-many merging in every selected block."""
 
 from __future__ import annotations
 
-from abc import abstractmethod
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from tokcomp.passes.base import Pass, register_pass, select_blocks
-from tokcomp.passes.budget import BudgetConfig, resolve_r_list
-from tokcomp.passes.token_reduction import BlockSite, geometry_of, token_metadata
-from tokcomp.reducers.base import Reducer
+from tokcomp.passes.base import register_pass
+from tokcomp.passes.budget import BudgetConfig
+from tokcomp.passes.token_reduction import ScheduledReductionPass
+from tokcomp.reducers.rate import Rate
 from tokcomp.reducers.transform import (
     DEFAULT_K,
     DEFAULT_METRIC,
@@ -24,36 +17,6 @@ from tokcomp.reducers.transform import (
     DEFAULT_TEMPERATURE,
     TokenTransform,
 )
-
-
-class ScheduledReductionPass(Pass):
-    """A token pass whose reducers are fully described by the config and r per block."""
-
-    @abstractmethod
-    def make_reducer(self, config: BudgetConfig, r: int, protected: int) -> Reducer: ...
-
-    def proportional_attention(self, config: BudgetConfig) -> bool:
-        return bool(getattr(config, "proportional_attention", False))
-
-    def apply(self, model, config: BudgetConfig, ctx) -> dict[str, Any]:
-        site = BlockSite.prepare(model, self.name)
-        geometry = geometry_of(model, ctx.input_spec)
-
-        def make(r_list: list[int]) -> list[Reducer | None]:
-            return self._reducers(config, r_list, site.protected)
-
-        r_list = resolve_r_list(config, select_blocks(site.names, config), geometry, make)
-        reducers = make(r_list)
-        site.install(reducers, self.proportional_attention(config))
-        return {**token_metadata(site, geometry, reducers), "r_per_layer": r_list}
-
-    def restore(self, model, config: BudgetConfig, metadata: dict[str, Any]) -> None:
-        site = BlockSite.prepare(model, self.name)
-        reducers = self._reducers(config, metadata["r_per_layer"], metadata["protected"])
-        site.install(reducers, self.proportional_attention(config))
-
-    def _reducers(self, config: BudgetConfig, r_list: list[int], protected: int) -> list[Reducer | None]:
-        return [self.make_reducer(config, r, protected) if r > 0 else None for r in r_list]
 
 
 class TokenTransformConfig(BudgetConfig):
@@ -76,9 +39,8 @@ class TokenTransformPass(ScheduledReductionPass):
     name = "token_transform"
     version = 1
     Config = TokenTransformConfig
+    reducer = TokenTransform
     summary = "Token Transforming: spread r tokens per block over their top-k most similar tokens"
 
-    def make_reducer(self, config: TokenTransformConfig, r: int, protected: int) -> Reducer:
-        return TokenTransform(
-            r, config.k, config.temperature, config.target_selection, config.metric, protected=protected
-        )
+    def make_reducer(self, config: TokenTransformConfig, rate: Rate, protected: int) -> TokenTransform:
+        return TokenTransform(rate, protected, config.k, config.temperature, config.target_selection, config.metric)

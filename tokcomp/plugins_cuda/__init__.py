@@ -18,12 +18,10 @@ See docs/kernels.md for why the kernels are Triton and what was run where.
 NAMESPACE = "tokcomp"
 OP_TYPES = {
     "gather_tokens": "GatherTokens",
-    "bipartite_merge_sum": "BipartiteMerge",
     "index_merge_sum": "IndexMerge",
-    "transform_apply": "TransformApply",
 }
-# Ops that become TensorRT plugins; TransformApply is a plain MatMul for TensorRT.
-PLUGIN_OP_TYPES = ("GatherTokens", "BipartiteMerge", "IndexMerge")
+# Ops that become TensorRT plugins: every one (each runs its Triton kernel in TensorRT).
+PLUGIN_OP_TYPES = tuple(OP_TYPES.values())
 PLUGIN_VERSION = "1"
 
 

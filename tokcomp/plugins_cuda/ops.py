@@ -28,16 +28,6 @@ def _gather_tokens_fake(t: Tensor, index: Tensor) -> Tensor:
     return t.new_empty(t.shape[0], index.shape[1], t.shape[2])
 
 
-@torch.library.custom_op("tokcomp::bipartite_merge", mutates_args=())
-def bipartite_merge(t: Tensor, unmerged: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    return reference.bipartite_merge_sum_reference(t, unmerged, src, dst)
-
-
-@bipartite_merge.register_fake
-def _bipartite_merge_fake(t: Tensor, unmerged: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    return t.new_empty(t.shape[0], unmerged.shape[1] + t.shape[1] // 2, t.shape[2])
-
-
 @torch.library.custom_op("tokcomp::index_merge", mutates_args=())
 def index_merge(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     return reference.index_merge_sum_reference(t, kept, src, dst)
@@ -46,17 +36,6 @@ def index_merge(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor) -> Tensor:
 @index_merge.register_fake
 def _index_merge_fake(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     return t.new_empty(t.shape[0], kept.shape[1], t.shape[2])
-
-
-@torch.library.custom_op("tokcomp::transform_apply", mutates_args=())
-def transform_apply(transform: Tensor, t: Tensor) -> Tensor:
-    # On CUDA this is cuBLAS through torch.matmul: a dense batched GEMM needs no custom kernel.
-    return reference.transform_apply_reference(transform, t)
-
-
-@transform_apply.register_fake
-def _transform_apply_fake(transform: Tensor, t: Tensor) -> Tensor:
-    return t.new_empty(t.shape[0], transform.shape[1], t.shape[2])
 
 
 def _kernels():
@@ -75,11 +54,6 @@ def _gather_tokens_cuda(t: Tensor, index: Tensor) -> Tensor:
     return _kernels().gather_tokens(t, index)
 
 
-@bipartite_merge.register_kernel("cuda")
-def _bipartite_merge_cuda(t: Tensor, unmerged: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    return _kernels().bipartite_merge(t, unmerged, src, dst)
-
-
 @index_merge.register_kernel("cuda")
 def _index_merge_cuda(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     return _kernels().index_merge(t, kept, src, dst)
@@ -88,7 +62,5 @@ def _index_merge_cuda(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor) -> Tens
 # Keys are the swappable steps of tokcomp.reducers.ops.
 TOKEN_OPS = {
     "gather_tokens": torch.ops.tokcomp.gather_tokens.default,
-    "bipartite_merge_sum": torch.ops.tokcomp.bipartite_merge.default,
     "index_merge_sum": torch.ops.tokcomp.index_merge.default,
-    "transform_apply": torch.ops.tokcomp.transform_apply.default,
 }

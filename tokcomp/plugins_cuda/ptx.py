@@ -40,10 +40,9 @@ def gather_signature(dtype: str, index_dtype: str) -> dict[str, str]:
     return {"T": f"*{t}", "INDEX": f"*{i}", "n_in": "i32", "n_out": "i32", "width": "i32", "OUT": f"*{t}"}
 
 
-def merge_signature(dtype: str, index_dtype: str) -> dict[str, str]:
-    """Signature of both merge kernels (bipartite and index merge take the same arguments)."""
+def index_merge_signature(dtype: str, index_dtype: str) -> dict[str, str]:
     t, i = triton_type(dtype), triton_type(index_dtype)
-    scalars = {name: "i32" for name in ("n_in", "n_kept", "n_out", "n_src", "width")}
+    scalars = {name: "i32" for name in ("n_in", "n_kept", "n_src", "width")}
     return {"T": f"*{t}", "KEPT": f"*{i}", "SRC": f"*{i}", "DST": f"*{i}", **scalars, "OUT": f"*{t}"}
 
 

@@ -1,11 +1,11 @@
 """TensorRT 10 Python plugins ("quickly deployable plugins") for the tokcomp ops.
 
-Importing this module registers `tokcomp::GatherTokens`, `tokcomp::BipartiteMerge`
-and `tokcomp::IndexMerge` with TensorRT's plugin registry. The ONNX parser maps a
-node of that op_type carrying plugin_namespace="tokcomp" to the plugin; `aot=1` on
-the node selects the ahead-of-time implementation, whose PTX (the same Triton
-kernels PyTorch runs on CUDA) is embedded in the engine so the engine runs without
-Python. The JIT `impl` (Python, via PyTorch) serves engines built with aot=0.
+Importing this module registers `tokcomp::GatherTokens` and `tokcomp::IndexMerge`
+with TensorRT's plugin registry. The ONNX parser maps a node of that op_type carrying
+plugin_namespace="tokcomp" to the plugin; `aot=1` on the node selects the
+ahead-of-time implementation, whose PTX (the same Triton kernels PyTorch runs on
+CUDA) is embedded in the engine so the engine runs without Python. The JIT `impl`
+(Python, via PyTorch) serves engines built with aot=0.
 
 Shapes: token counts are static per layer (from the compression schedule), only
 the batch is dynamic; the output shape is an expression of input shapes, so no
@@ -35,7 +35,7 @@ _DTYPES = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat
 # in whatever integer type the parser produced for TopK/ArgMax outputs.
 _VALUE_TYPES = ("FP32", "FP16", "BF16")
 _GATHER_TYPES = [f"{v}, {i}, {v}" for v in _VALUE_TYPES for i in ("INT32", "INT64")]
-_MERGE_TYPES = [f"{v}, {i}, {i}, {i}, {v}" for v in _VALUE_TYPES for i in ("INT32", "INT64")]
+_INDEX_MERGE_TYPES = [f"{v}, {i}, {i}, {i}, {v}" for v in _VALUE_TYPES for i in ("INT32", "INT64")]
 _AOT_RESULT = tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
 
 
@@ -100,45 +100,7 @@ def gather_tokens_aot(
     return _launch(kernel, batch * n_out, grid_y, (n_in, n_out, width))
 
 
-# --- BipartiteMerge / IndexMerge: own row + sum of the rows merged into it -----------
-
-
-def _merge_aot(kernel, t: trtp.TensorDesc, kept: trtp.TensorDesc, src: trtp.TensorDesc, n_out) -> _AOT_RESULT:
-    """Either merge kernel; the number of sources is a run-time scalar, so no shape needs to be a constant."""
-    signature = ptx.merge_signature(_name(t.dtype), _name(kept.dtype))
-    constexprs = {"BLOCK_D": triton_kernels.BLOCK_D, "CHUNK": triton_kernels.SOURCE_CHUNK}
-    compiled = ptx.compile_kernel(kernel, signature, constexprs, _capability())
-    batch, n_in, width = t.shape_expr[0], t.shape_expr[1], t.shape_expr[2]
-    scalars = (n_in, kept.shape_expr[1], n_out, src.shape_expr[1], width)
-    return _launch(compiled, batch * n_out, trtp.cdiv(width, triton_kernels.BLOCK_D), scalars)
-
-
-@trtp.register("tokcomp::BipartiteMerge")
-def bipartite_merge_desc(
-    t: trtp.TensorDesc, unmerged: trtp.TensorDesc, src: trtp.TensorDesc, dst: trtp.TensorDesc
-) -> trtp.TensorDesc:
-    out = t.like()
-    out.shape_expr[1] = unmerged.shape_expr[1] + t.shape_expr[1] // 2
-    return out
-
-
-@trtp.autotune("tokcomp::BipartiteMerge")
-def bipartite_merge_autotune(t, unmerged, src, dst, outputs) -> list[trtp.AutoTuneCombination]:
-    return [trtp.AutoTuneCombination(types) for types in _MERGE_TYPES]
-
-
-@trtp.impl("tokcomp::BipartiteMerge")
-def bipartite_merge_impl(t, unmerged, src, dst, outputs: tuple[trtp.Tensor], stream: int) -> None:
-    with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-        triton_kernels.bipartite_merge(_torch(t), _torch(unmerged), _torch(src), _torch(dst), out=_torch(outputs[0]))
-
-
-@trtp.aot_impl("tokcomp::BipartiteMerge")
-def bipartite_merge_aot(
-    t: trtp.TensorDesc, unmerged: trtp.TensorDesc, src: trtp.TensorDesc, dst: trtp.TensorDesc,
-    outputs: tuple[trtp.TensorDesc], tactic: int,
-) -> _AOT_RESULT:  # fmt: skip
-    return _merge_aot(triton_kernels.bipartite_merge_kernel, t, unmerged, src, outputs[0].shape_expr[1])
+# --- IndexMerge: out[b, i] = t[b, kept[b, i]] + t[b, src[b, r]] for dst[b, r] == i ----
 
 
 @trtp.register("tokcomp::IndexMerge")
@@ -152,7 +114,7 @@ def index_merge_desc(
 
 @trtp.autotune("tokcomp::IndexMerge")
 def index_merge_autotune(t, kept, src, dst, outputs) -> list[trtp.AutoTuneCombination]:
-    return [trtp.AutoTuneCombination(types) for types in _MERGE_TYPES]
+    return [trtp.AutoTuneCombination(types) for types in _INDEX_MERGE_TYPES]
 
 
 @trtp.impl("tokcomp::IndexMerge")
@@ -166,7 +128,14 @@ def index_merge_aot(
     t: trtp.TensorDesc, kept: trtp.TensorDesc, src: trtp.TensorDesc, dst: trtp.TensorDesc,
     outputs: tuple[trtp.TensorDesc], tactic: int,
 ) -> _AOT_RESULT:  # fmt: skip
-    return _merge_aot(triton_kernels.index_merge_kernel, t, kept, src, kept.shape_expr[1])
+    signature = ptx.index_merge_signature(_name(t.dtype), _name(kept.dtype))
+    constexprs = {"BLOCK_D": triton_kernels.BLOCK_D, "CHUNK": triton_kernels.SOURCE_CHUNK}
+    kernel = ptx.compile_kernel(triton_kernels.index_merge_kernel, signature, constexprs, _capability())
+    batch, n_in, width = t.shape_expr[0], t.shape_expr[1], t.shape_expr[2]
+    n_kept = kept.shape_expr[1]
+    # The number of sources is a run-time scalar, so no shape needs to be a build-time constant.
+    grid_y = trtp.cdiv(width, triton_kernels.BLOCK_D)
+    return _launch(kernel, batch * n_kept, grid_y, (n_in, n_kept, src.shape_expr[1], width))
 
 
-REGISTERED = (f"{NAMESPACE}::GatherTokens", f"{NAMESPACE}::BipartiteMerge", f"{NAMESPACE}::IndexMerge")
+REGISTERED = (f"{NAMESPACE}::GatherTokens", f"{NAMESPACE}::IndexMerge")

@@ -1,10 +1,9 @@
 """Triton kernels for the token ops, and the torch launchers the CUDA custom ops use.
 
-One kernel per op (gather, bipartite merge, index merge), so an op and its kernel can
-be removed together. Argument order is (inputs..., int32 scalars..., output,
-constexprs): the order TensorRT's ahead-of-time plugin launch uses, so one kernel
-serves PyTorch, the TensorRT JIT plugin and the TensorRT AOT plugin
-(tokcomp.plugins_cuda.ptx).
+One kernel per op (gather, index merge), so an op and its kernel can be removed
+together. Argument order is (inputs..., int32 scalars..., output, constexprs): the
+order TensorRT's ahead-of-time plugin launch uses, so one kernel serves PyTorch, the
+TensorRT JIT plugin and the TensorRT AOT plugin (tokcomp.plugins_cuda.ptx).
 
 Merging is a gather-side reduction: each program owns one output row (and a block
 of channels) and adds the source rows whose destination is that row. It walks the
@@ -12,11 +11,13 @@ R sources in fixed chunks of SOURCE_CHUNK, loading only the rows that hit, summe
 fp32 in source order. No atomics, so results are deterministic and fp16 sums do not
 round at every step; the fixed chunk keeps the tile (and the registers) the same size
 whatever R is. The cost is reading the R destination indices once per output row
-(R <= N/2, a few hundred bytes, from L1/L2).
+(from L1/L2).
 
 Every index is clamped into range before it is used: TensorRT times plugins on
 uninitialised buffers, where an index can be anything, and a wild index would be an
-illegal memory access. In-range indices (every valid input) are unchanged.
+illegal memory access. In-range indices (every valid input) are unchanged. A padded
+batch's null index N reads the zero row the caller appended to t (N + 1 rows): an
+ordinary in-range index here.
 
 Runs on CPU tensors under TRITON_INTERPRET=1 (the tests use that where no GPU is).
 """
@@ -38,20 +39,6 @@ def _clamped(index, size):
 
 
 @triton.jit
-def _add_sources(acc, T, SRC, DST, b, n_src, n_rows, src_stride, target, base, width, col, cmask, CHUNK: tl.constexpr):
-    """acc + the rows T[SRC[b, r] * src_stride] of every source r with DST[b, r] == target, in source order."""
-    for start in range(0, n_src, CHUNK):
-        r = start + tl.arange(0, CHUNK)
-        rmask = r < n_src
-        dst = tl.load(DST + b * n_src + r, mask=rmask, other=-1)
-        hit = rmask & (dst == target)
-        src = _clamped(tl.load(SRC + b * n_src + r, mask=hit, other=0).to(tl.int64), n_rows) * src_stride
-        tile = tl.load(T + base + src[:, None] * width + col[None, :], mask=hit[:, None] & cmask[None, :], other=0.0)
-        acc += tl.sum(tile.to(tl.float32), axis=0)
-    return acc
-
-
-@triton.jit
 def gather_rows_kernel(T, INDEX, n_in, n_out, width, OUT, BLOCK_D: tl.constexpr):
     """Output row (b, k) = t row (b, INDEX[b, k])."""
     row = tl.program_id(0)  # b * n_out + k
@@ -64,41 +51,24 @@ def gather_rows_kernel(T, INDEX, n_in, n_out, width, OUT, BLOCK_D: tl.constexpr)
 
 
 @triton.jit
-def bipartite_merge_kernel(
-    T, KEPT, SRC, DST, n_in, n_kept, n_out, n_src, width, OUT, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr
-):
-    """ToMe: rows i < n_kept copy A row KEPT[i] (t row 2*KEPT[i]); the rows after are the
-    B tokens (t row 2*(i - n_kept) + 1) plus the A rows SRC[r] with DST[r] == i - n_kept."""
-    row = tl.program_id(0)
+def index_merge_kernel(T, KEPT, SRC, DST, n_in, n_kept, n_src, width, OUT, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
+    """Output row (b, i) = t row KEPT[b, i] + the t rows SRC[b, r] of every source r with DST[b, r] == i."""
+    row = tl.program_id(0)  # b * n_kept + i
     col = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = col < width
-    b = row // n_out
-    i = row - b * n_out
-    n_a = (n_in + 1) // 2
-    is_kept = i < n_kept
-    kept = _clamped(tl.load(KEPT + b * n_kept + i, mask=is_kept, other=0).to(tl.int64), n_a)
-    own = tl.where(is_kept, 2 * kept, 2 * (i - n_kept) + 1)
+    b = row // n_kept
+    i = row - b * n_kept
     base = b.to(tl.int64) * n_in * width
+    own = _clamped(tl.load(KEPT + row).to(tl.int64), n_in)
     acc = tl.load(T + base + own * width + col, mask=cmask, other=0.0).to(tl.float32)
-    # kept A rows have a negative target, which no destination index matches
-    acc = _add_sources(acc, T, SRC, DST, b, n_src, n_a, 2, i - n_kept, base, width, col, cmask, CHUNK)
-    tl.store(OUT + row.to(tl.int64) * width + col, acc.to(OUT.dtype.element_ty), mask=cmask)
-
-
-@triton.jit
-def index_merge_kernel(
-    T, KEPT, SRC, DST, n_in, n_kept, n_out, n_src, width, OUT, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr
-):
-    """Row i copies t row KEPT[i] and adds the t rows SRC[r] with DST[r] == i."""
-    row = tl.program_id(0)
-    col = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    cmask = col < width
-    b = row // n_out
-    i = row - b * n_out
-    own = _clamped(tl.load(KEPT + b * n_kept + i).to(tl.int64), n_in)
-    base = b.to(tl.int64) * n_in * width
-    acc = tl.load(T + base + own * width + col, mask=cmask, other=0.0).to(tl.float32)
-    acc = _add_sources(acc, T, SRC, DST, b, n_src, n_in, 1, i, base, width, col, cmask, CHUNK)
+    for start in range(0, n_src, CHUNK):
+        r = start + tl.arange(0, CHUNK)
+        rmask = r < n_src
+        dst = tl.load(DST + b * n_src + r, mask=rmask, other=-1)  # only compared, never an address: no clamp
+        hit = rmask & (dst == i)
+        src = _clamped(tl.load(SRC + b * n_src + r, mask=hit, other=0).to(tl.int64), n_in)
+        tile = tl.load(T + base + src[:, None] * width + col[None, :], mask=hit[:, None] & cmask[None, :], other=0.0)
+        acc += tl.sum(tile.to(tl.float32), axis=0)  # in source order, so the sum is deterministic
     tl.store(OUT + row.to(tl.int64) * width + col, acc.to(OUT.dtype.element_ty), mask=cmask)
 
 
@@ -119,23 +89,13 @@ def gather_tokens(t: Tensor, index: Tensor, out: Tensor | None = None) -> Tensor
     return out
 
 
-def _launch_merge(kernel, t: Tensor, kept: Tensor, src: Tensor, dst: Tensor, n_out: int, out: Tensor | None) -> Tensor:
-    t, kept, src, dst = _checked(t, kept, src, dst)
-    batch, n_in, width = t.shape
-    out = t.new_empty(batch, n_out, width) if out is None else out
-    if out.numel():
-        grid = (batch * n_out, triton.cdiv(width, BLOCK_D))
-        kernel[grid](
-            t, kept, src, dst, n_in, kept.shape[1], n_out, src.shape[1], width, out, BLOCK_D=BLOCK_D, CHUNK=SOURCE_CHUNK
-        )
-    return out
-
-
-def bipartite_merge(t: Tensor, unmerged: Tensor, src: Tensor, dst: Tensor, out: Tensor | None = None) -> Tensor:
-    """Same contract as tokcomp.reducers.ops.bipartite_merge_sum_reference."""
-    return _launch_merge(bipartite_merge_kernel, t, unmerged, src, dst, unmerged.shape[1] + t.shape[1] // 2, out)
-
-
 def index_merge(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor, out: Tensor | None = None) -> Tensor:
     """Same contract as tokcomp.reducers.ops.index_merge_sum_reference."""
-    return _launch_merge(index_merge_kernel, t, kept, src, dst, kept.shape[1], out)
+    t, kept, src, dst = _checked(t, kept, src, dst)
+    batch, n_in, width = t.shape
+    n_kept, n_src = kept.shape[1], src.shape[1]
+    out = t.new_empty(batch, n_kept, width) if out is None else out
+    if out.numel():
+        grid = (batch * n_kept, triton.cdiv(width, BLOCK_D))
+        index_merge_kernel[grid](t, kept, src, dst, n_in, n_kept, n_src, width, out, BLOCK_D=BLOCK_D, CHUNK=SOURCE_CHUNK)
+    return out

@@ -7,13 +7,22 @@ nn.Modules configured by plain integers and floats, so a checkpoint records them
 JSON and rebuilds them exactly.
 
 Contract:
-- `forward(x, state, attn) -> (x', state')` with x [B, N, C]; state carries sizes,
-  padding mask and optional source map (surgery/state.py); attn gives keys and CLS
-  attention (surgery/attention.py).
-- `kept_tokens(n)` is the static token count after this reducer for n tokens in: the
-  FLOPs counter and checkpoint metadata use it, so shapes are known without running.
-- Only export-safe ops: gather, scatter_add, topk/argsort, matmul, where; no in-place
-  writes and no scatter_reduce("mean").
+- A budget is a `Rate` (reducers/rate.py): the share of each sample's own reducible
+  tokens (real, not protected) that the layer removes, capped by `limit` (bipartite
+  merging can move at most half). `removal(reducible)` is that count, for an int or
+  for a [B] tensor of per-sample counts.
+- `kept_tokens(n)` is the token count after the layer for a sample of n tokens (shapes,
+  FLOPs and metadata use it: no forward pass needed). For a padded batch it is also the
+  output length: the longest sample's own count.
+- `forward(x, state, attn) -> (x', state')`: x [B, N, C]; state carries sizes, flags and
+  positions (surgery/state.py); attn gives keys and attention rows (surgery/attention.py).
+  Tokens are chosen per sample and applied with reducers/apply.py. A reducer runs even
+  where it removes nothing at this length: how it arranges a sample's tokens must not
+  depend on the batch the sample is in (a short sentence padded into a long batch and
+  the same sentence alone give the same tokens in the same order).
+- Only export-safe ops: gather, scatter_add, argsort/topk, matmul, where; no in-place
+  writes, no data-dependent shapes, no .item(), so a reduced model is one graph under
+  torch.compile and exports to ONNX.
 """
 
 from __future__ import annotations
@@ -23,28 +32,47 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from tokcomp.reducers.rate import Count, Rate, at_most
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
+from tokcomp.surgery.state import TokenState, reducible_tokens
 
 
 class Reducer(nn.Module, ABC):
     #: stable name used in checkpoint metadata
     kind: str = ""
 
-    def __init__(self, protected: int):
+    def __init__(self, rate: Rate, protected: int):
         super().__init__()
-        # Leading tokens (CLS, distillation) that are never removed or merged away.
+        self.rate = rate
+        # Tokens of every sample that are never removed or merged (CLS, distillation, registers).
         self.protected = protected
 
-    @abstractmethod
-    def kept_tokens(self, tokens_in: int) -> int: ...
+    @staticmethod
+    def limit(reducible: Count) -> Count:
+        """The most a layer may remove of `reducible` tokens: half of them (ToMe's cap)."""
+        return reducible // 2
+
+    def removal(self, reducible: Count) -> Count:
+        return at_most(self.rate.of(reducible), self.limit(reducible))
+
+    def kept_tokens(self, tokens_in: int) -> int:
+        return tokens_in - self.removal(tokens_in - self.protected)
+
+    def per_sample_removal(self, state: TokenState, tokens: int) -> Count:
+        """Tokens each sample removes: an int when no sample is padded, else [B]."""
+        return self.removal(reducible_tokens(state, self.protected, tokens))
 
     @abstractmethod
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]: ...
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings of this reducer (for inspect and metadata)."""
-        return {"kind": self.kind, "protected": self.protected}
+        return {"kind": self.kind, "rate": self.rate.to_json(), "protected": self.protected}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.describe().items() if k != "kind")
+
+
+def real_count(state: TokenState, tokens: int) -> Count:
+    """Real tokens of each sample: `tokens` when no sample is padded, else [B]."""
+    return tokens if state.real is None else state.real.sum(dim=-1)

@@ -1,50 +1,42 @@
-"""DiffRate: prune, then merge, to learned per-layer kept counts (Chen et al., ICCV 2023).
+"""DiffRate: prune, then merge, at learned per-layer rates (Chen et al., ICCV 2023).
 
-Re-implemented from the description in shared/reference/methods.md. In a block with
-kept counts P (prune) and M (merge), both counting the protected tokens:
+Re-implemented from the paper's description. A block with kept counts P (prune) and M
+(merge), both counting the protected tokens, at the reference input:
 1. importance = CLS attention averaged over heads (AttentionInfo.cls_attention());
-2. the non-protected tokens are sorted by importance, descending;
-3. prune: keep the protected tokens and the first P - protected sorted tokens;
-4. merge: every kept token at sorted position >= M joins its most cosine-similar
-   token among positions protected .. M-1 (the hidden state x is the metric;
-   protected tokens are never destinations), by a size-weighted average as in ToMe.
-   The reference code averages without size weights and scales sizes by the cosine,
-   which goes negative for dissimilar pairs; size-weighting keeps sizes positive.
-Tokens after the block = min(N, P, M). Output order: [protected, the M - protected most
-important tokens by importance]. P and M are plain ints, so shapes are static.
+2. tokens are sorted by importance, descending (protected first, padding last);
+3. prune: keep the first P;
+4. merge: every kept token at sorted position >= M joins its most cosine-similar token
+   among positions < M (the hidden state x is the metric; protected tokens are never
+   destinations), by a size-weighted average as in ToMe. The paper's code averages
+   without size weights and scales sizes by the cosine, which goes negative for
+   dissimilar pairs; size-weighting keeps sizes positive.
+Tokens after the block = min(N, P, M). Output order: [protected, the most important
+tokens by importance]. The counts are stored as rates (reducers/rate.py): prune removes
+its share of the reducible tokens entering the block, merge its share of those left, so
+every input size and every sample of a padded batch is reduced by its own length.
 
-`merge_rule` chooses which of the P kept tokens merge (step 4):
-- `importance` (DiffRate's rule, above): the P - M least attended ones, into the M - 1
-  most attended;
-- `bipartite`: ToMe's matching over the importance-sorted tokens: A = even positions,
-  B = odd positions; the P - M A tokens with the most similar B token merge into it
-  (hidden-state cosine, size-weighted, protected tokens never move or receive). At most
-  the unprotected A tokens can merge, so tokens after the block are at least
-  P - bipartite_sources(P) (`kept_tokens` applies that floor; the search respects it).
-
-Padding (text): padding tokens rank below every real token, so a real token is never
-pruned while padding survives, and a real token only merges into real tokens (all
-destinations precede every source in the ranking); padding that merges carries no
-weight (reducers/ops.py weighted_merge), so it never changes a real token.
+`merge_rule` chooses which of the kept tokens merge (step 4):
+- `importance` (DiffRate's rule, above): the least attended ones, into the most attended;
+- `bipartite`: ToMe's matching over the importance-sorted tokens (reducers/matching.py)
+  on the hidden states. At most the unprotected A tokens can merge, so a block keeps at
+  least P - bipartite_sources(P) tokens (`limit`; the search respects it).
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from tokcomp.errors import TokcompError
-from tokcomp.reducers.base import Reducer
-from tokcomp.reducers.ops import select_tokens, weighted_merge
-from tokcomp.reducers.transform import ExclusiveMerge, plan_alternating
+from tokcomp.reducers.apply import first, select
+from tokcomp.reducers.base import Reducer, real_count
+from tokcomp.reducers.matching import bipartite_matching, merge_into_most_similar, merge_matched
+from tokcomp.reducers.ranking import keep_most_important
+from tokcomp.reducers.rate import Count, Rate, at_most
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
+from tokcomp.surgery.state import TokenState, reducible_tokens
 
-# Importance given to padding: below any attention probability, so padding ranks last.
-PADDING_IMPORTANCE = -1.0
 MERGE_RULES = ("importance", "bipartite")
 
 
@@ -54,7 +46,7 @@ def bipartite_sources(tokens: int, protected: int) -> int:
 
 
 def block_counts(tokens_in: int, prune_kept: int, merge_kept: int, protected: int, merge_rule: str) -> tuple[int, int]:
-    """(tokens after pruning, tokens after merging) of a block that `tokens_in` tokens enter.
+    """(tokens after pruning, tokens after merging) at the reference input, from kept counts.
 
     Counts never grow, and the bipartite rule keeps at least P - bipartite_sources(P).
     """
@@ -65,72 +57,66 @@ def block_counts(tokens_in: int, prune_kept: int, merge_kept: int, protected: in
     return pruned, merged
 
 
-def importance_order(importance: Tensor, protected: int, mask: Tensor | None) -> Tensor:
-    """Token indices [B, N]: protected tokens first, then the rest by importance, descending.
-
-    `importance` [B, N] is the CLS attention row; `mask` [B, N] flags real tokens.
-    """
-    rest = importance[:, protected:]
-    if mask is not None:
-        rest = torch.where(mask[:, protected:] > 0, rest, torch.full_like(rest, PADDING_IMPORTANCE))
-    order = rest.argsort(dim=-1, descending=True, stable=True) + protected
-    head = torch.arange(protected, device=importance.device).expand(importance.shape[0], -1)
-    return torch.cat([head, order], dim=1)
-
-
-def tail_merge_sum(t: Tensor, keep: int, dst: Tensor) -> Tensor:
-    """Sum the tail rows t[:, keep:] into rows `dst` [B, N - keep] of the head t[:, :keep]."""
-    head, tail = t[:, :keep], t[:, keep:]
-    return head.scatter_add(1, dst[..., None].expand(-1, -1, t.shape[-1]), tail)
-
-
-def best_destinations(x: Tensor, keep: int, protected: int) -> Tensor:
-    """For every token at position >= keep, its most cosine-similar token in [protected, keep)."""
-    metric = F.normalize(x, dim=-1)
-    scores = metric[:, keep:] @ metric[:, protected:keep].transpose(-1, -2)
-    return scores.argmax(dim=-1) + protected
+def rates_from_kept(
+    prune_kept: list[int], merge_kept: list[int], input_tokens: int, protected: int, merge_rule: str
+) -> list[tuple[Rate, Rate]]:
+    """(prune rate, merge rate) of every block from kept counts at the reference input."""
+    rates, tokens = [], input_tokens
+    for p, m in zip(prune_kept, merge_kept, strict=True):
+        pruned, merged = block_counts(tokens, p, m, protected, merge_rule)
+        rates.append((Rate(tokens - pruned, tokens - protected), Rate(pruned - merged, max(pruned - protected, 1))))
+        tokens = merged
+    return rates
 
 
 class DiffRate(Reducer):
     kind = "diffrate"
 
-    def __init__(self, prune_kept: int, merge_kept: int, protected: int = 1, merge_rule: str = "importance"):
-        super().__init__(protected)
-        for name, value in (("prune_kept", prune_kept), ("merge_kept", merge_kept)):
-            if value <= protected:
-                raise ValueError(f"{name} must keep more than the {protected} protected token(s), got {value}")
+    def __init__(self, prune: Rate, merge: Rate, protected: int, merge_rule: str = "importance"):
+        super().__init__(prune, protected)
         if merge_rule not in MERGE_RULES:
             raise TokcompError(f"unknown merge_rule {merge_rule!r}", hint=f"valid: {', '.join(MERGE_RULES)}")
-        self.prune_kept = prune_kept
-        self.merge_kept = merge_kept
+        self.merge_rate = merge
         self.merge_rule = merge_rule
 
-    def _counts(self, tokens_in: int) -> tuple[int, int]:
-        """(tokens after pruning, tokens after merging) for `tokens_in` tokens entering the block."""
-        return block_counts(tokens_in, self.prune_kept, self.merge_kept, self.protected, self.merge_rule)
+    def _pruned(self, reducible: Count) -> Count:
+        """Tokens pruning removes of `reducible`: at least one reducible token stays."""
+        return at_most(self.rate.of(reducible), reducible - 1)
+
+    def _merged(self, reducible: Count) -> Count:
+        """Tokens merging removes of `reducible` tokens left after pruning (the bipartite floor applies)."""
+        if self.merge_rule == "bipartite":
+            limit = (reducible + self.protected + 1) // 2 - (self.protected + 1) // 2
+        else:
+            limit = reducible - 1
+        return at_most(self.merge_rate.of(reducible), limit)
 
     def kept_tokens(self, tokens_in: int) -> int:
-        return self._counts(tokens_in)[1]
+        pruned = tokens_in - self._pruned(tokens_in - self.protected)
+        return pruned - self._merged(pruned - self.protected)
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
-        tokens = x.shape[1]
-        pruned, merged = self._counts(tokens)
-        if merged == tokens:
-            return x, state
-        order = importance_order(attn.cls_attention(), self.protected, state.mask)
-        x, state = select_tokens(x, state, order[:, :pruned])  # sorts and prunes in one gather
-        if merged == pruned:
-            return x, state
+        tokens, null = x.shape[1], state.real is not None
+        pruned_length = tokens - self._pruned(tokens - self.protected)
+        length = self.kept_tokens(tokens)
+        pruned = real_count(state, tokens) - self._pruned(reducible_tokens(state, self.protected, tokens))
+        # Sort by importance and prune in one gather.
+        kept, _ = keep_most_important(attn.cls_attention(), state, pruned, pruned_length, by_position=False)
+        x, state = select(x, state, kept, null=null)
+        merged = self._merged(pruned - self.protected)
+        slots = pruned_length - length
         if self.merge_rule == "bipartite":
-            plan = plan_alternating(F.normalize(x, dim=-1), pruned - merged, self.protected, state.mask)
-            return ExclusiveMerge.apply_plan(x, state, plan)
-        dst = best_destinations(x, merged, self.protected)
-        return weighted_merge(x, state, partial(tail_merge_sum, keep=merged, dst=dst))
+            matching = bipartite_matching(F.normalize(x, dim=-1), state)
+            return merge_matched(x, state, matching, merged, slots, length)
+        # Importance rule: sorted positions [M, P) merge into the most similar of [0, M).
+        stays = pruned - merged
+        position = torch.arange(pruned_length, device=x.device).expand(x.shape[0], -1)
+        kept = first(position, stays, length, pruned_length)
+        slot = torch.arange(slots, device=x.device)
+        moving = (slot < (merged[:, None] if isinstance(merged, Tensor) else merged)).expand(x.shape[0], slots)
+        start = stays[:, None] if isinstance(stays, Tensor) else stays
+        moved = torch.where(moving, start + slot, torch.full_like(moving, pruned_length, dtype=torch.int64))
+        return merge_into_most_similar(x, state, F.normalize(x, dim=-1), kept, moved, moving, null=null)
 
     def describe(self) -> dict:
-        return {
-            **super().describe(),
-            "prune_kept": self.prune_kept,
-            "merge_kept": self.merge_kept,
-            "merge_rule": self.merge_rule,
-        }
+        return {**super().describe(), "merge_rate": self.merge_rate.to_json(), "merge_rule": self.merge_rule}

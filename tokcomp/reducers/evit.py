@@ -1,9 +1,8 @@
 """EViT (Liang et al., ICLR 2022): keep the attentive tokens, fuse the rest into one.
 
-Re-implemented from the description in shared/reference/methods.md. To remove r tokens,
-keep the N - r - 1 tokens the CLS token attends to most (protected ones always) and
-fuse the other r + 1 into one token appended at the end, weighted by their CLS
-attention a_i: x_fused = sum a_i x_i / sum a_i.
+To remove r tokens, keep the n - r - 1 tokens the CLS token attends to most (protected
+ones always) and fuse the other r + 1 into one token placed after them, weighted by their
+CLS attention a_i: x_fused = sum a_i x_i / sum a_i.
 
 As X' = T X: selection rows for the kept tokens plus one fused row. The paper sums
 a_i x_i without dividing by sum a_i, which relies on training to rescale; here the
@@ -16,55 +15,47 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tokcomp.reducers.base import Reducer
-from tokcomp.reducers.prune import capped_r, split_by_importance
-from tokcomp.reducers.transform import transform_tokens
+from tokcomp.reducers.apply import merge
+from tokcomp.reducers.base import Reducer, real_count
+from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
 
-def fused_row_shares(importance: Tensor, dropped: Tensor, state: TokenState) -> Tensor:
-    """Shares [B, M] of each dropped token in the fused row of T.
+def fusion_scale(importance: Tensor, state: TokenState, dropped: Tensor) -> Tensor:
+    """Weight multipliers [B, N] that make the fused token the attention-weighted mean.
 
-    transform_tokens weights a token by share * size * mask; share = c a_i / size_i makes
-    that a_i * mask (the CLS attention already counts sizes under proportional
-    attention), and c makes the fused size the dropped tokens' total real size.
+    `merge` weighs a token by scale * size (0 for padding); scale = c a_i / size_i makes
+    that c a_i (the CLS attention already counts sizes under proportional attention), and
+    c = (total size of the dropped tokens) / (their total attention) makes the fused size
+    the dropped tokens' total size. Every other token keeps its own weight (scale 1).
     """
-    attention = importance.gather(1, dropped).clamp_min(torch.finfo(importance.dtype).tiny)
-    size = state.size.gather(1, dropped)
-    real = torch.ones_like(size) if state.mask is None else state.mask.gather(1, dropped)
-    total_size = (size * real).sum(dim=1, keepdim=True)
-    total_attention = (attention * real).sum(dim=1, keepdim=True)
-    scale = total_size / torch.where(total_attention > 0, total_attention, torch.ones_like(total_attention))
-    return attention / size * scale
+    attention = importance.clamp_min(torch.finfo(importance.dtype).tiny)
+    weight = state.weight() * dropped
+    total_attention = (attention * (weight > 0)).sum(dim=1, keepdim=True)
+    shares = attention / state.size * weight.sum(dim=1, keepdim=True) / total_attention.clamp_min(torch.finfo(attention.dtype).tiny)
+    return torch.where(dropped, shares, torch.ones_like(shares))
 
 
 class EViT(Reducer):
-    """Keep the N - r - 1 most attended tokens; fuse the r + 1 others into one token."""
+    """Keep the n - r - 1 most attended tokens; fuse the r + 1 others into one token."""
 
     kind = "evit"
 
-    def __init__(self, r: int, protected: int = 1):
-        super().__init__(protected)
-        if r < 0:
-            raise ValueError(f"r must be >= 0, got {r}")
-        self.r = r
-
-    def kept_tokens(self, tokens_in: int) -> int:
-        # The cap (half the unprotected tokens) always leaves room for the fused token.
-        return tokens_in - capped_r(self.r, tokens_in, self.protected)
-
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
-        r = capped_r(self.r, tokens, self.protected)
-        if r == 0:
-            return x, state
+        length = self.kept_tokens(tokens)
+        removed = self.per_sample_removal(state, tokens)
+        fused_row = real_count(state, tokens) - removed - 1  # each sample's last row
         importance = attn.cls_attention()
-        kept, dropped = split_by_importance(importance, tokens - r - 1, self.protected, state.mask)
-        shares = fused_row_shares(importance, dropped, state)
-        # Dropped tokens go only to the last output row: the fused token.
-        assignment = torch.cat([shares.new_zeros(*dropped.shape, kept.shape[1]), shares[..., None]], dim=-1)
-        return transform_tokens(x, state, kept, dropped, assignment)
-
-    def describe(self) -> dict:
-        return {**super().describe(), "r": self.r}
+        kept, order = keep_most_important(importance, state, fused_row, length, by_position=True)
+        slots = tokens - length + 1
+        slot = torch.arange(slots, device=x.device)
+        start = fused_row[:, None] if isinstance(fused_row, Tensor) else fused_row
+        fused = order.gather(1, (start + slot).expand(x.shape[0], slots).clamp(max=tokens - 1))
+        moving = slot < (removed[:, None] + 1 if isinstance(removed, Tensor) else removed + 1)
+        fused = torch.where(moving, fused, torch.full_like(fused, tokens))
+        dst = torch.as_tensor(fused_row, device=x.device).reshape(-1, 1).expand_as(fused)
+        dropped = torch.zeros_like(state.position).scatter_add(1, fused.clamp(max=tokens - 1), moving.expand_as(fused).long()) > 0
+        scale = fusion_scale(importance, state, dropped)
+        return merge(x, state, kept, fused, dst, scale=scale, null=True)

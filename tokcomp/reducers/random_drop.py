@@ -1,8 +1,8 @@
 """Random token dropping: the baseline any learned or matched reduction must beat.
 
-Keeps the protected tokens plus a uniformly random subset of the others, so that the
-token count after the layer equals a reference reducer's (`kept` tokens). Seeded, so
-a comparison run is repeatable.
+Keeps the protected tokens plus a uniformly random subset of the others, at the rates
+that make it keep as many tokens as the reducer it is compared with. Seeded, so a
+comparison run is repeatable.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from tokcomp.reducers.base import Reducer
-from tokcomp.reducers.ops import select_tokens
+from tokcomp.reducers.prune import prune_to_most_important
+from tokcomp.reducers.rate import Count, Rate
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
@@ -19,25 +20,19 @@ from tokcomp.surgery.state import TokenState
 class RandomDrop(Reducer):
     kind = "random_drop"
 
-    def __init__(self, drop: int, protected: int = 1, seed: int = 0):
-        super().__init__(protected)
-        self.drop = drop
+    def __init__(self, rate: Rate, protected: int, seed: int = 0):
+        super().__init__(rate, protected)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
 
-    def kept_tokens(self, tokens_in: int) -> int:
-        return tokens_in - min(self.drop, tokens_in - self.protected)
+    @staticmethod
+    def limit(reducible: Count) -> Count:
+        # The rate comes from another reducer's counts, which already respect that reducer's cap.
+        return reducible
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
-        batch, tokens = x.shape[:2]
-        keep = self.kept_tokens(tokens)
-        if keep == tokens:
-            return x, state
-        noise = torch.rand(batch, tokens - self.protected, generator=self._generator).to(x.device)
-        chosen = noise.topk(keep - self.protected, dim=-1).indices + self.protected
-        head = torch.arange(self.protected, device=x.device).expand(batch, -1)
-        index = torch.cat([head, chosen.sort(dim=-1).values], dim=1)
-        return select_tokens(x, state, index)
+        noise = torch.rand(x.shape[:2], generator=self._generator).to(x.device)
+        return prune_to_most_important(self, x, state, noise)
 
     def describe(self) -> dict:
-        return {**super().describe(), "drop": self.drop, "seed": self.seed}
+        return {**super().describe(), "seed": self.seed}

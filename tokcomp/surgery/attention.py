@@ -3,20 +3,20 @@
 Adapters project q, k, v with the model's own (unchanged) linear layers and call
 `attend`; the result also carries what reducers need to choose tokens: the keys
 (ToMe's similarity metric) and, on demand, the CLS attention row (DiffRate, EViT,
-pruning).
+pruning) or the whole head-averaged attention matrix (Zero-TPrune). Fused attention
+kernels return no probabilities, so those are recomputed from q and k when asked for.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-@dataclass(frozen=True)
-class AttentionInfo:
+class AttentionInfo(NamedTuple):
     query: Tensor  # [B, H, N, d]
     key: Tensor  # [B, H, N, d]
     bias: Tensor | None  # [B, 1, 1, N] additive key bias (log size, padding)
@@ -35,8 +35,22 @@ class AttentionInfo:
         logits = torch.matmul(self.query[:, :, :1], self.key.transpose(-1, -2)) * self.scale
         if self.bias is not None:
             logits = logits + self.bias
-        probs = torch.softmax(logits.float(), dim=-1).to(self.query.dtype)
+        probs = torch.softmax(logits.float(), dim=-1)
         return probs.mean(dim=1)[:, 0]
+
+    def attention_matrix(self) -> Tensor:
+        """Attention probabilities averaged over heads, [B, N, N] float32 (row i: query i over keys).
+
+        Built one head at a time, so memory stays at one [B, N, N] matrix.
+        """
+        total = None
+        for head in range(self.query.shape[1]):
+            logits = torch.matmul(self.query[:, head], self.key[:, head].transpose(-1, -2)) * self.scale
+            if self.bias is not None:
+                logits = logits + self.bias[:, 0]
+            probs = torch.softmax(logits.float(), dim=-1)
+            total = probs if total is None else total + probs
+        return total / self.query.shape[1]
 
 
 def attend(

@@ -4,11 +4,12 @@ A `TokenBlock` adopts the original block's child modules under the same attribut
 names (so state-dict keys do not change) and runs
 
     x = attention_residual(x)      # over N tokens, with proportional attention
-    x, state = reducer(x, state)    # N -> N' tokens (skipped when reducer is None)
+    x, state = reducer(x, state)   # N -> N' tokens (skipped when reducer is None)
     x = mlp_residual(x)            # over N' tokens
 
 Families differ only in the two residual branches. Token state enters and leaves
-packed in the hidden tensor (surgery/state.py); the first block creates it and the
+packed in the hidden tensor (surgery/state.py); the first block creates it (and, when
+the model reduces tokens, moves padding behind the real tokens of each sample) and the
 last block returns plain hidden states, so the model around the blocks is unchanged.
 """
 
@@ -17,25 +18,29 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState, key_mask_from_attention_mask, pack, unpack
+from tokcomp.surgery.state import TokenState, key_mask_from_attention_mask, pack, real_first, unpack
 
 if TYPE_CHECKING:  # reducers import surgery.attention; a runtime import here would be circular
     from tokcomp.reducers.base import Reducer
 
 
 class TokenBlock(nn.Module):
-    def __init__(self, hidden_size: int, index: int, num_blocks: int, uses_mask: bool):
+    def __init__(self, hidden_size: int, index: int, num_blocks: int, padded: bool, protected: int):
         super().__init__()
         self.hidden_size = hidden_size
         self.index = index
         self.num_blocks = num_blocks
-        self.uses_mask = uses_mask
+        self.padded = padded  # the model takes an attention mask: tokens carry a real flag
+        self.protected = protected  # leading tokens that no reducer removes (CLS, distillation, registers)
         self.reducer: Reducer | None = None
         self.proportional_attention = False
-        # Visualisation / pooling switches, toggled by surgery.inspection, not saved.
+        # Set on the first block when any block reduces tokens: padding then moves to the end.
+        self.compact_padding = False
+        # Visualisation / pooling switches, toggled by surgery.registry, not saved.
         self.trace_source = False
         self.capture_state = False
         self.captured_state: TokenState | None = None
@@ -58,17 +63,28 @@ class TokenBlock(nn.Module):
 
     def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *args, **kwargs) -> Tensor:
         x, state = self._enter(hidden_states, attention_mask)
-        x, info = self.attention_residual(x, state.attention_bias(self.proportional_attention))
+        x, info = self.attention_residual(x, state.attention_bias(self.proportional_attention, x.dtype))
         if self.reducer is not None:
             x, state = self.reducer(x, state, info)
         x = self.mlp_residual(x)
         return self._leave(x, state)
 
     def _enter(self, hidden_states: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, TokenState]:
-        if self.is_first:
-            key_mask = key_mask_from_attention_mask(attention_mask, hidden_states.shape[1]) if self.uses_mask else None
-            return hidden_states, TokenState.initial(hidden_states, key_mask, self.trace_source)
-        return unpack(hidden_states, self.hidden_size, self.uses_mask, self.trace_source)
+        if not self.is_first:
+            dtype = next(self.parameters()).dtype
+            return unpack(hidden_states, self.hidden_size, dtype, self.padded, self.trace_source)
+        tokens = hidden_states.shape[1]
+        real = None
+        if self.padded:
+            real = key_mask_from_attention_mask(attention_mask, tokens)
+            if real is None:  # nothing padded: every token is real
+                real = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+        state = TokenState.initial(hidden_states, real, self.protected, self.trace_source)
+        order = real_first(state) if self.compact_padding else None
+        if order is None:
+            return hidden_states, state
+        x = hidden_states.gather(1, order[..., None].expand(-1, -1, hidden_states.shape[-1]))
+        return x, state.gather(order)
 
     def _leave(self, x: Tensor, state: TokenState) -> Tensor:
         if not self.is_last:

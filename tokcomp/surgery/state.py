@@ -1,73 +1,144 @@
 """Token state carried between rewritten transformer blocks.
 
-Every token has a *size* (how many input tokens it stands for), a *mask* flag
-(1 = real token, 0 = padding; text models only) and optionally a *source* row
-(which input tokens it covers, for visualisation).
+Every token has
+- a *size*: how many input tokens it stands for (1 at the input; merging adds sizes);
+- a *real* flag: False for padding (text); `real is None` when a model never pads;
+- a *protected* flag: never removed, never merged, never a merge destination (CLS,
+  distillation and register tokens; any span a caller marks);
+- an original *position*: the input index of the token (of its representative, after a
+  merge), for rotary-position models and order-preserving reduction;
+- optionally a *source* row: which input tokens it covers (merge maps).
 
-Between rewritten blocks this state travels packed as extra channels of the
-hidden-state tensor: [x (C) | size (1) | mask (1) | source (N0, when traced)].
-The model's own layer loop (ViTModel, Dinov2Encoder, BertEncoder, timm's
-nn.Sequential) passes one tensor from block to block, so packing needs no side
-channel, no patched loop owner, and stays a pure tensor program that exports.
-The first block builds the state; the last block unpacks it and returns plain x.
+Invariant kept by every reducer: in each sample the real tokens come first and
+padding last (the first rewritten block moves padding to the end; reducers write
+their outputs that way). A sample's own token count is then the length of its
+real prefix, and a batch is only as long as its longest sample needs.
+
+Between rewritten blocks the state travels packed as extra channels of the hidden
+tensor, in float32 whatever the model's dtype (float64 models: float64):
+
+    [x (C) | size | real | protected | position | source (N0, when traced)]
+
+float32 holds every integer below 2**24 exactly, so sizes and positions stay exact in
+fp16 and bf16 models (bf16 alone is exact only to 256). The model's own layer loop
+(ViTModel, Dinov2Encoder, BertEncoder, timm's nn.Sequential) passes one tensor from
+block to block, so packing needs no side channel and stays a pure tensor program that
+exports and compiles. The first block builds the state; the last returns plain x.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-# Number of bookkeeping channels always packed after the hidden channels (size, mask).
-STATE_CHANNELS = 2
+# Bookkeeping channels packed after the hidden channels: size, real, protected, position.
+STATE_CHANNELS = 4
+STATE_DTYPE = torch.float32
 
 
-@dataclass(frozen=True)
-class TokenState:
-    size: Tensor  # [B, N] float: input tokens represented by each token
-    mask: Tensor | None  # [B, N] float, 1 = real, 0 = padding; None = no padding possible
-    source: Tensor | None = None  # [B, N, N0] float 0/1 map back to input tokens
+class TokenState(NamedTuple):
+    size: Tensor  # [B, N] float32 (float64 in float64 models): see carrier_dtype
+    real: Tensor | None  # [B, N] bool; None: the model never pads
+    protected: Tensor  # [B, N] bool
+    position: Tensor  # [B, N] int64, index of the input token
+    source: Tensor | None = None  # [B, N, N0] 0/1 map back to input tokens, dtype of size
 
     @staticmethod
-    def initial(x: Tensor, key_mask: Tensor | None, trace_source: bool) -> TokenState:
+    def initial(x: Tensor, real: Tensor | None, protected_prefix: int, trace_source: bool) -> TokenState:
+        """State of the input tokens: sizes 1, the first `protected_prefix` real tokens protected."""
         batch, tokens = x.shape[:2]
-        size = x.new_ones(batch, tokens)
-        mask = None if key_mask is None else key_mask.to(x.dtype)
+        positions = torch.arange(tokens, device=x.device)
+        if real is None:
+            protected = (positions < protected_prefix).expand(batch, tokens)
+        else:  # with left padding the CLS token is not at index 0
+            protected = real & (real.cumsum(dim=-1) <= protected_prefix)
         source = None
         if trace_source:
-            source = torch.eye(tokens, dtype=x.dtype, device=x.device).expand(batch, tokens, tokens)
-        return TokenState(size=size, mask=mask, source=source)
+            source = torch.eye(tokens, dtype=carrier_dtype(x.dtype), device=x.device).expand(batch, tokens, tokens)
+            if real is not None:  # padding stands for nothing
+                source = source * real[..., None]
+        return TokenState(
+            size=torch.ones(batch, tokens, dtype=carrier_dtype(x.dtype), device=x.device),
+            real=real,
+            protected=protected,
+            position=positions.expand(batch, tokens),
+            source=source,
+        )
 
-    def with_(self, **changes) -> TokenState:
-        return replace(self, **changes)
+    def weight(self) -> Tensor:
+        """Weight of each token in a size-weighted mean: its size, 0 for padding."""
+        return self.size if self.real is None else self.size * self.real
 
-    def attention_bias(self, proportional: bool) -> Tensor | None:
-        """Additive key bias [B, 1, 1, N]: log(size) for proportional attention, -inf-like for padding."""
-        bias = None
-        if proportional:
-            bias = torch.log(self.size)
-        if self.mask is not None:
-            neg = torch.finfo(self.size.dtype).min
-            pad = torch.where(self.mask > 0, torch.zeros_like(self.mask), torch.full_like(self.mask, neg))
-            bias = pad if bias is None else bias + pad
-        return None if bias is None else bias[:, None, None, :]
+    def attention_bias(self, proportional: bool, dtype: torch.dtype) -> Tensor | None:
+        """Additive key bias [B, 1, 1, N]: log(size) for proportional attention; padding masked."""
+        bias = torch.log(self.size) if proportional else None
+        if self.real is not None:
+            masked = torch.finfo(dtype).min
+            base = bias if bias is not None else torch.zeros_like(self.size)
+            bias = torch.where(self.real, base, torch.full_like(base, masked))
+        return None if bias is None else bias.to(dtype)[:, None, None, :]
+
+    def gather(self, index: Tensor) -> TokenState:
+        """The state of tokens `index` [B, K] (pruning, reordering); sizes and flags copied exactly."""
+        return TokenState(
+            size=self.size.gather(1, index),
+            real=None if self.real is None else self.real.gather(1, index),
+            protected=self.protected.gather(1, index),
+            position=self.position.gather(1, index),
+            source=None if self.source is None else self.source.gather(1, index[..., None].expand(-1, -1, self.source.shape[-1])),
+        )
+
+
+def reducible_tokens(state: TokenState, protected: int, tokens: int) -> int | Tensor:
+    """Tokens a reducer may remove in each sample: real and not protected.
+
+    An int when no sample is padded (every sample has `tokens - protected`), else [B].
+    """
+    if state.real is None:
+        return tokens - protected
+    return (state.real & ~state.protected).sum(dim=-1)
+
+
+def real_first(state: TokenState) -> Tensor | None:
+    """Token order [B, N] that moves padding behind the real tokens (stable), or None if none is padded."""
+    if state.real is None:
+        return None
+    return (~state.real).to(torch.int8).argsort(dim=-1, stable=True)
+
+
+def carrier_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype hidden states travel and merge in: float32, or wider (float64 models stay float64)."""
+    return torch.promote_types(dtype, STATE_DTYPE)
 
 
 def pack(x: Tensor, state: TokenState) -> Tensor:
-    mask = state.mask if state.mask is not None else torch.ones_like(state.size)
-    parts = [x, state.size[..., None].to(x.dtype), mask[..., None].to(x.dtype)]
+    dtype = carrier_dtype(x.dtype)
+    real = state.real if state.real is not None else torch.ones_like(state.protected)
+    parts = [
+        x.to(dtype),
+        state.size[..., None],
+        real[..., None].to(dtype),
+        state.protected[..., None].to(dtype),
+        state.position[..., None].to(dtype),
+    ]
     if state.source is not None:
-        parts.append(state.source.to(x.dtype))
+        parts.append(state.source)
     return torch.cat(parts, dim=-1)
 
 
-def unpack(packed: Tensor, hidden: int, uses_mask: bool, trace_source: bool) -> tuple[Tensor, TokenState]:
-    x = packed[..., :hidden]
-    size = packed[..., hidden]
-    mask = packed[..., hidden + 1] if uses_mask else None
-    source = packed[..., hidden + STATE_CHANNELS :] if trace_source else None
-    return x, TokenState(size=size, mask=mask, source=source)
+def unpack(packed: Tensor, hidden: int, dtype: torch.dtype, padded: bool, trace_source: bool) -> tuple[Tensor, TokenState]:
+    """Inverse of `pack`; x comes back in the model's `dtype` (exact: it was widened to float32)."""
+    x = packed[..., :hidden].to(dtype)
+    state = TokenState(
+        size=packed[..., hidden],
+        real=packed[..., hidden + 1] > 0 if padded else None,
+        protected=packed[..., hidden + 2] > 0,
+        position=packed[..., hidden + 3].to(torch.int64),
+        source=packed[..., hidden + STATE_CHANNELS :] if trace_source else None,
+    )
+    return x, state
 
 
 def key_mask_from_attention_mask(attention_mask: Tensor | None, tokens: int) -> Tensor | None:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from torch import nn
 
+from tokcomp.errors import RecipeError
 from tokcomp.surgery.block import TokenBlock
 
 
@@ -42,7 +43,6 @@ class Adapter(ABC):
     family: str = ""
     description: str = ""
     modality: Literal["image", "text"] = "image"
-    uses_mask: bool = False
 
     @abstractmethod
     def matches(self, model: nn.Module) -> bool: ...
@@ -61,8 +61,32 @@ class Adapter(ABC):
         """Leading tokens no reducer may remove (CLS, distillation token)."""
         return 1
 
-    def default_input(self, model: nn.Module) -> InputSpec:
-        config = model.config
+    def default_input(
+        self, model: nn.Module, image_size: int | None = None, sequence_length: int | None = None
+    ) -> InputSpec:
+        """The reference input: the given size, else the model's own (image) or 128 tokens (text)."""
         if self.modality == "image":
-            return InputSpec("image", image_size=int(config.image_size))
-        return InputSpec("text", sequence_length=128)
+            return InputSpec("image", image_size=image_size or int(model.config.image_size))
+        return InputSpec("text", sequence_length=sequence_length or 128)
+
+    def check_input(self, model: nn.Module, spec: InputSpec) -> None:
+        """Refuse a reference input the model cannot take (a sequence longer than its positions,
+        an image size that is not a whole number of patches)."""
+        if spec.modality == "text":
+            limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            if limit is not None and spec.sequence_length > limit:
+                raise RecipeError(
+                    f"sequence_length {spec.sequence_length} is longer than the {limit} positions this model has",
+                    hint=f"choose a sequence_length of at most {limit}",
+                )
+            return
+        patch = self.patch_size(model)
+        if spec.image_size % patch or spec.image_size < 2 * patch:
+            low, high = max(2, spec.image_size // patch) * patch, (spec.image_size // patch + 1) * patch
+            raise RecipeError(
+                f"image_size {spec.image_size} is not a whole number of {patch}-px patches (at least 2 per side)",
+                hint=f"use a multiple of {patch}, e.g. {low} or {high}",
+            )
+
+    def patch_size(self, model: nn.Module) -> int:
+        return int(model.config.patch_size)

@@ -18,8 +18,8 @@ BERT_FAMILY_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
 
 class BertTokenBlock(TokenBlock):
-    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int):
-        super().__init__(hidden_size, index, num_blocks, uses_mask=True)
+    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int, protected: int):
+        super().__init__(hidden_size, index, num_blocks, padded=True, protected=protected)
         adopt(self, original, ["attention", "intermediate", "output"])
 
     def attention_residual(self, x: Tensor, bias: Tensor | None) -> tuple[Tensor, AttentionInfo]:
@@ -44,7 +44,6 @@ class BertAdapter(Adapter):
     family = "bert"
     description = "BERT-family encoders (" + ", ".join(BERT_FAMILY_TYPES) + "), padding-aware"
     modality = "text"
-    uses_mask = True
 
     def matches(self, model: nn.Module) -> bool:
         config = getattr(model, "config", None)
@@ -61,7 +60,7 @@ class BertAdapter(Adapter):
         raise ValueError(f"no encoder.layer blocks found in {type(model).__name__}")
 
     def rewrite_block(self, block: nn.Module, index: int, num_blocks: int, model: nn.Module) -> TokenBlock:
-        return BertTokenBlock(block, model.config.hidden_size, index, num_blocks)
+        return BertTokenBlock(block, model.config.hidden_size, index, num_blocks, self.protected_tokens(model))
 
     def geometry(self, model: nn.Module, spec: InputSpec) -> Geometry:
         config = model.config

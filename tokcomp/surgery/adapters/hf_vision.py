@@ -32,8 +32,8 @@ def _hf_attention(attention: nn.Module, x: Tensor, bias: Tensor | None, training
 class ViTTokenBlock(TokenBlock):
     """ViTLayer / DeiTLayer: pre-norm, no LayerScale."""
 
-    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int):
-        super().__init__(hidden_size, index, num_blocks, uses_mask=False)
+    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int, protected: int):
+        super().__init__(hidden_size, index, num_blocks, padded=False, protected=protected)
         adopt(self, original, ["attention", "layernorm_before", "layernorm_after", "mlp", "dropout"])
 
     def attention_residual(self, x: Tensor, bias: Tensor | None) -> tuple[Tensor, AttentionInfo]:
@@ -47,8 +47,8 @@ class ViTTokenBlock(TokenBlock):
 class Dinov2TokenBlock(TokenBlock):
     """Dinov2Layer: pre-norm with LayerScale and (training-only) drop path."""
 
-    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int):
-        super().__init__(hidden_size, index, num_blocks, uses_mask=False)
+    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int, protected: int):
+        super().__init__(hidden_size, index, num_blocks, padded=False, protected=protected)
         adopt(self, original, ["norm1", "attention", "layer_scale1", "drop_path", "norm2", "mlp", "layer_scale2"])
 
     def attention_residual(self, x: Tensor, bias: Tensor | None) -> tuple[Tensor, AttentionInfo]:
@@ -78,7 +78,7 @@ class _HFVisionAdapter(Adapter):
         raise ValueError(f"no {self.block_class_name} blocks found in {type(model).__name__}")
 
     def rewrite_block(self, block: nn.Module, index: int, num_blocks: int, model: nn.Module) -> TokenBlock:
-        return self.token_block(block, model.config.hidden_size, index, num_blocks)
+        return self.token_block(block, model.config.hidden_size, index, num_blocks, self.protected_tokens(model))
 
     def prefix_tokens(self, model: nn.Module) -> int:
         return 1

@@ -20,8 +20,8 @@ _BLOCK_PARTS = ["norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "dr
 
 
 class TimmTokenBlock(TokenBlock):
-    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int):
-        super().__init__(hidden_size, index, num_blocks, uses_mask=False)
+    def __init__(self, original: nn.Module, hidden_size: int, index: int, num_blocks: int, protected: int):
+        super().__init__(hidden_size, index, num_blocks, padded=False, protected=protected)
         adopt(self, original, _BLOCK_PARTS)
 
     def attention_residual(self, x: Tensor, bias: Tensor | None) -> tuple[Tensor, AttentionInfo]:
@@ -62,13 +62,18 @@ class TimmViTAdapter(Adapter):
         return "blocks", blocks
 
     def rewrite_block(self, block: nn.Module, index: int, num_blocks: int, model: nn.Module) -> TokenBlock:
-        return TimmTokenBlock(block, model.embed_dim, index, num_blocks)
+        return TimmTokenBlock(block, model.embed_dim, index, num_blocks, self.protected_tokens(model))
 
     def protected_tokens(self, model: nn.Module) -> int:
         return max(1, int(getattr(model, "num_prefix_tokens", 1)))
 
-    def default_input(self, model: nn.Module) -> InputSpec:
-        return InputSpec("image", image_size=int(model.patch_embed.img_size[0]))
+    def default_input(
+        self, model: nn.Module, image_size: int | None = None, sequence_length: int | None = None
+    ) -> InputSpec:
+        return InputSpec("image", image_size=image_size or int(model.patch_embed.img_size[0]))
+
+    def patch_size(self, model: nn.Module) -> int:
+        return int(model.patch_embed.patch_size[0])
 
     def geometry(self, model: nn.Module, spec: InputSpec) -> Geometry:
         dim = model.embed_dim

@@ -1,0 +1,112 @@
+"""Applying a reduction to the tokens: one implementation of select, merge and spread.
+
+Every reducer chooses, per sample, which tokens stay (`kept`, in output order) and which
+tokens move into others (`src` -> output rows `dst`, or spread by an `assignment`), then
+calls one of these. They carry the token state (surgery/state.py) along:
+- x is averaged with token weights (size, 0 for padding), so a merged token stands for
+  the mean of the input tokens it covers; the arithmetic runs in float32, so sizes stay
+  exact in fp16 and bf16 models;
+- real tokens come first in every sample and padding last (the state's invariant).
+
+Samples of a padded batch keep different numbers of tokens, but the tensor has one
+length (the longest sample's). Index `null` (= N, one past the last token) fills the
+rest: it reads a zero row appended for the purpose, so a `kept` slot holding it is an
+empty padding row and a `src` slot holding it moves nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tokcomp.reducers.ops import gather_tokens, index_merge_sum
+from tokcomp.reducers.rate import Count
+from tokcomp.surgery.state import TokenState, carrier_dtype, pack, unpack
+
+
+def first(order: Tensor, count: Count, length: int, null: int) -> Tensor:
+    """The first `count` entries of each row of `order` [B, N], then `null`: [B, length]."""
+    head = order[:, :length]
+    if isinstance(count, int) and count >= length:
+        return head
+    slots = torch.arange(length, device=order.device)
+    limit = count[:, None] if isinstance(count, Tensor) else count
+    return torch.where(slots < limit, head, torch.full_like(head, null))
+
+
+def inverse(order: Tensor) -> Tensor:
+    """Where each token sits in `order` [B, N] (the inverse permutation)."""
+    ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.zeros_like(order).scatter(1, order, ranks)
+
+
+def _with_null(t: Tensor) -> Tensor:
+    """t [B, N, D] with a zero row appended at index N."""
+    return torch.cat([t, t.new_zeros(t.shape[0], 1, t.shape[2])], dim=1)
+
+
+def _extend(t: Tensor, value) -> Tensor:
+    """[B, N] -> [B, N + 1]: the value a null index reads, appended."""
+    return torch.cat([t, torch.full_like(t[:, :1], value)], dim=1)
+
+
+def select(x: Tensor, state: TokenState, index: Tensor, null: bool = False) -> tuple[Tensor, TokenState]:
+    """Keep the tokens at `index` [B, K] (pruning, reordering); values and state copied exactly.
+
+    x and its state are gathered as one packed tensor: one gather (one `GatherTokens` node
+    in the tokcomp ONNX flavour) instead of one per field.
+    """
+    packed = pack(x, state)
+    if null:
+        packed = _with_null(packed)
+    picked = gather_tokens(packed, index)
+    x, picked_state = unpack(picked, x.shape[-1], x.dtype, state.real is not None, state.source is not None)
+    if null and picked_state.real is not None:  # a null row has size 0: make it 1 like all padding
+        picked_state = picked_state._replace(size=torch.where(picked_state.real, picked_state.size, 1.0))
+    return x, picked_state
+
+
+def merge(
+    x: Tensor,
+    state: TokenState,
+    kept: Tensor,
+    src: Tensor,
+    dst: Tensor | None = None,
+    assignment: Tensor | None = None,
+    scale: Tensor | None = None,
+    null: bool = False,
+) -> tuple[Tensor, TokenState]:
+    """Output row i = weighted mean of token kept[i] and every token moved into row i.
+
+    Exclusive: token src[b, s] moves whole into output row dst[b, s]. Spread (Token
+    Transforming): it moves a share assignment[b, s, i] into each output row i (shares of
+    a row of `assignment` sum to 1). `scale` [B, N] multiplies token weights (EViT's
+    attention shares). Sizes follow the same sums, so token mass is conserved.
+    """
+    dtype = carrier_dtype(x.dtype)
+    weight = state.weight() if scale is None else state.weight() * scale
+    parts = [x.to(dtype) * weight[..., None], weight[..., None]]
+    if state.source is not None:  # the source map follows T itself (scaled rows included)
+        parts.append(state.source if scale is None else state.source * scale[..., None])
+    t = torch.cat(parts, dim=-1)
+    if null:
+        t = _with_null(t)
+    if assignment is None:
+        out = index_merge_sum(t, kept, src, dst)
+    else:
+        out = torch.baddbmm(gather_tokens(t, kept), assignment.transpose(-1, -2).to(t.dtype), gather_tokens(t, src))
+    hidden = x.shape[-1]
+    total = out[..., hidden]
+    real = total > 0
+    size = torch.where(real, total, torch.ones_like(total))
+    merged_x = (out[..., :hidden] / size[..., None]).to(x.dtype)
+    protected, position = state.protected, state.position
+    if null:
+        protected, position = _extend(protected, False), _extend(position, 0)
+    return merged_x, TokenState(
+        size=size,
+        real=real if state.real is not None else None,
+        protected=protected.gather(1, kept),
+        position=position.gather(1, kept),
+        source=out[..., hidden + 1 :] if state.source is not None else None,
+    )

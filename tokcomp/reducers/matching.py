@@ -1,0 +1,124 @@
+"""ToMe's bipartite matching: the one implementation (ToMe, Token Transforming, DiffRate, the search).
+
+1. alternating split of the tokens in their current order: A = 0, 2, 4, ..., B = 1, 3, 5, ...;
+2. scores S = A B^T on a normalised metric; a pair is allowed only when the A token may
+   move (real, not protected) and the B token may receive (real, not protected), so real
+   tokens never meet padding and protected tokens never change;
+3. every A token takes its best B partner; the A tokens with the highest scores move.
+
+Output order, as ToMe's: protected tokens first (in index order), then the A tokens that
+stay (index order), then B (index order), then padding. With real tokens first in every
+sample (the state's invariant) a sample of n real tokens always has (n - protected) // 2
+movable A tokens, ToMe's cap.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from tokcomp.reducers.apply import first, inverse, merge
+from tokcomp.reducers.rate import Count
+from tokcomp.surgery.state import TokenState
+
+
+class Matching(NamedTuple):
+    scores: Tensor  # [B, Na, Nb] A x B scores; pairs that are not allowed hold `forbidden`
+    best: Tensor  # [B, Na] score of each A token's best partner (`forbidden` if it may not move)
+    partner: Tensor  # [B, Na] index into B of that partner
+    forbidden: float
+
+
+def alternate(t: Tensor, start: int) -> Tensor:
+    """Tokens start, start + 2, ... of t [B, N, ...], as a fresh contiguous tensor.
+
+    A strided view (t[:, 0::2]) would make torch.compile guard on the parity of N (through
+    stride checks in matmul), which multiplies recompiles with every reducing block.
+    """
+    return t.index_select(1, torch.arange(start, t.shape[1], 2, device=t.device))
+
+
+def bipartite_matching(metric: Tensor, state: TokenState) -> Matching:
+    """Scores and best partners of the alternating split; metric [B, N, d], L2-normalised."""
+    scores = alternate(metric, 0) @ alternate(metric, 1).transpose(-1, -2)
+    free = ~state.protected if state.real is None else state.real & ~state.protected
+    allowed = alternate(free, 0)[:, :, None] & alternate(free, 1)[:, None, :]
+    forbidden = torch.finfo(scores.dtype).min
+    scores = torch.where(allowed, scores, torch.full_like(scores, forbidden))
+    best, partner = scores.max(dim=-1)
+    return Matching(scores, best, partner, forbidden)
+
+
+class MergePlan(NamedTuple):
+    kept: Tensor  # [B, K] tokens that become the output rows, in output order (null past a sample's end)
+    src: Tensor  # [B, S] tokens that move (null for a slot that moves nothing)
+    src_a: Tensor  # [B, S] the same slots as indices into A (valid in every slot)
+    rows: Tensor  # [B, N + 1] output row of every token (and of null)
+    moving: Tensor  # [B, S] bool: the slot moves a token
+
+
+def plan_bipartite(matching: Matching, state: TokenState, removed: Count, slots: int, length: int) -> MergePlan:
+    """Which tokens stay and which move, when each sample moves `removed` of its A tokens.
+
+    `slots` (static) is the most any sample moves; `length` (static) is the output length.
+    """
+    batch, tokens = state.protected.shape
+    device = state.protected.device
+    null = tokens
+    order = matching.best.argsort(dim=-1, descending=True, stable=True)
+    slot_index = torch.arange(slots, device=device)
+    moving = slot_index < (removed[:, None] if isinstance(removed, Tensor) else removed)
+    moving = moving.expand(batch, slots)
+    src_a = order[:, :slots]
+    # Output key per token: protected first, then A that stays, then B; movers and padding last.
+    position = torch.arange(tokens, device=device)
+    key = torch.where(position % 2 == 0, position, tokens + position).expand(batch, tokens)
+    key = torch.where(state.protected, position - 2 * tokens, key)
+    gone = torch.zeros_like(state.protected).scatter(1, 2 * src_a, moving)
+    if state.real is not None:
+        gone = gone | ~state.real
+    key = torch.where(gone, 3 * tokens + position, key)
+    sorted_tokens = key.argsort(dim=-1)
+    rows = torch.cat([inverse(sorted_tokens), torch.zeros_like(sorted_tokens[:, :1])], dim=1)
+    stays = tokens - removed if state.real is None else state.real.sum(dim=-1) - removed
+    kept = first(sorted_tokens, stays, length, null)
+    src = torch.where(moving, 2 * src_a, torch.full_like(src_a, null))
+    return MergePlan(kept, src, src_a, rows, moving)
+
+
+def merge_matched(
+    x: Tensor, state: TokenState, matching: Matching, removed: Count, slots: int, length: int
+) -> tuple[Tensor, TokenState]:
+    """ToMe's merge: each moving A token whole into its best B partner, size-weighted."""
+    plan = plan_bipartite(matching, state, removed, slots, length)
+    partner = 2 * matching.partner.gather(1, plan.src_a) + 1
+    dst = torch.where(plan.moving, plan.rows.gather(1, partner), torch.zeros_like(partner))
+    return merge(x, state, plan.kept, plan.src, dst, null=state.real is not None)
+
+
+def scores_to_kept(metric: Tensor, state: TokenState, kept: Tensor, moved: Tensor, null: bool) -> Tensor:
+    """Similarity [B, S, K] of every moved token to every kept row; rows that may not receive
+    (protected, padding, empty) hold the lowest float."""
+    if null:
+        metric = torch.cat([metric, metric.new_zeros(metric.shape[0], 1, metric.shape[2])], dim=1)
+    free = ~state.protected if state.real is None else state.real & ~state.protected
+    if null:
+        free = torch.cat([free, torch.zeros_like(free[:, :1])], dim=1)
+    scores = gather_rows(metric, moved) @ gather_rows(metric, kept).transpose(-1, -2)
+    receives = free.gather(1, kept)[:, None, :]
+    return torch.where(receives, scores, torch.full_like(scores, torch.finfo(scores.dtype).min))
+
+
+def merge_into_most_similar(
+    x: Tensor, state: TokenState, metric: Tensor, kept: Tensor, moved: Tensor, moving: Tensor, null: bool
+) -> tuple[Tensor, TokenState]:
+    """Each moving token (moved [B, S]) whole into its most similar kept row (DiffRate's merge)."""
+    dst = scores_to_kept(metric, state, kept, moved, null).argmax(dim=-1)
+    return merge(x, state, kept, moved, torch.where(moving, dst, torch.zeros_like(dst)), null=null)
+
+
+def gather_rows(t: Tensor, index: Tensor) -> Tensor:
+    """t [B, N, d] at index [B, K] -> [B, K, d] (selection metrics; not a swappable step)."""
+    return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
