@@ -1,19 +1,23 @@
 """Checkpoint: exact reload from the folder alone, atomic writes, and one-line errors."""
 
+import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
 import tokcomp
 from tests.conftest import tiny_vision
-from tokcomp.checkpoint import STATE_FILE, WEIGHTS_FILE
+from tokcomp.checkpoint import STATE_FILE, WEIGHTS_FILE, read_state, record_export, weights_header_digest
 from tokcomp.errors import CheckpointError, TokcompError
-from tokcomp.fileio import read_json
+from tokcomp.fileio import FILE_MODE, read_json
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +110,11 @@ def test_corrupted_checkpoints_fail_clearly(compiled, tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tokcomp.cli", *args], capture_output=True, text=True, cwd=cwd,
-        env={"TOKCOMP_QUIET": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
-    )
+    # A bare environment (no PATH, offline), but the same tokcomp as the tests import.
+    env = {"TOKCOMP_QUIET": "1", "PATH": "", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return subprocess.run([sys.executable, "-m", "tokcomp.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 @pytest.mark.parametrize(
@@ -137,3 +142,70 @@ def test_cli_inspect_and_bad_checkpoint(compiled, tmp_path):
     assert "tokens out" in result.stderr and "59" in result.stderr
     missing = _cli("inspect", str(tmp_path))
     assert missing.returncode != 0 and "tokcomp.json is missing" in missing.stderr
+
+
+def _edited_copy(compiled, tmp_path, edit):
+    copy = tmp_path / "copy"
+    shutil.copytree(compiled, copy)
+    state = read_json(copy / STATE_FILE)
+    edit(state)
+    (copy / STATE_FILE).write_text(json.dumps(state, indent=2))
+    return copy
+
+
+def test_digests_are_written_and_outputs_are_ordinary_files(compiled):
+    integrity = read_json(compiled / STATE_FILE)["integrity"]
+    assert integrity["algorithm"] == "sha256" and len(integrity["state"]) == len(integrity["weights_header"]) == 64
+    assert integrity["weights_header"] == weights_header_digest(compiled / WEIGHTS_FILE)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in compiled.iterdir()}
+    assert modes[WEIGHTS_FILE] == modes[STATE_FILE] == FILE_MODE  # safetensors alone would leave 0600
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s["passes"][0]["metadata"].update(r_per_layer=[8, 8, 8, 8]),
+        lambda s: s["passes"][0]["config"].update(r=1),
+        lambda s: s["input"].update(image_size=64),
+        lambda s: s.update(tokens_per_layer=[60, 50, 40, 30]),
+    ],
+    ids=["r_per_layer", "config", "input", "tokens_per_layer"],
+)
+def test_an_edited_tokcomp_json_is_refused(compiled, tmp_path, edit):
+    """By load and by everything that reads the state (inspect's one line: tests/test_errors.py)."""
+    edited = _edited_copy(compiled, tmp_path, edit)
+    with pytest.raises(CheckpointError, match="was edited after compile"):
+        tokcomp.load(edited)
+    with pytest.raises(CheckpointError, match="was edited after compile"):
+        read_state(edited)
+
+
+def test_weights_of_another_model_are_refused(compiled, tmp_path):
+    swapped = tmp_path / "swapped"
+    shutil.copytree(compiled, swapped)
+    tensors = safetensors.torch.load_file(swapped / WEIGHTS_FILE)
+    tensors.pop(sorted(tensors)[-1])
+    safetensors.torch.save_file(tensors, swapped / WEIGHTS_FILE, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="does not match tokcomp.json"):
+        read_state(swapped)
+
+
+def test_recording_an_export_keeps_the_digest_valid(compiled, tmp_path):
+    copy = _edited_copy(compiled, tmp_path, lambda s: None)
+    record_export(copy, {"format": "onnx", "file": "model.onnx", "validation": {"passed": True}})
+    record_export(copy, {"format": "onnx", "file": "model.onnx", "validation": {"passed": False}})
+    assert read_state(copy).exports == [{"format": "onnx", "file": "model.onnx", "validation": {"passed": False}}]
+    assert read_json(copy / STATE_FILE)["integrity"] == read_json(compiled / STATE_FILE)["integrity"]
+    tokcomp.load(copy)
+
+
+def test_a_checkpoint_from_before_the_digests_still_loads(compiled, tmp_path):
+    legacy = _edited_copy(compiled, tmp_path, lambda s: s.pop("integrity"))
+    assert read_state(legacy).integrity is None
+    tokcomp.load(legacy)
+
+
+def test_a_checkpoint_as_the_model_of_a_recipe_is_refused(compiled, tmp_path):
+    with pytest.raises(TokcompError, match="is a tokcomp checkpoint .*would silently drop its passes"):
+        tokcomp.compile({"model": str(compiled), "passes": [{"type": "tome", "r": 1}]}, tmp_path / "again")
+    assert not (tmp_path / "again").exists()

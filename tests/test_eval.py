@@ -199,3 +199,47 @@ def test_text_model_fidelity_matches_compile_report(tmp_path):
     assert result["fidelity"]["cosine_mean"] == pytest.approx(report["cosine_mean"], rel=1e-5)
     assert result["fidelity"]["cosine_min"] == pytest.approx(report["cosine_min"], rel=1e-5)
     assert result["accuracy"] is None and result["notes"] == ["accuracy skipped: the data has no labels"]
+
+
+def test_default_thresholds_flag_nothing_on_a_faithful_model(identity):
+    fidelity = read_json(identity / "report.json")["fidelity"]
+    assert fidelity["warn_below"] == {"cosine_mean": 0.9, "cosine_min": None, "top1_agreement": 0.8}
+    assert fidelity["below_threshold"] == {}
+
+
+def test_low_fidelity_is_flagged_in_the_report_the_page_inspect_and_eval(labeled, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from tokcomp.cli import main
+    from tokcomp.visual import write_report
+
+    images = str(labeled / "images")
+    strict = {"cosine_mean": 0.99999999, "top1_agreement": None}  # r=6 keeps less than that
+    recipe = {
+        "model": str(labeled / "model"),
+        "passes": [{"type": "tome", "r": 6}],
+        "evaluation": {"data": images, "samples": 6, "batch_size": 3, "random_baseline": False, "warn_below": strict},
+    }
+    out = tokcomp.compile(recipe, tmp_path / "low")
+    fidelity = read_json(out / "report.json")["fidelity"]
+    assert list(fidelity["below_threshold"]) == ["cosine_mean"] and fidelity["warn_below"]["cosine_mean"] == 0.99999999
+
+    assert "warning: low fidelity (cosine_mean 0." in write_report(out, images=0).read_text()
+
+    monkeypatch.setattr(sys, "argv", ["tokcomp", "inspect", str(out)])
+    with pytest.raises(SystemExit):
+        main()
+    assert "warning: low fidelity (cosine_mean 0." in capsys.readouterr().err  # shown even with TOKCOMP_QUIET
+
+    result = evaluate_checkpoint(out, images, samples=6, batch_size=3)  # held to the thresholds compile used
+    assert list(result["fidelity"]["below_threshold"]) == ["cosine_mean"]
+
+
+def test_evaluation_false_skips_fidelity(labeled, tmp_path):
+    from tokcomp.recipe import recipe_from_dict, without_evaluation
+
+    recipe = {"model": str(labeled / "model"), "passes": [{"type": "tome", "r": 2}], "evaluation": False}
+    out = tokcomp.compile(recipe, tmp_path / "fast")
+    assert read_json(out / "report.json")["fidelity"] is None
+    assert read_json(out / "report.json")["flops"]["ratio"] < 1  # everything else is still measured
+    assert without_evaluation(recipe_from_dict({**recipe, "evaluation": True})).document.evaluation is None

@@ -253,3 +253,33 @@ def test_minilm_compiled_once_is_right_under_dynamic_padding(minilm):
         assert abs(sum(cuts) / len(cuts) - 0.35) <= 0.05, label
         ours = cosines(minilm.model, model, minilm.processor, texts, 16).mean()
         assert ours > cosines(minilm.model, baseline, minilm.processor, texts, 16).mean() + 0.05, label
+
+
+def test_a_recipe_image_size_is_saved_into_the_processor(tmp_path):
+    """The checkpoint's processor produces the reference size the budget was resolved at."""
+    from transformers import AutoImageProcessor, BitImageProcessor
+
+    from tokcomp.fileio import read_json
+
+    folder = tmp_path / "dinov2"
+    model = tiny_vision("dinov2")
+    model.config.architectures = ["Dinov2Model"]
+    model.save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    recipe = {
+        "model": {"source": str(folder), "image_size": 48},
+        "passes": [{"type": "tome", "r": 8}],
+        "evaluation": False,
+    }
+    out = tokcomp.compile(recipe, tmp_path / "ckpt")
+    assert read_json(out / "tokcomp.json")["input"]["image_size"] == 48
+    assert read_json(out / "report.json")["tokens_per_layer"]["input"] == 12 * 12 + 1
+    processor = AutoImageProcessor.from_pretrained(out)
+    from PIL import Image
+
+    assert processor(images=[Image.new("RGB", (90, 70))], return_tensors="pt")["pixel_values"].shape[-2:] == (48, 48)
+
+
+def test_a_vit_reference_size_other_than_its_own_is_refused():
+    with pytest.raises(RecipeError, match="takes 32 px images only"):
+        tokcomp.apply(tiny_vision("vit"), [{"type": "tome", "r": 2}], image_size=48)

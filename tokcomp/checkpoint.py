@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,10 +25,10 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from tokcomp.errors import CheckpointError
-from tokcomp.fileio import read_json, write_json
+from tokcomp.fileio import CHECKPOINT_MARKER, read_json, write_json
 from tokcomp.passes import PassRecord, get_pass
 
-STATE_FILE = "tokcomp.json"
+STATE_FILE = CHECKPOINT_MARKER
 WEIGHTS_FILE = "model.safetensors"
 # 2: token budgets apply as rates of each input's own tokens (the records did not change: a
 # format-1 checkpoint loads into the same model at its reference input, and now into the
@@ -64,6 +66,7 @@ class CheckpointState(BaseModel):
     passes: list[PassRecordModel]
     tokens_per_layer: list[int] | None = None
     exports: list[dict[str, Any]] = []  # one entry per exported artifact (format, file, validation)
+    integrity: dict[str, str] | None = None  # digests checked on every read (see state_digest)
 
 
 @dataclass
@@ -105,7 +108,7 @@ def save_checkpoint(
         passes=[PassRecordModel(**r.to_json()) for r in records],
         tokens_per_layer=token_tokens,
     )
-    write_json(folder / STATE_FILE, state.model_dump(mode="json"))
+    write_json(folder / STATE_FILE, with_integrity(folder, state.model_dump(mode="json")))
     if recipe_text is not None:
         (folder / "recipe.yaml").write_text(recipe_text)
     write_json(folder / "report.json", report)
@@ -114,11 +117,14 @@ def save_checkpoint(
 
 
 def record_export(path: str | Path, entry: dict[str, Any]) -> None:
-    """Add (or replace, by file name) an export entry in a checkpoint's tokcomp.json, atomically."""
+    """Add (or replace, by file name) an export entry in a checkpoint's tokcomp.json, atomically.
+
+    Only "exports" changes: the rest is written back as read, so its digest stays valid.
+    """
     path = Path(path)
     state = read_state(path)
     exports = [e for e in state.exports if e.get("file") != entry.get("file")] + [entry]
-    write_json(path / STATE_FILE, state.model_copy(update={"exports": exports}).model_dump(mode="json"))
+    write_json(path / STATE_FILE, {**read_json(path / STATE_FILE), "exports": exports})
 
 
 def read_state(path: str | Path) -> CheckpointState:
@@ -132,7 +138,8 @@ def read_state(path: str | Path) -> CheckpointState:
             hint="point at the output folder of `tokcomp compile`",
         )
     try:
-        state = CheckpointState.model_validate(read_json(state_file))
+        raw = read_json(state_file)
+        state = CheckpointState.model_validate(raw)
     except (ValueError, ValidationError) as exc:
         raise CheckpointError(f"{state_file} is corrupted: {str(exc).splitlines()[0]}") from None
     if state.format_version > FORMAT_VERSION:
@@ -140,7 +147,58 @@ def read_state(path: str | Path) -> CheckpointState:
             f"{path} uses checkpoint format {state.format_version}; this tokcomp reads up to {FORMAT_VERSION}",
             hint="upgrade tokcomp",
         )
+    check_integrity(path, raw)
     return state
+
+
+# ------------------------------------------------------------------ integrity
+# tokcomp.json carries two digests: of what the model is rebuilt from (base model, input,
+# pass records; not the exports, which `record_export` rewrites), and of the weights'
+# safetensors header (tensor names, dtypes, shapes, offsets). An edited tokcomp.json or
+# weights from another compile then fail loudly instead of loading something else.
+# Checkpoints written before the digests existed carry none and are read as before.
+
+DIGEST_KEYS = ("base", "input", "passes", "tokens_per_layer")
+
+
+def state_digest(raw: dict[str, Any]) -> str:
+    covered = {key: raw.get(key) for key in DIGEST_KEYS}
+    return hashlib.sha256(json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def weights_header_digest(weights: Path) -> str:
+    with open(weights, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = fh.read(size) if size <= weights.stat().st_size - 8 else b""
+    if len(header) != size or not size:
+        raise CheckpointError(
+            f"{weights} is corrupted or truncated: no complete safetensors header", hint="re-run tokcomp compile"
+        )
+    return hashlib.sha256(header).hexdigest()
+
+
+def with_integrity(folder: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """The tokcomp.json content with its digests (the weights are already written)."""
+    weights = weights_header_digest(folder / WEIGHTS_FILE)
+    return {**raw, "integrity": {"algorithm": "sha256", "state": state_digest(raw), "weights_header": weights}}
+
+
+def check_integrity(path: Path, raw: dict[str, Any]) -> None:
+    recorded = raw.get("integrity")
+    if not recorded:
+        return
+    if recorded.get("state") != state_digest(raw):
+        raise CheckpointError(
+            f"{path / STATE_FILE} was edited after compile: its base model, input or pass records no longer "
+            "match their digest, so the model it describes is not the one that was compiled",
+            hint="re-run tokcomp compile with the settings you want instead of editing tokcomp.json",
+        )
+    weights = path / WEIGHTS_FILE
+    if weights.is_file() and recorded.get("weights_header") != weights_header_digest(weights):
+        raise CheckpointError(
+            f"{weights} does not match {STATE_FILE}: its tensor names or shapes differ from the compiled ones",
+            hint="the folder mixes files from different compiles; re-run tokcomp compile",
+        )
 
 
 def open_checkpoint(path: str | Path, apply_passes: bool = True) -> Checkpoint:

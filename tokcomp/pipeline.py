@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from tokcomp.checkpoint import save_checkpoint
-from tokcomp.errors import RecipeError, TokcompError, UnsupportedModelError
-from tokcomp.fileio import atomic_directory
+from tokcomp.errors import RecipeError, UnsupportedModelError
+from tokcomp.fileio import atomic_directory, check_output_folder
 from tokcomp.passes import PassRecord, get_pass
 from tokcomp.passes.context import PassContext
-from tokcomp.progress import info
+from tokcomp.progress import info, step
 from tokcomp.recipe import PassSpec, Recipe
 from tokcomp.sources import load_model
 from tokcomp.surgery.adapters.base import InputSpec
@@ -37,19 +37,21 @@ def run_passes(model: nn.Module, passes: list[PassSpec], ctx: PassContext) -> li
 def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) -> Path:
     """Run a recipe end to end and write the checkpoint folder; returns its path."""
     output_dir = Path(output_dir)
-    if output_dir.exists() and not force:  # fail before minutes of work, not after
-        raise TokcompError(f"output folder {output_dir} already exists", hint="pass --force to overwrite it")
+    # Everything that can be checked without the model fails before minutes of work, not after.
+    check_output_folder(output_dir, force=force, inputs=recipe.local_inputs())
     from tokcomp.export import export_checkpoint, known_formats
 
     unknown = [f for f in recipe.document.export if f not in known_formats()]
     if unknown:
         raise RecipeError(f"unknown export formats {unknown}", hint=f"choose from {', '.join(known_formats())}")
     torch.manual_seed(recipe.seed)
-    info(f"loading [bold]{recipe.model.source}[/]")
-    loaded = load_model(recipe.model)
+    with step(f"loading {recipe.model.source}"):
+        loaded = load_model(recipe.model)
     original = copy.deepcopy(loaded.model)
     ctx = PassContext(loaded.input_spec, recipe.seed, recipe.document.calibration, loaded)
-    records = run_passes(loaded.model, recipe.passes, ctx)
+    # No duration line of its own: each pass logs its own.
+    with step(f"applying {', '.join(spec.type for spec in recipe.passes)}", log_duration=False):
+        records = run_passes(loaded.model, recipe.passes, ctx)
     from tokcomp.calibrate.distributed import is_main_process
 
     if not is_main_process():  # under torchrun every rank runs the passes; rank 0 alone reports and writes
@@ -57,10 +59,11 @@ def compile_recipe(recipe: Recipe, output_dir: str | Path, force: bool = False) 
     from tokcomp.report import build_report
 
     report = build_report(original, loaded, records, recipe.document.evaluation, recipe.seed)
-    with atomic_directory(output_dir, force=force) as tmp:
+    with step(f"writing {output_dir}"), atomic_directory(output_dir, force=force) as tmp:
         save_checkpoint(tmp, loaded, records, recipe.text, report, ctx.file_writers)
         for fmt in recipe.document.export:  # a failed export fails the compile and leaves nothing
-            export_checkpoint(tmp, fmt)
+            with step(f"exporting {fmt}"):
+                export_checkpoint(tmp, fmt)
     return output_dir
 
 

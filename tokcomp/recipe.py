@@ -13,6 +13,8 @@ Errors name the file, line, key path, the bad value and the valid choices.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -21,6 +23,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from tokcomp.errors import RecipeError
+from tokcomp.fileio import read_text
 from tokcomp.passes import PASSES, PassConfig, get_pass
 from tokcomp.passes.base import StrictModel
 
@@ -70,15 +73,30 @@ class CalibrationSpec(DataSpec):
         return value
 
 
+class FidelityThresholds(StrictModel):
+    """Fidelity below these is flagged: a warning, and `below_threshold` in report.json / eval.json.
+
+    Defaults: a usable token reduction keeps more (ToMe at -50% FLOPs on DINOv2-S: cosine
+    0.966); null turns a check off.
+    """
+
+    cosine_mean: float | None = Field(default=0.9, ge=-1, le=1)
+    cosine_min: float | None = Field(default=None, ge=-1, le=1)
+    top1_agreement: float | None = Field(default=0.8, ge=0, le=1)
+
+
 class EvaluationSpec(DataSpec):
     random_baseline: bool = Field(default=True, description="also score random token dropping at the same counts")
+    warn_below: FidelityThresholds = FidelityThresholds()
 
 
 class RecipeDocument(StrictModel):
     model: ModelSpec
     passes: list[dict[str, Any]] = Field(min_length=1)
     calibration: CalibrationSpec = CalibrationSpec()
-    evaluation: EvaluationSpec = EvaluationSpec()
+    evaluation: EvaluationSpec | None = Field(
+        default=EvaluationSpec(), description="fidelity measured at compile time; false skips it"
+    )
     export: list[str] = Field(default_factory=list)
     seed: int = 0
 
@@ -86,6 +104,13 @@ class RecipeDocument(StrictModel):
     @classmethod
     def _model_shorthand(cls, value):
         return {"source": value} if isinstance(value, str) else value
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _evaluation_switch(cls, value):
+        if value is False:
+            return None
+        return {} if value is True else value
 
 
 @dataclass(frozen=True)
@@ -109,12 +134,32 @@ class Recipe:
     def seed(self) -> int:
         return self.document.seed
 
+    def local_inputs(self) -> list[Path]:
+        """The files and folders on this machine the compile reads (that its output must not replace)."""
+        document = self.document
+        calibration_loop = (document.calibration.forward_loop or "").rpartition(":")[0]
+        named = [
+            document.model.source,
+            document.calibration.data,
+            document.evaluation.data if document.evaluation else None,
+            calibration_loop,
+        ]
+        paths = [self.path] if self.path else []
+        return paths + [Path(p) for p in named if p and not p.startswith("zoo:") and Path(p).exists()]
+
+
+def without_evaluation(recipe: Recipe) -> Recipe:
+    """The recipe with `evaluation: false` (tokcomp compile --no-eval)."""
+    return dataclasses.replace(recipe, document=recipe.document.model_copy(update={"evaluation": None}))
+
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder", hint="give the recipe's .yaml file")
     if not path.is_file():
-        raise RecipeError(f"recipe file {path} not found")
-    return parse_recipe(path.read_text(), source=str(path), path=path)
+        raise RecipeError(f"recipe file {path} not found", hint="check the path; recipes/ has examples")
+    return parse_recipe(read_text(path), source=str(path), path=path)
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
@@ -135,6 +180,7 @@ def parse_recipe(text: str, source: str = "<recipe>", path: Path | None = None) 
         document = RecipeDocument.model_validate(data)
     except ValidationError as exc:
         raise _schema_error(exc, RecipeDocument, data, (), source, lines) from None
+    _check_pass_modalities(document, source, lines)
     specs = [_pass_spec(raw, i, source, lines) for i, raw in enumerate(document.passes)]
     return Recipe(document=document, passes=specs, text=text, path=path)
 
@@ -163,6 +209,22 @@ def _pass_spec(raw: dict[str, Any], index: int, source: str, lines: dict) -> Pas
         return PassSpec(kind, config_cls.model_validate(params))
     except ValidationError as exc:
         raise _schema_error(exc, config_cls, params, where, source, lines) from None
+
+
+def _check_pass_modalities(document: RecipeDocument, source: str, lines: dict) -> None:
+    """A pass made for one modality (vocab_trim: text) on a model known, without loading it, to be another."""
+    from tokcomp.sources import known_modality
+
+    modality = known_modality(document.model.source)
+    for index, raw in enumerate(document.passes):
+        allowed = getattr(PASSES.get(str(raw.get("type"))), "modalities", None)
+        if modality and allowed and modality not in allowed:
+            where = ("passes", index, "type")
+            raise RecipeError(
+                f"{_where(source, lines, where)}: {_path(where)}: {raw['type']} applies to {' / '.join(allowed)} "
+                f"models; {document.model.source} is a model for {modality}",
+                hint=f"remove this pass, or use a {allowed[0]} model (see `tokcomp zoo list`)",
+            )
 
 
 # ---------------------------------------------------------------- error reporting
@@ -236,7 +298,8 @@ def _value_at(data: Any, loc: tuple) -> Any:
 
 
 def _schema_error(exc: ValidationError, cls, data, base: tuple, source: str, lines: dict) -> RecipeError:
-    errors = exc.errors()
+    # An unknown key first: `pases:` is a typo of `passes`, not a recipe without passes.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     loc = _data_prefix(data, tuple(first["loc"]))
     full = (*base, *loc)
@@ -244,8 +307,11 @@ def _schema_error(exc: ValidationError, cls, data, base: tuple, source: str, lin
     if first["type"] == "extra_forbidden":
         key = first["loc"][-1]
         owner = _model_at(cls, tuple(first["loc"])[:-1])
-        valid = ", ".join(f.alias or n for n, f in owner.model_fields.items()) if owner else "see the README"
-        return RecipeError(f"{where}: {_path(full)}: unknown key {key!r} (valid keys: {valid})")
+        names = [f.alias or n for n, f in owner.model_fields.items()] if owner else []
+        valid = ", ".join(names) or "see the README"
+        close = difflib.get_close_matches(str(key), names, n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        return RecipeError(f"{where}: {_path(full)}: unknown key {key!r} ({guess}valid keys: {valid})")
     if first["type"] == "missing":
         return RecipeError(f"{where}: {_path((*base, *first['loc']))}: required key is missing")
     same_field = [e for e in errors if _data_prefix(data, tuple(e["loc"])) == loc]
@@ -259,4 +325,13 @@ def _schema_error(exc: ValidationError, cls, data, base: tuple, source: str, lin
     return RecipeError(f"{where}: {_path(full) if loc else _path(base)}: {message}; got {got!r}{more}")
 
 
-__all__ = ["Recipe", "RecipeDocument", "PassSpec", "ModelSpec", "load_recipe", "parse_recipe", "recipe_from_dict"]
+__all__ = [
+    "Recipe",
+    "RecipeDocument",
+    "PassSpec",
+    "ModelSpec",
+    "load_recipe",
+    "parse_recipe",
+    "recipe_from_dict",
+    "without_evaluation",
+]

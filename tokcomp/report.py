@@ -11,9 +11,11 @@ from tokcomp.analysis.baselines import random_drop_like
 from tokcomp.analysis.fidelity import compare_models
 from tokcomp.analysis.flops import gmacs, model_macs, per_layer_macs
 from tokcomp.data import load_samples, make_batches
+from tokcomp.data.sources import default_data
 from tokcomp.errors import UnsupportedModelError
+from tokcomp.evaluation.metrics import flag_low_fidelity
 from tokcomp.passes import PassRecord
-from tokcomp.progress import progress_bar
+from tokcomp.progress import progress_bar, step
 from tokcomp.recipe import EvaluationSpec
 from tokcomp.sources import LoadedModel
 from tokcomp.surgery import find_adapter
@@ -28,8 +30,9 @@ def token_record(records: list[PassRecord]) -> PassRecord | None:
 
 
 def build_report(
-    original: nn.Module, loaded: LoadedModel, records: list[PassRecord], evaluation: EvaluationSpec, seed: int
+    original: nn.Module, loaded: LoadedModel, records: list[PassRecord], evaluation: EvaluationSpec | None, seed: int
 ) -> dict[str, Any]:
+    """report.json; `evaluation` None (evaluation: false, --no-eval) leaves fidelity unmeasured (null)."""
     report: dict[str, Any] = {
         "source": loaded.source,
         "input": {k: v for k, v in vars(loaded.input_spec).items() if v is not None},
@@ -39,7 +42,8 @@ def build_report(
     token_pass = token_record(records)
     report.update(_flops_and_tokens(original, loaded, token_pass))
     # Token fidelity only means something after token reduction; other passes report their own checks.
-    report["fidelity"] = _fidelity(original, loaded, token_pass, evaluation, seed) if token_pass else None
+    measure = token_pass is not None and evaluation is not None
+    report["fidelity"] = _fidelity(original, loaded, token_pass, evaluation, seed) if measure else None
     for record in records:
         if "report" in record.metadata:
             report[record.name] = record.metadata["report"]
@@ -73,20 +77,22 @@ def _fidelity(
     original: nn.Module, loaded: LoadedModel, token_pass: PassRecord, evaluation: EvaluationSpec, seed: int
 ) -> dict[str, Any]:
     spec = loaded.input_spec
-    samples = load_samples(evaluation.data, spec.modality, evaluation.samples, seed)
-    batches = list(make_batches(samples, loaded.processor, spec.modality, evaluation.batch_size, spec.sequence_length))
-    result: dict[str, Any] = {
-        "data": evaluation.data or ("zoo:images" if spec.modality == "image" else "zoo:text"),
-        "pooling": loaded.pooling,
-    }
-    result.update(compare_models(original, loaded.model, _with_progress(batches, "fidelity"), loaded.pooling))
+    data = evaluation.data or default_data(spec.modality)
+    result: dict[str, Any] = {"data": data, "pooling": loaded.pooling}
+    with step(f"measuring fidelity on {data}"):
+        samples = load_samples(evaluation.data, spec.modality, evaluation.samples, seed)
+        batches = list(
+            make_batches(samples, loaded.processor, spec.modality, evaluation.batch_size, spec.sequence_length)
+        )
+        result.update(compare_models(original, loaded.model, _with_progress(batches, "fidelity"), loaded.pooling))
     if evaluation.random_baseline:
         meta = token_pass.metadata
-        baseline = random_drop_like(original, meta["input_tokens"], meta["tokens_per_layer"], seed)
-        result["random_drop_baseline"] = compare_models(
-            original, baseline, _with_progress(batches, "random-drop baseline"), loaded.pooling
-        )
-    return result
+        with step(f"random-drop baseline on {len(samples)} samples"):
+            baseline = random_drop_like(original, meta["input_tokens"], meta["tokens_per_layer"], seed)
+            result["random_drop_baseline"] = compare_models(
+                original, baseline, _with_progress(batches, "random-drop baseline"), loaded.pooling
+            )
+    return flag_low_fidelity(result, evaluation.warn_below.model_dump())
 
 
 def _with_progress(batches: list, label: str) -> Iterator:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from tokcomp.errors import TokcompError
+from tokcomp.errors import TokcompError, first_line
 from tokcomp.recipe import ModelSpec
 from tokcomp.surgery.adapters.base import InputSpec
 
@@ -45,6 +47,7 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
         meta = json.loads((folder / "zoo.json").read_text())
         loaded.pooling = meta.get("pooling", "cls")
     else:
+        _check_local_source(source)
         loaded = _load_transformers(source, spec, source)
     loaded.model.eval()
     loaded.input_spec = _input_spec(loaded, spec)
@@ -59,13 +62,66 @@ def _load_transformers(location: str, spec: ModelSpec, source: str) -> LoadedMod
     try:
         config = transformers.AutoConfig.from_pretrained(location, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise TokcompError(f"cannot load model '{source}': {_first_line(exc)}", hint=SOURCE_HINT) from None
+        raise TokcompError(f"cannot load model '{source}': {first_line(exc)}", hint=SOURCE_HINT) from None
     model_cls = model_class_for(config)
     model = model_cls.from_pretrained(location, dtype=torch.float32, trust_remote_code=spec.trust_remote_code)
-    modality = "text" if getattr(config, "vocab_size", None) and not hasattr(config, "image_size") else "image"
+    modality = modality_of_config(config)
     processor = _processor(location, modality, spec.trust_remote_code)
     pooling = "mean" if modality == "text" and not _has_pooler(model) else "cls"
     return LoadedModel(model, source, "transformers", model_cls.__name__, InputSpec(modality), processor, pooling)
+
+
+def modality_of_config(config) -> Literal["image", "text"]:
+    """Of a transformers config (or config.json's keys): text models have a vocabulary and no image size."""
+    return "text" if getattr(config, "vocab_size", None) and not hasattr(config, "image_size") else "image"
+
+
+def known_modality(source: str) -> str | None:
+    """The modality of a zoo model or a local model folder, read without loading the model; None when unknown."""
+    if source.startswith("zoo:"):
+        from tokcomp.zoo.registry import MODELS
+
+        model = MODELS.get(source.removeprefix("zoo:"))
+        return model.modality if model else None
+    config = Path(source).expanduser() / "config.json"
+    try:
+        return modality_of_config(SimpleNamespace(**json.loads(config.read_text()))) if config.is_file() else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _check_local_source(source: str) -> None:
+    """Clear errors for a local model folder that is missing, not a model folder, or a tokcomp checkpoint."""
+    from tokcomp.fileio import CHECKPOINT_MARKER
+
+    path = Path(source).expanduser()
+    if (path / CHECKPOINT_MARKER).is_file():
+        raise TokcompError(
+            f"model '{source}' is a tokcomp checkpoint ({_checkpoint_summary(path / CHECKPOINT_MARKER)}); "
+            "compiling from it would silently drop its passes, so tokcomp does not",
+            hint="compile the original model with all the passes in one recipe, or load the checkpoint with "
+            "tokcomp.load() and add passes with tokcomp.apply()",
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise TokcompError(f"model folder {source} has no config.json", hint="point at a Hugging Face model folder")
+    if path.is_file():
+        raise TokcompError(f"model '{source}' is a file", hint="point at the folder that holds config.json")
+    if not path.exists() and _looks_like_path(source):
+        raise TokcompError(f"cannot load model '{source}': no such folder", hint=SOURCE_HINT)
+
+
+def _checkpoint_summary(state_file: Path) -> str:
+    try:
+        state = json.loads(state_file.read_text())
+        passes = ", ".join(p["name"] for p in state["passes"])
+        return f"{state['base']['source']} + {passes}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its tokcomp.json is unreadable"
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else with a slash, or starting with . or ~, is a path."""
+    return source.startswith((".", "~", "/")) or source.count("/") > 1 or source.endswith("/")
 
 
 def model_class_for(config) -> type:
@@ -107,7 +163,7 @@ def _load_timm(name: str) -> LoadedModel:
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # timm raises RuntimeError / HF hub errors for unknown or offline names
-        raise TokcompError(f"cannot create timm model '{name}': {_first_line(exc)}", hint=SOURCE_HINT) from None
+        raise TokcompError(f"cannot create timm model '{name}': {first_line(exc)}", hint=SOURCE_HINT) from None
     return LoadedModel(model, f"timm:{name}", "timm", type(model).__name__, InputSpec("image"), extra={"timm_name": name})
 
 
@@ -168,9 +224,4 @@ def _processor_image_size(processor) -> int | None:
     if isinstance(size, dict):
         return size.get("height") or size.get("shortest_edge")
     return getattr(size, "height", None) if size is not None else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 

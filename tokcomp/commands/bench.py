@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokcomp.progress import console
+from tokcomp.progress import console, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -29,38 +29,48 @@ def bench_cmd(
     markdown: Annotated[Path | None, typer.Option(help="also write the table as Markdown")] = None,
     original: Annotated[str | None, typer.Option(help="source of the original model, when the checkpoint cannot rebuild it")] = None,
 ) -> None:
-    """Median throughput after warm-up, original vs compressed, in one run; writes a table and JSON."""
+    """Median throughput after warm-up, original vs compressed, in one run; writes a table and JSON.
+
+    Each figure is stored with the machine's load and its run-to-run spread; a noisy one is marked and warned about.
+    """
     from tokcomp.commands.export import parse_batch_sizes
     from tokcomp.errors import TokcompError
-    from tokcomp.export.bench import available_runtimes, bench_pair, checkpoint_pair, markdown_table
-    from tokcomp.fileio import write_json
+    from tokcomp.export.artifacts import atomic_file
+    from tokcomp.export.bench import RESULT_KIND, available_runtimes, bench_pair, checkpoint_pair, markdown_table
+    from tokcomp.fileio import check_output_file, kind_comment, write_json
+    from tokcomp.progress import step
 
     chosen = runtimes or available_runtimes()
     unknown = [r for r in chosen if r not in available_runtimes()]
     if unknown:
         raise TokcompError(f"runtimes {unknown} are not available here", hint=f"available: {', '.join(available_runtimes())}")
-    pair = checkpoint_pair(checkpoint, original)
-    result = bench_pair(
-        pair,
-        chosen,
-        parse_batch_sizes(batch_sizes),
-        warmup,
-        repeats,
-        threads,
-        compressed_onnx=_validated_onnx(checkpoint),
-        on_result=lambda row: console.print(
-            f"{row['runtime']} batch {row['batch_size']}: {row['speedup']:.2f}x", highlight=False
-        ),
-    )
-    result["checkpoint"] = str(checkpoint.resolve())
-    write_json(output or checkpoint / "bench.json", result)
+    sizes = parse_batch_sizes(batch_sizes)
+    # Checked before the work; bench replaces its own earlier results, never another file.
+    output = check_output_file(output or checkpoint / "bench.json", force=True, kind=RESULT_KIND)
     if markdown:
-        from tokcomp.export.artifacts import atomic_file
-
+        markdown = check_output_file(markdown, force=True, kind=RESULT_KIND)
+    with step(f"loading {checkpoint}"):
+        pair = checkpoint_pair(checkpoint, original)
+    with step(f"benchmarking {', '.join(chosen)} at batch {batch_sizes}"):
+        onnx = _validated_onnx(checkpoint)
+        result = bench_pair(pair, chosen, sizes, warmup, repeats, threads, compressed_onnx=onnx, on_result=_report_row)
+    result["checkpoint"] = str(checkpoint.resolve())
+    write_json(output, result)
+    if markdown:
         with atomic_file(markdown) as tmp:
-            tmp.write_text(markdown_table(result))
+            tmp.write_text(kind_comment(RESULT_KIND) + markdown_table(result))
     console.print(_table(result))
-    print((output or checkpoint / "bench.json").resolve())
+    if result["noisy"]:
+        warn("results marked (noisy) were measured on a busy machine or varied run to run; re-run on a quiet machine")
+    print(output.resolve())
+
+
+def _report_row(row: dict) -> None:
+    from tokcomp.export.bench import speedup_text
+
+    console.print(f"{row['runtime']} batch {row['batch_size']}: {speedup_text(row)}", highlight=False)
+    if row["noisy"]:
+        warn(f"{row['runtime']} batch {row['batch_size']} is noisy: {'; '.join(row['noise'])}")
 
 
 def _validated_onnx(checkpoint: Path) -> Path | None:
@@ -74,6 +84,8 @@ def _validated_onnx(checkpoint: Path) -> Path | None:
 
 
 def _table(result: dict) -> Table:
+    from tokcomp.export.bench import speedup_text
+
     ideal = result["flops"].get("ideal_speedup")
     table = Table("runtime", "batch", "original img/s", "compressed img/s", "speed-up", "FLOPs speed-up")
     for row in result["results"]:
@@ -82,7 +94,7 @@ def _table(result: dict) -> Table:
             str(row["batch_size"]),
             f"{row['original']['throughput']:.1f}",
             f"{row['compressed']['throughput']:.1f}",
-            f"{row['speedup']:.2f}x",
+            speedup_text(row),
             f"{ideal:.2f}x" if ideal else "-",
         )
     return table

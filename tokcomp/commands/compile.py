@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokcomp.progress import console
+from tokcomp.progress import console, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -19,14 +19,24 @@ def register(app: typer.Typer) -> None:
 def compile_cmd(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML")],
     output: Annotated[Path, typer.Option("-o", "--output", help="checkpoint folder to write")],
-    force: Annotated[bool, typer.Option("--force", help="overwrite an existing output folder")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace an existing checkpoint folder (never any other folder)")
+    ] = False,
+    evaluate: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="measure fidelity to the original (--no-eval: evaluation: false)")
+    ] = True,
 ) -> None:
     """Compile a recipe into a compressed checkpoint; prints the checkpoint folder last."""
     from tokcomp.pipeline import compile_recipe
-    from tokcomp.recipe import load_recipe
+    from tokcomp.recipe import load_recipe, without_evaluation
 
-    out = compile_recipe(load_recipe(recipe), output, force=force)
+    loaded = load_recipe(recipe)
+    if not evaluate:
+        loaded = without_evaluation(loaded)
+    out = compile_recipe(loaded, output, force=force)
     print_summary(out)
+    if loaded.document.evaluation is None:
+        console.print("fidelity not measured (evaluation: false or --no-eval); `tokcomp eval` measures it later")
     print(out.resolve())
 
 
@@ -37,6 +47,7 @@ def inspect_cmd(checkpoint: Annotated[Path, typer.Argument(help="a tokcomp check
 
 def print_summary(path: Path, per_layer: bool = False) -> None:
     from tokcomp.checkpoint import read_state
+    from tokcomp.evaluation.metrics import low_fidelity_warning
     from tokcomp.fileio import read_json
 
     state = read_state(path)
@@ -50,7 +61,9 @@ def print_summary(path: Path, per_layer: bool = False) -> None:
         cut = 100 * (1 - flops["ratio"])
         console.print(f"FLOPs: {flops['original']:.3f} -> {flops['compressed']:.3f} GMACs ({cut:.1f}% fewer)")
     if fidelity := report.get("fidelity"):
-        console.print(_fidelity_line(fidelity))
+        console.print(_fidelity_line(fidelity), highlight=False)
+        if warning := low_fidelity_warning(fidelity):
+            warn(warning)
 
 
 def _layer_table(flops: dict, tokens: dict) -> Table:

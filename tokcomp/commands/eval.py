@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tokcomp.progress import console
+from tokcomp.progress import console, warn
 
 DEFAULT_NAME = "eval.json"
 
@@ -36,24 +36,25 @@ def eval_cmd(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help=f"JSON to write; default CHECKPOINT/{DEFAULT_NAME}")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="overwrite an existing result file")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an earlier eval result (never another file)")] = False,
 ) -> None:
     """Top-1/top-5 accuracy (classifiers on labeled data) and fidelity to the original; prints the JSON path last."""
     from tokcomp.checkpoint import read_state
-    from tokcomp.errors import TokcompError
     from tokcomp.evaluation import evaluate_checkpoint
-    from tokcomp.fileio import write_json
+    from tokcomp.evaluation.metrics import low_fidelity_warning
+    from tokcomp.evaluation.runner import RESULT_KIND
+    from tokcomp.fileio import check_output_file, write_json
 
     read_state(checkpoint)  # a clear error for a wrong folder before anything loads
-    output = output or checkpoint / DEFAULT_NAME
-    if output.exists() and not force:  # fail before minutes of work, not after
-        raise TokcompError(f"result file {output} already exists", hint="pass --force to overwrite it, or -o elsewhere")
+    output = check_output_file(output or checkpoint / DEFAULT_NAME, force=force, kind=RESULT_KIND)  # before the work
     result = evaluate_checkpoint(checkpoint, data, samples, batch_size, seed, fidelity)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output, result)
     console.print(result_table(result))
     for note in result["notes"]:
-        console.print(f"[yellow]{note}")
+        console.print(f"[yellow]{note}", highlight=False)
+    if warning := low_fidelity_warning(result["fidelity"]):
+        warn(warning)
     print(output.resolve())
 
 

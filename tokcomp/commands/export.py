@@ -40,6 +40,7 @@ def export_cmd(
 ) -> None:
     """Export a checkpoint; every artifact is validated against PyTorch and recorded in tokcomp.json."""
     from tokcomp.export import export_checkpoint
+    from tokcomp.progress import step
 
     sizes = parse_batch_sizes(batch_sizes)
     for fmt in formats:
@@ -48,7 +49,8 @@ def export_cmd(
             options.update(max_batch=max_batch, fp16=fp16)
         if fmt == "aoti":
             options["device"] = device
-        entry = export_checkpoint(checkpoint, fmt, task=task, **options)
+        with step(f"exporting {checkpoint} as {fmt}"):
+            entry = export_checkpoint(checkpoint, fmt, task=task, **options)
         console.print(f"[bold]{fmt}[/]: {entry['file']} {_validation_line(entry)}", highlight=False)
         print((checkpoint / entry["file"]).resolve())
 

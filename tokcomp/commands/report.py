@@ -26,9 +26,10 @@ def report_cmd(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing report folder")] = False,
 ) -> None:
     """Tokens per layer, FLOPs, params, fidelity, eval/bench results and merge maps; prints the page's path last."""
-    from tokcomp.progress import info
+    from tokcomp.progress import info, step
     from tokcomp.visual import write_report
 
-    page = write_report(checkpoint, output, force=force, images=images, data=data, seed=seed)
+    with step(f"writing the report of {checkpoint}"):
+        page = write_report(checkpoint, output, force=force, images=images, data=data, seed=seed)
     info(f"open [bold]{page}[/] in a browser (self-contained: it can be mailed or attached as one file)")
     print(page.resolve())

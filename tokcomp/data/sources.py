@@ -19,14 +19,14 @@ decoded: the subset is chosen from the catalogue first.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokcomp.errors import TokcompError
+from tokcomp.errors import TokcompError, first_line
+from tokcomp.fileio import read_jsonl, read_text
 from tokcomp.progress import info
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -140,21 +140,25 @@ def _path(path: Path) -> list[Loader]:
     if path.suffix == ".parquet" and path.is_file():
         return hf_data.parquet([path])
     if path.suffix == ".txt" and path.is_file():
-        return [_ready(Sample(line.strip())) for line in path.read_text().splitlines() if line.strip()]
+        return [_ready(Sample(line.strip())) for line in read_text(path).splitlines() if line.strip()]
     if path.suffix == ".jsonl" and path.is_file():
         return _jsonl(path)
-    raise TokcompError(f"data '{path}' not found or not a supported kind", hint=DATA_HINT)
+    if not path.exists():
+        raise TokcompError(f"data '{path}' not found", hint=DATA_HINT)
+    raise TokcompError(f"data '{path}' is not a kind tokcomp reads", hint=DATA_HINT)
 
 
 def _jsonl(path: Path) -> list[Loader]:
     loaders = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if "text" not in record:
-            raise TokcompError(f'{path}:{number}: the JSON object has no "text" field', hint='write {"text": ...}')
-        loaders.append(_ready(Sample(record["text"], record.get("label"), f"{path.name}:{number}")))
+    for number, record in read_jsonl(path):
+        text, label = record.get("text"), record.get("label")
+        if not isinstance(text, str):
+            raise TokcompError(
+                f'{path}:{number}: the JSON object has no "text" field with a string value', hint='write {"text": ...}'
+            )
+        if label is not None and (not isinstance(label, int) or isinstance(label, bool) or label < 0):
+            raise TokcompError(f'{path}:{number}: "label" {label!r} is not a class index', hint='write "label": 0, 1')
+        loaders.append(_ready(Sample(text, label, f"{path.name}:{number}")))
     return loaders
 
 
@@ -175,7 +179,14 @@ def _image_file(path: Path, label: int | None, name: str) -> Loader:
     def load() -> Sample:
         from PIL import Image
 
-        with Image.open(path) as image:
-            return Sample(image.convert("RGB"), label, name)
+        try:
+            with Image.open(path) as image:
+                return Sample(image.convert("RGB"), label, name)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # what PIL raises on bad files
+            raise TokcompError(
+                f"{path}: not a readable image ({first_line(exc)})",
+                hint="replace the file, or move it out of the data folder",
+            ) from None
 
     return load
+

@@ -8,6 +8,8 @@ agree on the same data.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -72,3 +74,25 @@ class AccuracyMeter:
         if self.classes is not None and self.classes >= TOP_K:  # top-5 of <= 5 classes means nothing
             result["top5"] = self.topk / self.samples
         return result
+
+
+def flag_low_fidelity(fidelity: dict[str, Any], warn_below: dict[str, float | None]) -> dict[str, Any]:
+    """`fidelity` plus the thresholds it was held to ("warn_below") and the metrics under them ("below_threshold")."""
+    below = {
+        metric: fidelity[metric]
+        for metric, limit in warn_below.items()
+        if limit is not None and metric in fidelity and fidelity[metric] < limit
+    }
+    return {**fidelity, "warn_below": warn_below, "below_threshold": below}
+
+
+def low_fidelity_warning(fidelity: dict[str, Any] | None) -> str | None:
+    """One line for a fidelity flagged by `flag_low_fidelity`, or None when nothing is below its threshold."""
+    below = (fidelity or {}).get("below_threshold")
+    if not below:
+        return None
+    found = ", ".join(f"{metric} {value:.4f} < {fidelity['warn_below'][metric]}" for metric, value in below.items())
+    return (
+        f"low fidelity ({found}): the compressed model's outputs differ a lot from the original's "
+        "(use a smaller budget, or set evaluation.warn_below in the recipe to accept it)"
+    )

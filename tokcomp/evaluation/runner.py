@@ -16,9 +16,9 @@ from tokcomp.analysis.fidelity import model_outputs
 from tokcomp.data import Sample, load_samples, make_batches
 from tokcomp.data.sources import default_data
 from tokcomp.evaluation.labels import Targets, classifier_targets
-from tokcomp.evaluation.metrics import AccuracyMeter, FidelityMeter
+from tokcomp.evaluation.metrics import AccuracyMeter, FidelityMeter, flag_low_fidelity
 from tokcomp.evaluation.models import open_models
-from tokcomp.progress import progress_bar
+from tokcomp.progress import progress_bar, step
 
 RESULT_KIND = "tokcomp-eval"
 
@@ -134,21 +134,26 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Everything `tokcomp eval` writes: the checkpoint scored against its original on `data`."""
     started = time.perf_counter()
-    models = open_models(path, with_original=fidelity)
+    with step(f"loading {path}"):
+        models = open_models(path, with_original=fidelity)
     state = models.state
     config = getattr(models.compressed, "config", None)
-    eval_set = load_eval_set(
-        data,
-        state.input.modality,
-        models.processor,
-        getattr(config, "id2label", None),
-        samples,
-        batch_size,
-        seed,
-        state.input.sequence_length,
-    )
+    with step(f"reading {data or default_data(state.input.modality)}"):
+        eval_set = load_eval_set(
+            data,
+            state.input.modality,
+            models.processor,
+            getattr(config, "id2label", None),
+            samples,
+            batch_size,
+            seed,
+            state.input.sequence_length,
+        )
     reference = Reference(models.original, state.base.pooling) if models.original is not None else None
-    scores = score(models.compressed, eval_set, state.base.pooling, reference)
+    with step(f"scoring {len(eval_set.samples)} samples of {eval_set.data}"):
+        scores = score(models.compressed, eval_set, state.base.pooling, reference)
+    if scores["fidelity"]:
+        scores["fidelity"] = flag_low_fidelity(scores["fidelity"], _thresholds(Path(path)))
     return {
         "kind": RESULT_KIND,
         "checkpoint": str(Path(path).resolve()),
@@ -161,3 +166,13 @@ def evaluate_checkpoint(
         **scores,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _thresholds(path: Path) -> dict[str, float | None]:
+    """The fidelity thresholds the checkpoint was compiled with (its report.json), else the defaults."""
+    from tokcomp.fileio import read_json
+    from tokcomp.recipe import FidelityThresholds
+
+    report = read_json(path / "report.json") if (path / "report.json").is_file() else {}
+    recorded = (report.get("fidelity") or {}).get("warn_below")
+    return recorded or FidelityThresholds().model_dump()

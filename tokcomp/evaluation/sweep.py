@@ -22,11 +22,12 @@ from typing import Any
 
 from tokcomp.analysis.flops import resolve_flops_target
 from tokcomp.errors import TokcompError
-from tokcomp.fileio import atomic_directory, read_json, write_json
+from tokcomp.fileio import atomic_directory, check_output_folder, read_json, write_json
 from tokcomp.progress import info
 from tokcomp.recipe import EvaluationSpec, Recipe, recipe_from_dict
 
 RESULT_KIND = "tokcomp-sweep"
+SWEEP_FILE = "sweep.json"  # also what marks a folder as a sweep's, which --force may replace
 BUDGET_KEY = "target_flops"
 CSV_COLUMNS = (
     "budget",
@@ -216,14 +217,15 @@ def run_sweep(
     from tokcomp.visual import charts
 
     output = Path(output)
-    if output.exists() and not force:  # fail before minutes of work, not after
-        raise TokcompError(f"output folder {output} already exists", hint="pass --force to overwrite it")
+    check_output_folder(output, force=force, marker=SWEEP_FILE, inputs=recipe.local_inputs())  # before any work
+    if recipe.document.evaluation is None:
+        raise TokcompError("a sweep measures fidelity, but the recipe says evaluation: false", hint="remove that line")
     index = token_pass_index(recipe)
     settings = settings or SweepSettings()
     recipes = [recipe_at_budget(recipe, index, b, settings.overrides()) for b in budgets]  # all valid before any work
     reducer = recipe.passes[index].type
     rows, scorer, report = [], None, {}
-    with atomic_directory(output, force=force) as tmp:
+    with atomic_directory(output, force=force, marker=SWEEP_FILE) as tmp:
         for number, (budget, variant) in enumerate(zip(budgets, recipes, strict=True), start=1):
             info(f"[bold]budget {budget}[/] ({number}/{len(budgets)})")
             checkpoint = compile_recipe(variant, tmp / "checkpoints" / slug(budget))
@@ -236,7 +238,7 @@ def run_sweep(
         (tmp / "sweep.png").write_bytes(charts.tradeoff_curve(rows, f"{_short(recipe.model.source)} + {reducer}"))
         evaluation = recipes[0].document.evaluation.model_dump(mode="json")
         write_json(
-            tmp / "sweep.json",
+            tmp / SWEEP_FILE,
             {
                 "kind": RESULT_KIND,
                 "model": recipe.model.source,

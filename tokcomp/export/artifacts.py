@@ -15,6 +15,7 @@ import torch
 
 from tokcomp.checkpoint import CheckpointState, open_checkpoint
 from tokcomp.export.io_spec import ExportWrapper, IOSpec, io_spec
+from tokcomp.fileio import FILE_MODE
 
 
 @dataclass
@@ -55,7 +56,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o644)
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 
 Both models run the same inputs in the same process; timings are interleaved
 (original, compressed, original, ...) so a busy machine slows both alike, and the
-median of the repeats after warm-up is reported. Runtimes:
+median of the repeats after warm-up is reported. Beside each figure go the machine's
+load and the run-to-run spread; a row where either is high is marked noisy. Runtimes:
 
     torch             PyTorch eager, CPU
     onnxruntime       ONNX Runtime CPU (portable ONNX of both models, allow_spinning=0)
@@ -30,7 +31,12 @@ from torch import Tensor, nn
 from tokcomp.errors import TokcompError
 from tokcomp.export.io_spec import ExportWrapper, IOSpec
 
+RESULT_KIND = "tokcomp-bench"
 CPU_RUNTIMES = ("torch", "onnxruntime")
+# A figure is noisy when its timings spread more than this (interquartile range / median) ...
+NOISY_SPREAD = 0.10
+# ... or when the 1-minute load average was this much above the CPU count: other work took CPU time.
+NOISY_LOAD_ABOVE_CPUS = 1.0
 GPU_RUNTIMES = ("cuda-eager", "cuda-kernels", "cuda-compile", "cuda-aoti")
 
 Runner = Callable[[dict[str, Tensor]], Any]
@@ -63,10 +69,19 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    info["load_1min"] = load_average()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes, ours included), where the OS reports one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 # --- runners -----------------------------------------------------------------------
@@ -199,7 +214,21 @@ def time_pair(original: Runner, compressed: Runner, inputs: dict[str, Tensor], d
 
 def _stats(times: list[float], batch: int) -> dict[str, float]:
     median = statistics.median(times)
-    return {"median_s": median, "min_s": min(times), "throughput": batch / median}
+    quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [median] * 3
+    spread = (quartiles[2] - quartiles[0]) / median
+    return {"median_s": median, "min_s": min(times), "throughput": batch / median, "spread": round(spread, 4)}
+
+
+def noise_reasons(row: dict[str, Any], cpu_count: int | None) -> list[str]:
+    """Why a row's speed-up cannot be trusted: a busy machine or timings that vary run to run."""
+    reasons = []
+    load = row.get("load_1min")
+    if load is not None and cpu_count and load > cpu_count + NOISY_LOAD_ABOVE_CPUS:
+        reasons.append(f"load average {load:.1f} on {cpu_count} CPUs")
+    for model in ("original", "compressed"):
+        if row[model]["spread"] > NOISY_SPREAD:
+            reasons.append(f"{model} timings spread {100 * row[model]['spread']:.0f}%")
+    return reasons
 
 
 def bench_pair(
@@ -239,10 +268,14 @@ def bench_pair(
                     "compressed": _stats(times_c, batch),
                 }
                 row["speedup"] = row["compressed"]["throughput"] / row["original"]["throughput"]
+                row["load_1min"] = load_average()
+                row["noise"] = noise_reasons(row, os.cpu_count())
+                row["noisy"] = bool(row["noise"])
                 results.append(row)
                 if on_result:
                     on_result(row)
     return {
+        "kind": RESULT_KIND,
         "machine": machine(),
         "settings": {
             "warmup": warmup,
@@ -250,10 +283,17 @@ def bench_pair(
             "threads": threads,
             "statistic": "median",
             "dtype": str(dtype or torch.float32).replace("torch.", ""),
+            "noisy_when": {"spread_above": NOISY_SPREAD, "load_above_cpus_plus": NOISY_LOAD_ABOVE_CPUS},
         },
         "flops": pair.flops,
         "results": results,
+        "noisy": any(row["noisy"] for row in results),
     }
+
+
+def speedup_text(row: dict[str, Any]) -> str:
+    """"1.43x", or "0.87x (noisy)" when the machine was busy or the timings spread."""
+    return f"{row['speedup']:.2f}x" + (" (noisy)" if row.get("noisy") else "")
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -265,7 +305,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     for row in result["results"]:
         lines.append(
             f"| {row['runtime']} | {row['batch_size']} | {row['original']['throughput']:.1f} | "
-            f"{row['compressed']['throughput']:.1f} | {row['speedup']:.2f}x | {f'{ideal:.2f}x' if ideal else '-'} |"
+            f"{row['compressed']['throughput']:.1f} | {speedup_text(row)} | {f'{ideal:.2f}x' if ideal else '-'} |"
         )
     return "\n".join(lines) + "\n"
 

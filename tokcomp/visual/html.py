@@ -24,7 +24,8 @@ img { max-width: 100%; }
 .maps { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 16px; }
 .pair { display: flex; gap: 6px; } .pair img { width: 50%; } img.map { image-rendering: pixelated; }
 figure { margin: 0; } figcaption { color: #59636e; font-size: 13px; margin-top: 4px; }
-.note { color: #9a6700; } code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; }
+.note { color: #9a6700; } .warning { color: #b42318; font-weight: 600; }
+code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; }
 """
 
 
@@ -56,6 +57,11 @@ def cards(items: Iterable[tuple[str, str]]) -> str:
 
 def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
+
+
+def warning(text: str) -> str:
+    """A result that may not be usable (low fidelity, a noisy benchmark): shown louder than a note."""
+    return f'<p class="warning">warning: {esc(text)}</p>'
 
 
 def paragraph(text: str) -> str:

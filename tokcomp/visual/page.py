@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tokcomp.checkpoint import CheckpointState, read_state
-from tokcomp.errors import TokcompError
-from tokcomp.fileio import atomic_directory, read_json
+from tokcomp.evaluation.metrics import low_fidelity_warning
+from tokcomp.fileio import atomic_directory, check_output_folder, read_json
 from tokcomp.visual import charts, html
 from tokcomp.visual.merge_map import MergeMap, png_bytes, render, scale_for, side_by_side, trace_merge_maps
 from tokcomp.visual.results import MAX_ROWS, ResultFile, find_results, flatten
@@ -66,10 +66,9 @@ def write_report(
     folder = Path(folder)
     output = Path(output) if output is not None else folder / "report"
     read_state(folder)  # a wrong folder fails before anything else
-    if output.exists() and not force:
-        raise TokcompError(f"output folder {output} already exists", hint="pass --force to overwrite it")
+    check_output_folder(output, force=force, marker=PAGE_NAME)
     report = build_page(folder, images, data, seed)
-    with atomic_directory(output, force=force) as tmp:
+    with atomic_directory(output, force=force, marker=PAGE_NAME) as tmp:
         (tmp / PAGE_NAME).write_text(report.html, encoding="utf-8")
         for name, png in report.pngs.items():
             (tmp / name).write_bytes(png)
@@ -100,7 +99,13 @@ def _summary(state: CheckpointState, report: dict[str, Any]) -> html.Section:
     body = html.cards(headline) + html.paragraph(f"Reference input: {state.input.modality}, {size} {unit}.") + passes
     if not report:
         body += html.note("report.json is missing: re-run `tokcomp compile` to get FLOPs, tokens and fidelity.")
+    body += _low_fidelity(report.get("fidelity"))
     return html.Section("Summary", body, "summary")
+
+
+def _low_fidelity(fidelity: dict[str, Any] | None) -> str:
+    warning = low_fidelity_warning(fidelity)
+    return html.warning(warning) if warning else ""
 
 
 def _tokens(report: dict[str, Any], pngs: dict[str, bytes]) -> html.Section | None:
@@ -159,7 +164,8 @@ def _fidelity(report: dict[str, Any]) -> html.Section | None:
     ]
     headers = ("metric", "compressed", "random token drop, same counts")
     intro = html.paragraph(f"Measured by `tokcomp compile` on {fidelity['samples']} samples of {fidelity['data']}.")
-    return html.Section("Fidelity to the original", intro + html.table(headers, rows), "fidelity")
+    body = intro + _low_fidelity(fidelity) + html.table(headers, rows)
+    return html.Section("Fidelity to the original", body, "fidelity")
 
 
 def _results(files: list[ResultFile]) -> list[html.Section]:
@@ -175,9 +181,13 @@ def _results(files: list[ResultFile]) -> list[html.Section]:
             body += html.table(eval_table.HEADERS, eval_table.metric_rows(result.data))
             body += html.paragraph(caption) if caption else ""
             body += "".join(html.note(n) for n in result.data.get("notes", []))
+            body += _low_fidelity(result.data.get("fidelity"))
             sections.append(html.Section(f"Evaluation ({result.path.name})", body, result.path.stem))
         else:
-            sections.append(html.Section(f"Results ({result.path.name})", _generic(result.data), result.path.stem))
+            body = _generic(result.data)
+            if isinstance(result.data, dict) and result.data.get("noisy"):  # tokcomp bench on a busy machine
+                body = html.warning("noisy: a busy machine or timings varying run to run; re-run on a quiet one") + body
+            sections.append(html.Section(f"Results ({result.path.name})", body, result.path.stem))
     return sections
 
 

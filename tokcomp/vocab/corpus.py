@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokcomp.errors import TokcompError
+from tokcomp.fileio import read_jsonl, read_text
 from tokcomp.vocab.config import CorpusEntry, VocabTrimConfig, WordListSettings
 from tokcomp.vocab.wordlists import word_texts
 
@@ -101,16 +101,12 @@ def read_texts(path: Path, field: str) -> list[str]:
         return _dataset_texts(path, field)
     if not path.is_file():
         raise TokcompError(f"corpus file {path} not found", hint="use a .txt / .jsonl file, a data set folder or zoo:...")
-    lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix == ".txt":
-        return [line.strip() for line in lines if line.strip()]
+        return [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if path.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        for number, record in read_jsonl(path):
+            if not isinstance(record.get(field), str):
                 raise TokcompError(f"{path}:{number}: no text field {field!r}", hint="set `field:` on the corpus entry")
             texts.append(record[field])
         return [t for t in texts if t.strip()]

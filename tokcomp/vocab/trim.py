@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from tokcomp.errors import TokcompError
-from tokcomp.progress import info
+from tokcomp.progress import info, step
 from tokcomp.vocab import checks
 from tokcomp.vocab.config import SelectionRule, VocabTrimConfig
 from tokcomp.vocab.corpus import SHARED, CorpusPart, load_corpus
@@ -50,8 +50,9 @@ def trim_vocabulary(model: nn.Module, processor, config: VocabTrimConfig) -> Tri
     params_before = _count_params(model)
     old_rows = vocab_rows(model)
     spec = TokenizerJson.parse(tokenizer_json(processor))
-    corpus = load_corpus(config)
-    counts = count_tokens(processor.backend_tokenizer, corpus.parts, spec.size)
+    with step("vocab_trim: reading the corpus and counting its tokens"):
+        corpus = load_corpus(config)
+        counts = count_tokens(processor.backend_tokenizer, corpus.parts, spec.size)
     selection = select(spec, counts, config.rule, config_token_ids(model), config.keep_tokens, config.keep_symbols)
     kept = selection.kept
     info(f"vocab_trim: keeping {len(kept)} of {spec.size} tokens ({selection.reasons})")
@@ -63,10 +64,11 @@ def trim_vocabulary(model: nn.Module, processor, config: VocabTrimConfig) -> Tri
     old2new = old_to_new(kept, spec.size)
     new_spec = TokenizerJson.parse(new_data)
     unk = (spec.unk_id, new_spec.unk_id)
-    held_out = checks.Encoded.of(corpus.held_out, processor, new_processor)
-    in_language = checks.tokenizer_stats(held_out, old2new, processor, new_processor, unk, strict=True)
-    off = checks.Encoded.of(corpus.off_target, processor, new_processor) if corpus.off_target else None
-    off_target = checks.tokenizer_stats(off, old2new, processor, new_processor, unk, strict=True) if off else None
+    with step("vocab_trim: checking the trimmed tokenizer on held-out and off-target text"):
+        held_out = checks.Encoded.of(corpus.held_out, processor, new_processor)
+        in_language = checks.tokenizer_stats(held_out, old2new, processor, new_processor, unk, strict=True)
+        off = checks.Encoded.of(corpus.off_target, processor, new_processor) if corpus.off_target else None
+        off_target = checks.tokenizer_stats(off, old2new, processor, new_processor, unk, strict=True) if off else None
     if config.checks.min_coverage is not None and in_language["token_coverage"] < config.checks.min_coverage:
         raise TokcompError(
             f"held-out token coverage {in_language['token_coverage']:.4f} is below checks.min_coverage "
@@ -74,12 +76,12 @@ def trim_vocabulary(model: nn.Module, processor, config: VocabTrimConfig) -> Tri
             hint="keep more tokens (a larger top_n or coverage), or add text like the held-out text to the corpus",
         )
     pad_old, pad_new = _pad_ids(model, spec, old2new)
-    reference = checks.take_reference(model, held_out, kept, old2new, pad_old, config.checks)
-    checked_at = time.perf_counter()
-
-    tensors = slice_model(model, kept, old2new)
-    surgery_done = time.perf_counter()
-    model_checks = checks.compare_with_reference(model, reference, pad_new, config.checks)
+    with step("vocab_trim: slicing the model and checking its outputs against the original's"):
+        reference = checks.take_reference(model, held_out, kept, old2new, pad_old, config.checks)
+        checked_at = time.perf_counter()
+        tensors = slice_model(model, kept, old2new)
+        surgery_done = time.perf_counter()
+        model_checks = checks.compare_with_reference(model, reference, pad_new, config.checks)
     model_checks["structure"] = checks.structure(model, old_rows, new_spec, spec)
     params_after = _count_params(model)
     report = {

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from tokcomp.errors import ZooError
 from tokcomp.fileio import atomic_directory, cache_dir, write_json
-from tokcomp.progress import info
+from tokcomp.progress import step
 
 ZOO_PREFIX = "zoo:"
 
@@ -139,13 +139,12 @@ def pull(name: str, force: bool = False) -> Path:
     folder = model_dir(model.name)
     if _is_built(folder) and not force:
         return folder
-    info(f"building {ZOO_PREFIX}{model.name} (one time) into {folder}")
     start = time.perf_counter()
-    # force=True: whatever is at `folder` now is incomplete or was asked to be rebuilt.
-    with atomic_directory(folder, force=True) as tmp:
-        fields = model.builder(model, tmp)
-        write_json(tmp / "zoo.json", _zoo_json(model, fields, time.perf_counter() - start))
-    info(f"built {ZOO_PREFIX}{model.name} in {time.perf_counter() - start:.1f} s")
+    # marker=None: the folder is in tokcomp's cache; whatever is there is incomplete or was asked to be rebuilt.
+    with step(f"building {ZOO_PREFIX}{model.name} (one time) into {folder}"):
+        with atomic_directory(folder, force=True, marker=None) as tmp:
+            fields = model.builder(model, tmp)
+            write_json(tmp / "zoo.json", _zoo_json(model, fields, time.perf_counter() - start))
     return folder
 
 

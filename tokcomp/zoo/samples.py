@@ -91,8 +91,8 @@ def _data_folder(package: str, version: str, prefix: str, names: Collection[str]
     folder = cache_dir() / "data" / f"{package}-{version}"
     complete = folder.is_dir() and all((folder / name).is_file() for name in names or ())
     if not complete:
-        # force=True: a folder missing some of `names` came from an older file list; replace it.
-        with atomic_directory(folder, force=True) as tmp:
+        # In tokcomp's cache (marker=None): a folder missing some of `names` came from an older file list.
+        with atomic_directory(folder, force=True, marker=None) as tmp:
             copy_package_files(package, version, prefix, tmp, names)
     return folder
 

@@ -80,6 +80,13 @@ class Adapter(ABC):
                     hint=f"choose a sequence_length of at most {limit}",
                 )
             return
+        fixed = self.fixed_image_size(model)
+        if fixed is not None and spec.image_size != fixed:
+            raise RecipeError(
+                f"image_size {spec.image_size}: this {self.family} model takes {fixed} px images only "
+                "(its position embeddings are not interpolated)",
+                hint=f"use image_size {fixed}, or a model that interpolates positions (DINOv2)",
+            )
         patch = self.patch_size(model)
         if spec.image_size % patch or spec.image_size < 2 * patch:
             low, high = max(2, spec.image_size // patch) * patch, (spec.image_size // patch + 1) * patch
@@ -90,3 +97,7 @@ class Adapter(ABC):
 
     def patch_size(self, model: nn.Module) -> int:
         return int(model.config.patch_size)
+
+    def fixed_image_size(self, model: nn.Module) -> int | None:
+        """The one image size the model accepts, or None when it takes any (interpolated positions)."""
+        return None

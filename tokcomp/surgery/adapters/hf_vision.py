@@ -109,8 +109,12 @@ class ViTAdapter(_HFVisionAdapter):
     model_type = "vit"
     block_class_name = "ViTLayer"
 
+    def fixed_image_size(self, model: nn.Module) -> int | None:
+        # interpolate_pos_encoding is off unless a caller passes it to every forward.
+        return int(model.config.image_size)
 
-class DeiTAdapter(_HFVisionAdapter):
+
+class DeiTAdapter(ViTAdapter):
     family = "deit"
     description = "Hugging Face DeiT, with the distillation token protected"
     model_type = "deit"

@@ -75,6 +75,9 @@ class TimmViTAdapter(Adapter):
     def patch_size(self, model: nn.Module) -> int:
         return int(model.patch_embed.patch_size[0])
 
+    def fixed_image_size(self, model: nn.Module) -> int | None:
+        return None if getattr(model, "dynamic_img_size", False) else int(model.patch_embed.img_size[0])
+
     def geometry(self, model: nn.Module, spec: InputSpec) -> Geometry:
         dim = model.embed_dim
         patch = model.patch_embed.patch_size[0]
