@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from tokcomp.export.bench import load_average  # the 1-minute load, recorded beside every timing
+
 
 def machine() -> dict:
     cpu = platform.processor() or "unknown"
@@ -27,6 +29,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_average": load_average(),  # at the time of the call: record it beside every timing
     }
 
 
@@ -63,8 +66,13 @@ def bootstrap_mean(values, resamples: int = 10_000, seed: int = 0) -> dict:
     }
 
 
-def load_average() -> float:
-    """The machine's 1-minute load average, recorded beside every timing."""
-    import os
+def write_results(results_dir, name: str, result: dict, markdown: str) -> None:
+    """benchmarks/results/<name>.json (the data) and .md (the table), and print the table."""
+    import json
+    from pathlib import Path
 
-    return round(os.getloadavg()[0], 2)
+    folder = Path(results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(markdown)
+    print(markdown)

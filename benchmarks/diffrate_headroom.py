@@ -74,7 +74,7 @@ def fit_tokens(geometry, weights: list[float], target_macs: float) -> list[int]:
 def tome_r(entering: list[int], tokens: list[int], protected: int) -> list[int] | None:
     """The per-block r list giving these counts, or None if some r exceeds ToMe's half cap."""
     r = [a - b for a, b in zip(entering, tokens, strict=True)]
-    fits = all(ToMe(value, protected).effective_r(a) == value for value, a in zip(r, entering, strict=True))
+    fits = all(value <= ToMe.limit(a - protected) for value, a in zip(r, entering, strict=True))
     return r if fits else None
 
 
@@ -110,7 +110,7 @@ def run(args) -> dict:
                     ("diffrate merge-only", {"prune": entering, "merge": tokens}),
                     ("diffrate prune-only", {"prune": tokens, "merge": entering}),
                 ):
-                    cos = fidelity([{"type": "diffrate", "schedule": schedule}])
+                    cos = fidelity([{"type": "diffrate", "schedule": schedule, "merge_rule": "importance"}])
                     entries.append({"rule": rule, "shape": label, "tokens": tokens, "gmacs": gmacs, "cosine": cos})
                 if (r := tome_r(entering, tokens, protected)) is not None:
                     cos = fidelity([{"type": "tome", "r": r}])

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import bootstrap_mean, load_average, machine  # noqa: E402
+from benchmarks.common import bootstrap_mean, load_average, machine, write_results  # noqa: E402
 from tokcomp.analysis.baselines import random_drop_like  # noqa: E402
 from tokcomp.analysis.fidelity import model_outputs  # noqa: E402
 from tokcomp.analysis.flops import model_macs  # noqa: E402
@@ -171,10 +171,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
     result = run(args)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dynamic_padding.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "dynamic_padding.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(RESULTS, "dynamic_padding", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,16 @@ CASES = [
     ("warn-below-out-of-range", recipe("model: m\npasses: [{type: tome, r: 1}]\nevaluation: {warn_below: {cosine_mean: 2}}\n"), COMPILE, ["evaluation.warn_below.cosine_mean", "less than or equal to 1"]),
     ("seed-not-a-number", recipe("model: m\npasses: [{type: tome, r: 1}]\nseed: abc\n"), COMPILE, ["seed", "'abc'"]),
     ("export-unknown-format", recipe(GOOD + "export: [pdf]\n"), COMPILE, ["unknown export formats ['pdf']", "choose from onnx"]),
+    # --- budgets and sizes the model cannot take (checked when the pass resolves its budget)
+    ("r-negative", recipe("model: {root}/vit\npasses: [{type: tome, r: -5}]\nevaluation: false\n"), COMPILE, ["r = -5 is negative", "0 or more"]),
+    ("r-more-than-the-tokens", recipe("model: {root}/vit\npasses: [{type: tome, r: 10000}]\nevaluation: false\n"), COMPILE, ["r = 10000 is more than the 64 reducible tokens", "target_flops"]),
+    ("r-list-negative", recipe("model: {root}/vit\npasses: [{type: prune, r: [2, -1, 2, 2]}]\nevaluation: false\n"), COMPILE, ["r[1] = -1 is negative"]),
+    ("flops-below-zero", recipe("model: {root}/vit\npasses: [{type: tome, target_flops: '-120%'}]\nevaluation: false\n"), COMPILE, ["target_flops '-120%' is at or below 0 FLOPs", "reachable with tome on this model: -", "choose a target_flops inside that range"]),
+    ("flops-unreachable", recipe("model: {root}/vit\npasses: [{type: tome, target_flops: 0.0001G}]\nevaluation: false\n"), COMPILE, ["beyond what the model can reach", "reachable with tome"]),
+    ("flops-above-original", recipe("model: {root}/vit\npasses: [{type: tome, target_flops: 50G}]\nevaluation: false\n"), COMPILE, ["50.000 GMACs, above the original", "reachable with tome"]),
+    ("flops-bool", recipe("model: {root}/vit\npasses: [{type: tome, target_flops: true}]\nevaluation: false\n"), COMPILE, ["passes[0].target_flops", "not true/false"]),
+    ("targets-bad-regex", recipe("model: {root}/vit\npasses: [{type: tome, r: 2, targets: ['re:layers.[0-']}]\nevaluation: false\n"), COMPILE, ["passes[0].targets", "not a valid regular expression"]),
+    ("image-size-not-the-models", recipe("model: {source: {root}/vit, image_size: 48}\npasses: [{type: tome, r: 2}]\nevaluation: false\n"), COMPILE, ["image_size 48", "takes 32 px images only", "use image_size 32"]),
     # --- the model
     ("model-key-missing", recipe("passes: [{type: tome, r: 1}]\n"), COMPILE, ["model: required key is missing"]),
     ("model-wrong-type", recipe("model: 123\npasses: [{type: tome, r: 1}]\n"), COMPILE, ["model", "123"]),

@@ -283,3 +283,68 @@ def test_a_recipe_image_size_is_saved_into_the_processor(tmp_path):
 def test_a_vit_reference_size_other_than_its_own_is_refused():
     with pytest.raises(RecipeError, match="takes 32 px images only"):
         tokcomp.apply(tiny_vision("vit"), [{"type": "tome", "r": 2}], image_size=48)
+
+
+# ---------------------------------------------------------------- state the next model families need
+
+
+@pytest.mark.parametrize("kind", ["tome", "prune", "diffrate", "zero_tprune", "evit"])
+def test_protected_tokens_anywhere_stay_whole(kind):
+    """Protection is a per-token flag: tokens 0, 5 and 6 (not a prefix) never move, merge or receive."""
+    from tests.conftest import rate_at, state_of
+    from tokcomp.reducers.diffrate import DiffRate, rates_from_kept
+    from tokcomp.reducers.evit import EViT
+    from tokcomp.reducers.prune import ClassAttentionPrune
+    from tokcomp.reducers.tome import ToMe
+    from tokcomp.reducers.zero_tprune import ZeroTPrune
+    from tokcomp.surgery.attention import AttentionInfo
+
+    tokens, protected = 16, 3
+    state = state_of(torch.ones(2, tokens), protected=1)
+    flags = state.protected.clone()
+    flags[:, [5, 6]] = True
+    state = state._replace(protected=flags)
+    reducer = {
+        "tome": lambda: ToMe(rate_at(6, tokens, protected), protected),
+        "prune": lambda: ClassAttentionPrune(rate_at(6, tokens, protected), protected),
+        "zero_tprune": lambda: ZeroTPrune(rate_at(6, tokens, protected), protected),
+        "evit": lambda: EViT(rate_at(6, tokens, protected), protected),
+        "diffrate": lambda: DiffRate(*rates_from_kept([12], [8], tokens, protected, "importance")[0], protected),
+    }[kind]()
+    x = torch.randn(2, tokens, 8)
+    key = torch.randn(2, 2, tokens, 4)
+    out, new = reducer(x, state, AttentionInfo(query=key, key=key, bias=None, scale=0.5))
+    for position in (0, 5, 6):
+        row = (new.position == position) & new.protected
+        assert row.sum(dim=1).eq(1).all()  # still there, still protected
+        assert torch.equal(new.source[row], torch.eye(tokens)[position].expand(2, -1))  # and alone
+        assert torch.allclose(out[row], x[:, position])
+
+
+def test_order_preserving_blocks_keep_input_order():
+    model = tokcomp.apply(tiny_bert(), [{"type": "tome", "r": 3}], sequence_length=16)
+    for block in token_blocks(model):
+        block.preserve_order = True
+    ids, mask = _padded_batch([16, 9], 16)
+    with torch.no_grad(), capture_final_state(model) as states:
+        model(input_ids=ids, attention_mask=mask)
+    state = states[0]
+    for row in range(2):
+        positions = state.position[row][state.real[row]]
+        assert torch.equal(positions, positions.sort().values)
+        assert positions[0] == 0  # CLS first
+
+
+def test_causal_bias_follows_original_positions():
+    """Decoders: after dropping tokens, a query still sees exactly the keys at or before its position."""
+    from tests.conftest import state_of
+
+    state = state_of(torch.ones(1, 4), protected=0)._replace(position=torch.tensor([[0, 3, 4, 9]]))
+    bias = state.attention_bias(False, torch.float32, causal=True, window=6)[0, 0]
+    visible = bias == 0
+    assert visible.tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [False, False, True, True],  # position 9 sees 4..9 with a window of 6
+    ]

@@ -76,7 +76,7 @@ def reference_position(position: Tensor, state: TokenState, protected: int, toke
     """
     if state.real is None:
         return position
-    reducible = (state.real & ~state.protected).sum(dim=-1, keepdim=True).clamp_min(1)
+    reducible = state.free().sum(dim=-1, keepdim=True).clamp_min(1)
     scaled = protected + torch.div((position - protected) * (tokens - protected), reducible, rounding_mode="floor")
     return torch.where(position < protected, position, scaled).clamp(max=tokens - 1)
 

@@ -40,14 +40,20 @@ def inverse(order: Tensor) -> Tensor:
     return torch.zeros_like(order).scatter(1, order, ranks)
 
 
-def _with_null(t: Tensor) -> Tensor:
-    """t [B, N, D] with a zero row appended at index N."""
-    return torch.cat([t, t.new_zeros(t.shape[0], 1, t.shape[2])], dim=1)
+def with_null(t: Tensor) -> Tensor:
+    """t [B, N, ...] with what index N reads appended: zeros (False for flags)."""
+    return torch.cat([t, torch.zeros_like(t[:, :1])], dim=1)
 
 
-def _extend(t: Tensor, value) -> Tensor:
-    """[B, N] -> [B, N + 1]: the value a null index reads, appended."""
-    return torch.cat([t, torch.full_like(t[:, :1], value)], dim=1)
+def in_input_order(x: Tensor, state: TokenState) -> tuple[Tensor, TokenState]:
+    """The tokens sorted back into the order of their original positions, padding last.
+
+    For models where order carries meaning (time in audio, causality in decoders): any
+    reducer's output, put back in order with one gather.
+    """
+    behind = torch.iinfo(torch.int32).max  # above any position: padding sorts after every real token
+    key = state.position if state.real is None else torch.where(state.real, state.position, state.position + behind)
+    return select(x, state, key.argsort(dim=-1, stable=True))
 
 
 def select(x: Tensor, state: TokenState, index: Tensor, null: bool = False) -> tuple[Tensor, TokenState]:
@@ -58,7 +64,7 @@ def select(x: Tensor, state: TokenState, index: Tensor, null: bool = False) -> t
     """
     packed = pack(x, state)
     if null:
-        packed = _with_null(packed)
+        packed = with_null(packed)
     picked = gather_tokens(packed, index)
     x, picked_state = unpack(picked, x.shape[-1], x.dtype, state.real is not None, state.source is not None)
     if null and picked_state.real is not None:  # a null row has size 0: make it 1 like all padding
@@ -90,7 +96,7 @@ def merge(
         parts.append(state.source if scale is None else state.source * scale[..., None])
     t = torch.cat(parts, dim=-1)
     if null:
-        t = _with_null(t)
+        t = with_null(t)
     if assignment is None:
         out = index_merge_sum(t, kept, src, dst)
     else:
@@ -102,7 +108,7 @@ def merge(
     merged_x = (out[..., :hidden] / size[..., None]).to(x.dtype)
     protected, position = state.protected, state.position
     if null:
-        protected, position = _extend(protected, False), _extend(position, 0)
+        protected, position = with_null(protected), with_null(position)
     return merged_x, TokenState(
         size=size,
         real=real if state.real is not None else None,

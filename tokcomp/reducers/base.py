@@ -72,7 +72,3 @@ class Reducer(nn.Module, ABC):
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.describe().items() if k != "kind")
 
-
-def real_count(state: TokenState, tokens: int) -> Count:
-    """Real tokens of each sample: `tokens` when no sample is padded, else [B]."""
-    return tokens if state.real is None else state.real.sum(dim=-1)

@@ -30,12 +30,12 @@ from torch import Tensor
 
 from tokcomp.errors import TokcompError
 from tokcomp.reducers.apply import first, select
-from tokcomp.reducers.base import Reducer, real_count
+from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.matching import bipartite_matching, merge_into_most_similar, merge_matched
 from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.reducers.rate import Count, Rate, at_most
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState, reducible_tokens
+from tokcomp.surgery.state import TokenState, real_count, reducible_tokens
 
 MERGE_RULES = ("importance", "bipartite")
 

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from tokcomp.reducers.apply import merge
-from tokcomp.reducers.base import Reducer, real_count
+from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
+from tokcomp.surgery.state import TokenState, real_count
 
 
 def fusion_scale(importance: Tensor, state: TokenState, dropped: Tensor) -> Tensor:

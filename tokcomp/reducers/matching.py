@@ -19,9 +19,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tokcomp.reducers.apply import first, inverse, merge
+from tokcomp.reducers.apply import first, inverse, merge, with_null
+from tokcomp.reducers.ops import gather_tokens_reference as gather_rows  # metrics: not a swappable step
 from tokcomp.reducers.rate import Count
-from tokcomp.surgery.state import TokenState
+from tokcomp.surgery.state import TokenState, real_count
 
 
 class Matching(NamedTuple):
@@ -43,7 +44,7 @@ def alternate(t: Tensor, start: int) -> Tensor:
 def bipartite_matching(metric: Tensor, state: TokenState) -> Matching:
     """Scores and best partners of the alternating split; metric [B, N, d], L2-normalised."""
     scores = alternate(metric, 0) @ alternate(metric, 1).transpose(-1, -2)
-    free = ~state.protected if state.real is None else state.real & ~state.protected
+    free = state.free()
     allowed = alternate(free, 0)[:, :, None] & alternate(free, 1)[:, None, :]
     forbidden = torch.finfo(scores.dtype).min
     scores = torch.where(allowed, scores, torch.full_like(scores, forbidden))
@@ -82,8 +83,7 @@ def plan_bipartite(matching: Matching, state: TokenState, removed: Count, slots:
     key = torch.where(gone, 3 * tokens + position, key)
     sorted_tokens = key.argsort(dim=-1)
     rows = torch.cat([inverse(sorted_tokens), torch.zeros_like(sorted_tokens[:, :1])], dim=1)
-    stays = tokens - removed if state.real is None else state.real.sum(dim=-1) - removed
-    kept = first(sorted_tokens, stays, length, null)
+    kept = first(sorted_tokens, real_count(state, tokens) - removed, length, null)
     src = torch.where(moving, 2 * src_a, torch.full_like(src_a, null))
     return MergePlan(kept, src, src_a, rows, moving)
 
@@ -101,11 +101,9 @@ def merge_matched(
 def scores_to_kept(metric: Tensor, state: TokenState, kept: Tensor, moved: Tensor, null: bool) -> Tensor:
     """Similarity [B, S, K] of every moved token to every kept row; rows that may not receive
     (protected, padding, empty) hold the lowest float."""
+    free = state.free()
     if null:
-        metric = torch.cat([metric, metric.new_zeros(metric.shape[0], 1, metric.shape[2])], dim=1)
-    free = ~state.protected if state.real is None else state.real & ~state.protected
-    if null:
-        free = torch.cat([free, torch.zeros_like(free[:, :1])], dim=1)
+        metric, free = with_null(metric), with_null(free)
     scores = gather_rows(metric, moved) @ gather_rows(metric, kept).transpose(-1, -2)
     receives = free.gather(1, kept)[:, None, :]
     return torch.where(receives, scores, torch.full_like(scores, torch.finfo(scores.dtype).min))
@@ -118,7 +116,3 @@ def merge_into_most_similar(
     dst = scores_to_kept(metric, state, kept, moved, null).argmax(dim=-1)
     return merge(x, state, kept, moved, torch.where(moving, dst, torch.zeros_like(dst)), null=null)
 
-
-def gather_rows(t: Tensor, index: Tensor) -> Tensor:
-    """t [B, N, d] at index [B, K] -> [B, K, d] (selection metrics; not a swappable step)."""
-    return t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))

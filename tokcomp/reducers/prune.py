@@ -12,10 +12,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from tokcomp.reducers.apply import select
-from tokcomp.reducers.base import Reducer, real_count
+from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
+from tokcomp.surgery.state import TokenState, real_count
 
 
 def prune_to_most_important(

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from tokcomp.errors import TokcompError
 from tokcomp.reducers.apply import merge
-from tokcomp.reducers.base import Reducer, real_count
+from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.matching import (
     alternate,
     bipartite_matching,
@@ -39,7 +39,7 @@ from tokcomp.reducers.matching import (
 from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
+from tokcomp.surgery.state import TokenState, real_count
 
 TARGET_SELECTIONS = ("alternating", "cls_attention")
 METRICS = ("hidden", "keys")

@@ -59,7 +59,7 @@ class ZeroTPrune(Reducer):
         reducible = reducible_tokens(state, self.protected, tokens)
         important = (reducible + 1) // 2
         cut = self.protected + (important[:, None] if isinstance(important, Tensor) else important)
-        free = ~state.protected if state.real is None else state.real & ~state.protected
+        free = state.free()
         target = free & (rank < cut)
         candidate = free & (rank >= cut)
         metric = F.normalize(attn.key_metric(), dim=-1)

@@ -28,6 +28,12 @@ if TYPE_CHECKING:  # reducers import surgery.attention; a runtime import here wo
     from tokcomp.reducers.base import Reducer
 
 
+def in_input_order(x: Tensor, state: TokenState) -> tuple[Tensor, TokenState]:
+    from tokcomp.reducers.apply import in_input_order as reorder  # reducers import surgery: import late
+
+    return reorder(x, state)
+
+
 class TokenBlock(nn.Module):
     def __init__(self, hidden_size: int, index: int, num_blocks: int, padded: bool, protected: int):
         super().__init__()
@@ -40,6 +46,8 @@ class TokenBlock(nn.Module):
         self.proportional_attention = False
         # Set on the first block when any block reduces tokens: padding then moves to the end.
         self.compact_padding = False
+        # Order-carrying models (time, causality): tokens go back to input order after a reduction.
+        self.preserve_order = False
         # Visualisation / pooling switches, toggled by surgery.registry, not saved.
         self.trace_source = False
         self.capture_state = False
@@ -66,6 +74,8 @@ class TokenBlock(nn.Module):
         x, info = self.attention_residual(x, state.attention_bias(self.proportional_attention, x.dtype))
         if self.reducer is not None:
             x, state = self.reducer(x, state, info)
+            if self.preserve_order:
+                x, state = in_input_order(x, state)
         x = self.mlp_residual(x)
         return self._leave(x, state)
 

@@ -67,18 +67,36 @@ class TokenState(NamedTuple):
             source=source,
         )
 
+    def free(self) -> Tensor:
+        """Tokens a reducer may move, merge into or drop: real and not protected [B, N]."""
+        return ~self.protected if self.real is None else self.real & ~self.protected
+
     def weight(self) -> Tensor:
         """Weight of each token in a size-weighted mean: its size, 0 for padding."""
         return self.size if self.real is None else self.size * self.real
 
-    def attention_bias(self, proportional: bool, dtype: torch.dtype) -> Tensor | None:
-        """Additive key bias [B, 1, 1, N]: log(size) for proportional attention; padding masked."""
-        bias = torch.log(self.size) if proportional else None
+    def attention_bias(
+        self, proportional: bool, dtype: torch.dtype, causal: bool = False, window: int | None = None
+    ) -> Tensor | None:
+        """Additive attention bias: log(size) for proportional attention, padding masked.
+
+        [B, 1, 1, N] over the keys; with `causal` (decoders) [B, 1, N, N]: query i sees key j
+        only when j's original position is not after i's (and, with a sliding `window`, less
+        than `window` positions before it). Positions travel with the tokens, so the mask
+        stays right after tokens are dropped.
+        """
+        masked = torch.finfo(dtype).min
+        bias = torch.log(self.size) if proportional else torch.zeros_like(self.size)
         if self.real is not None:
-            masked = torch.finfo(dtype).min
-            base = bias if bias is not None else torch.zeros_like(self.size)
-            bias = torch.where(self.real, base, torch.full_like(base, masked))
-        return None if bias is None else bias.to(dtype)[:, None, None, :]
+            bias = torch.where(self.real, bias, torch.full_like(bias, masked))
+        if not causal:
+            return bias.to(dtype)[:, None, None, :] if proportional or self.real is not None else None
+        query, key = self.position[:, :, None], self.position[:, None, :]
+        visible = key <= query
+        if window is not None:
+            visible = visible & (query - key < window)
+        bias = torch.where(visible, bias[:, None, :], torch.full_like(bias[:, None, :], masked))
+        return bias.to(dtype)[:, None]
 
     def gather(self, index: Tensor) -> TokenState:
         """The state of tokens `index` [B, K] (pruning, reordering); sizes and flags copied exactly."""
@@ -98,7 +116,12 @@ def reducible_tokens(state: TokenState, protected: int, tokens: int) -> int | Te
     """
     if state.real is None:
         return tokens - protected
-    return (state.real & ~state.protected).sum(dim=-1)
+    return state.free().sum(dim=-1)
+
+
+def real_count(state: TokenState, tokens: int) -> int | Tensor:
+    """Real tokens of each sample: `tokens` when no sample is padded, else [B]."""
+    return tokens if state.real is None else state.real.sum(dim=-1)
 
 
 def real_first(state: TokenState) -> Tensor | None:
