@@ -145,7 +145,7 @@ def test_one_graph_and_bounded_recompiles_under_torch_compile(kind):
 # ---------------------------------------------------------------- the reference input
 
 
-def test_apply_takes_the_reference_size_and_logs_the_counts(caplog, capsys):
+def test_apply_resolves_the_budget_at_the_given_reference_size():
     from tokcomp.pipeline import apply_passes
 
     model = tiny_vision("dinov2")
