@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 import tokcomp
 from tests.conftest import tiny_bert, tiny_vision
-from tokcomp.analysis.fidelity import model_outputs
 from tokcomp.errors import RecipeError
 from tokcomp.surgery import capture_final_state, token_blocks
 

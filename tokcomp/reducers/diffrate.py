@@ -40,7 +40,7 @@ from tokcomp.surgery.state import TokenState, real_count, reducible_tokens
 MERGE_RULES = ("importance", "bipartite")
 
 
-def bipartite_sources(tokens: int, protected: int) -> int:
+def bipartite_sources(tokens: Count, protected: int) -> Count:
     """How many of `tokens` sorted tokens can merge under the bipartite rule: even positions >= protected."""
     return (tokens + 1) // 2 - (protected + 1) // 2
 
@@ -86,7 +86,7 @@ class DiffRate(Reducer):
     def _merged(self, reducible: Count) -> Count:
         """Tokens merging removes of `reducible` tokens left after pruning (the bipartite floor applies)."""
         if self.merge_rule == "bipartite":
-            limit = (reducible + self.protected + 1) // 2 - (self.protected + 1) // 2
+            limit = bipartite_sources(reducible + self.protected, self.protected)
         else:
             limit = reducible - 1
         return at_most(self.merge_rate.of(reducible), limit)

@@ -38,9 +38,6 @@ class Rate(NamedTuple):
         return [self.removed, self.reducible]
 
 
-NO_REDUCTION = Rate(0, 1)
-
-
 def at_most(count: Count, limit: Count) -> Count:
     """min(count, limit) for ints and per-sample tensors alike."""
     if isinstance(count, Tensor) or isinstance(limit, Tensor):

@@ -28,11 +28,6 @@ if TYPE_CHECKING:  # reducers import surgery.attention; a runtime import here wo
     from tokcomp.reducers.base import Reducer
 
 
-def in_input_order(x: Tensor, state: TokenState) -> tuple[Tensor, TokenState]:
-    from tokcomp.reducers.apply import in_input_order as reorder  # reducers import surgery: import late
-
-    return reorder(x, state)
-
 
 class TokenBlock(nn.Module):
     def __init__(self, hidden_size: int, index: int, num_blocks: int, padded: bool, protected: int):
@@ -75,6 +70,8 @@ class TokenBlock(nn.Module):
         if self.reducer is not None:
             x, state = self.reducer(x, state, info)
             if self.preserve_order:
+                from tokcomp.reducers.apply import in_input_order  # reducers import surgery: import late
+
                 x, state = in_input_order(x, state)
         x = self.mlp_residual(x)
         return self._leave(x, state)
