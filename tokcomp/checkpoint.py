@@ -1,7 +1,10 @@
 """The compressed checkpoint: a folder that reloads without the recipe.
 
     model.safetensors   weights (safetensors only; nothing is ever unpickled)
-    config.json         the base model's own config
+    config.json         the base model's config; with token reduction nested in a "tokcomp" config that
+                        makes transformers' Auto classes load the compressed model (tokcomp_auto.py)
+    modules.json, ...   sentence-transformers' module files, when the base model has them
+    README.md           the model card
     tokcomp.json        base model class + the ordered pass records (name, version, config, metadata)
     recipe.yaml         provenance only; never read back
     report.json         FLOPs, params, tokens per layer, fidelity
@@ -26,6 +29,9 @@ from torch import nn
 
 from tokcomp.errors import CheckpointError
 from tokcomp.fileio import CHECKPOINT_MARKER, read_json, write_json
+from tokcomp.integrations.hf_auto import base_config, write_auto_files
+from tokcomp.integrations.st_files import copy_module_files, is_sentence_transformers_folder
+from tokcomp.model_card import write_card
 from tokcomp.passes import PassRecord, get_pass
 
 STATE_FILE = CHECKPOINT_MARKER
@@ -42,6 +48,7 @@ class BaseModelInfo(BaseModel):
     class_name: str
     pooling: Literal["cls", "mean"] = "cls"
     timm_name: str | None = None
+    hub_id: str | None = None  # the Hugging Face id of the base model, when known (model card)
 
 
 class InputInfo(BaseModel):
@@ -86,15 +93,21 @@ def save_checkpoint(
     from tokcomp import __version__
 
     model = loaded.model
+    token_tokens = next((r.metadata["tokens_per_layer"] for r in records if "tokens_per_layer" in r.metadata), None)
+    token_reduced = token_tokens is not None
     safetensors.torch.save_model(model, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    if loaded.library == "transformers":
+    if loaded.library == "transformers" and token_reduced:
+        # Never the uncompressed model through AutoModel / pipeline in silence (integrations/hf_auto.py).
+        write_auto_files(folder, json.loads(model.config.to_json_string()), loaded.class_name)
+    elif loaded.library == "transformers":
         model.config.to_json_file(str(folder / "config.json"))
     else:
         write_json(folder / "config.json", {"timm_name": loaded.extra["timm_name"], "num_classes": model.num_classes})
     if loaded.processor is not None:
         loaded.processor.save_pretrained(str(folder))
+    if loaded.folder is not None and is_sentence_transformers_folder(loaded.folder):
+        copy_module_files(loaded.folder, folder, token_reduced)
     spec = loaded.input_spec
-    token_tokens = next((r.metadata["tokens_per_layer"] for r in records if "tokens_per_layer" in r.metadata), None)
     state = CheckpointState(
         tokcomp_version=__version__,
         base=BaseModelInfo(
@@ -103,6 +116,7 @@ def save_checkpoint(
             class_name=loaded.class_name,
             pooling=loaded.pooling,
             timm_name=loaded.extra.get("timm_name"),
+            hub_id=loaded.hub_id,
         ),
         input=InputInfo(modality=spec.modality, image_size=spec.image_size, sequence_length=spec.sequence_length),
         passes=[PassRecordModel(**r.to_json()) for r in records],
@@ -114,6 +128,7 @@ def save_checkpoint(
     write_json(folder / "report.json", report)
     for write in file_writers:
         write(folder)
+    write_card(folder)
 
 
 def record_export(path: str | Path, entry: dict[str, Any]) -> None:
@@ -125,6 +140,7 @@ def record_export(path: str | Path, entry: dict[str, Any]) -> None:
     state = read_state(path)
     exports = [e for e in state.exports if e.get("file") != entry.get("file")] + [entry]
     write_json(path / STATE_FILE, {**read_json(path / STATE_FILE), "exports": exports})
+    write_card(path)
 
 
 def read_state(path: str | Path) -> CheckpointState:
@@ -234,8 +250,7 @@ def _build_base(path: Path, base: BaseModelInfo) -> nn.Module:
     model_cls = getattr(transformers, base.class_name, None)
     if not (isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel)):
         raise CheckpointError(f"{path}: unknown model class '{base.class_name}' for this transformers version")
-    config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    return model_cls(config)
+    return model_cls(base_config(read_json(path / "config.json")))
 
 
 def _restore_pass(model: nn.Module, record: PassRecordModel) -> None:

@@ -207,15 +207,19 @@ def _ordinary_permissions(folder: Path) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename), pretty-printed and key-ordered as given."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically: a temporary file in the same folder, renamed into place."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
         raise storage_error(exc, path) or exc from None
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:

@@ -31,6 +31,8 @@ class LoadedModel:
     processor: Any | None = None  # image processor or tokenizer
     pooling: Literal["cls", "mean"] = "cls"  # how to turn outputs into one embedding
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. timm model name
+    folder: Path | None = None  # the local model folder (zoo or on disk): files a checkpoint keeps (sentence-transformers)
+    hub_id: str | None = None  # the model's Hugging Face id, when known
 
 
 def load_model(spec: ModelSpec | str) -> LoadedModel:
@@ -46,9 +48,15 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
         loaded = _load_transformers(str(folder), spec, source)
         meta = json.loads((folder / "zoo.json").read_text())
         loaded.pooling = meta.get("pooling", "cls")
+        loaded.folder = folder
+        loaded.hub_id = zoo.registry.MODELS[source.removeprefix("zoo:")].hub_id
     else:
         _check_local_source(source)
         loaded = _load_transformers(source, spec, source)
+        if Path(source).expanduser().is_dir():
+            loaded.folder = Path(source).expanduser()
+        else:
+            loaded.hub_id = source
     loaded.model.eval()
     loaded.input_spec = _input_spec(loaded, spec)
     if spec.image_size is not None and loaded.processor is not None and loaded.input_spec.modality == "image":

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokcomp.pooling import pool
 from tokcomp.surgery import capture_final_state, token_blocks
 
 
@@ -34,13 +35,7 @@ def model_outputs(model: nn.Module, batch: dict[str, Tensor], pooling: str) -> d
     if logits is not None:
         result["logits"] = logits
     hidden = getattr(out, "last_hidden_state", None)
-    if hidden is None:
-        result["embedding"] = logits
-    elif pooling == "mean":
-        w = torch.ones(hidden.shape[:2]) if weights is None else weights
-        result["embedding"] = (hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True)
-    else:
-        result["embedding"] = hidden[:, 0]
+    result["embedding"] = logits if hidden is None else pool(hidden, weights, pooling)
     return result
 
 

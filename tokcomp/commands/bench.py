@@ -56,6 +56,10 @@ def bench_cmd(
         result = bench_pair(pair, chosen, sizes, warmup, repeats, threads, compressed_onnx=onnx, on_result=_report_row)
     result["checkpoint"] = str(checkpoint.resolve())
     write_json(output, result)
+    if output.resolve() == (checkpoint / "bench.json").resolve():
+        from tokcomp.model_card import write_card
+
+        write_card(checkpoint)  # the card cites the speed it now has
     if markdown:
         with atomic_file(markdown) as tmp:
             tmp.write_text(kind_comment(RESULT_KIND) + markdown_table(result))

@@ -5,7 +5,7 @@
 
 Formats (files land in the checkpoint folder, each recorded in tokcomp.json "exports"):
 
-    onnx           model.onnx            standard ops only, batch dynamic, validated in ONNX Runtime
+    onnx           model.onnx            standard ops only, batch (and text length) dynamic, validated in ONNX Runtime
     onnx-tokcomp   model.tokcomp.onnx    each reduction step one `tokcomp` node + its ONNX function body
     onnx-tensorrt  model.tensorrt.onnx   the same graph for TensorRT's parser (plugins), + plugin manifest
     tensorrt       model.engine          engine built with the tokcomp plugins (needs TensorRT + GPU)
@@ -35,6 +35,8 @@ FORMATS: dict[str, tuple[str, str, str, str | None]] = {
     "aoti": ("tokcomp.export.aoti", "export_aoti", "AOTInductor package for serving with plain PyTorch", None),
 }
 DEFAULT_FORMAT = "onnx"
+# Text exports of these formats take any sequence length (dynamic padding included).
+DYNAMIC_SEQUENCE_FORMATS = ("onnx", "onnx-tokcomp")
 
 
 def known_formats() -> list[str]:
@@ -61,7 +63,8 @@ def export_checkpoint(path: str | Path, fmt: str = DEFAULT_FORMAT, *, task: str 
     module, function, _, _ = FORMATS[fmt]
     from tokcomp.export.artifacts import open_subject
 
-    subject = open_subject(path, task)
+    # ONNX Runtime takes any sequence length; TensorRT profiles and AOTInductor stay at the reference length.
+    subject = open_subject(path, task, dynamic_sequence=fmt in DYNAMIC_SEQUENCE_FORMATS)
     entries = getattr(importlib.import_module(module), function)(subject, **options)
     for entry in entries:
         record_export(path, entry)

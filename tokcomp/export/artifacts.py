@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from tokcomp.checkpoint import CheckpointState, open_checkpoint
-from tokcomp.export.io_spec import ExportWrapper, IOSpec, io_spec
+from tokcomp.export.io_spec import BATCH_AXIS, SEQUENCE_AXIS, ExportWrapper, IOSpec, io_spec
 from tokcomp.fileio import FILE_MODE
 
 
@@ -33,12 +33,29 @@ class ExportSubject:
         example = self.spec.dummy_inputs(1, seed=0)
         return {name: list(example[name].shape[1:]) for name in self.spec.input_names}
 
+    def axes(self, shapes: dict[str, list[int]], sequence: str) -> dict[str, list[int | str]]:
+        """name -> [batch_size, dims...] for the tokcomp.json entry, axis 1 named `sequence` when dynamic."""
+        named = {}
+        for name, dims in shapes.items():
+            dims = list(dims)
+            if self.spec.dynamic_sequence and dims:
+                dims[0] = sequence
+            named[name] = [BATCH_AXIS, *dims]
+        return named
 
-def open_subject(path: str | Path, task: str | None = None) -> ExportSubject:
+
+def open_subject(path: str | Path, task: str | None = None, dynamic_sequence: bool = False) -> ExportSubject:
+    """The checkpoint ready to export; `dynamic_sequence` (text models) exports any sequence length."""
     checkpoint = open_checkpoint(path)
     state = checkpoint.state
     spec = io_spec(
-        checkpoint.model, state.base.library, state.input.modality, state.input.image_size, state.input.sequence_length, task
+        checkpoint.model,
+        state.base.library,
+        state.input.modality,
+        state.input.image_size,
+        state.input.sequence_length,
+        task,
+        dynamic_sequence=dynamic_sequence and state.input.modality == "text",
     )
     wrapper = ExportWrapper(checkpoint.model, spec, state.base.library).eval()
     with torch.inference_mode():
@@ -69,9 +86,11 @@ def base_entry(fmt: str, file: str, subject: ExportSubject, **fields: Any) -> di
         "format": fmt,
         "file": file,
         "task": subject.spec.task,
-        "inputs": {name: ["batch_size", *dims] for name, dims in subject.input_shapes.items()},
-        "outputs": {name: ["batch_size", *dims] for name, dims in subject.output_shapes.items()},
-        "dynamic_axes": {"batch_size": [*subject.spec.input_names, *subject.spec.output_names]},
+        "inputs": subject.axes(subject.input_shapes, SEQUENCE_AXIS),
+        "outputs": subject.axes(subject.output_shapes, "tokens"),
+        "dynamic_axes": {BATCH_AXIS: [*subject.spec.input_names, *subject.spec.output_names]}
+        | ({SEQUENCE_AXIS: list(subject.spec.input_names)} if subject.spec.dynamic_sequence else {}),
+        **({"max_sequence_length": subject.spec.max_sequence_length} if subject.spec.dynamic_sequence else {}),
         "tokcomp_version": __version__,
         "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

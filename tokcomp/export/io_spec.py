@@ -8,8 +8,12 @@ padding). Names follow Optimum's ONNX configs and ORTModel classes:
     vision: pixel_values -> last_hidden_state (+ pooler_output) | logits
     text:   input_ids, attention_mask (+ token_type_ids) -> last_hidden_state (+ pooler_output) | logits
 
-Unlike Optimum, only the batch axis is dynamic: token counts per layer are fixed by
-the compression schedule, so image size and sequence length are static.
+The batch axis is always dynamic. Text exports in ONNX also have a dynamic
+`sequence_length` axis (any length up to the model's maximum, dynamic padding
+included: budgets are rates of each sample's own tokens), and a token-reduced text
+model adds the output `token_weights` [batch, tokens]: the input tokens each output
+token stands for, 0 for padding rows, which is what pooling needs. Image size, and
+the sequence length of the other formats (TensorRT, AOTInductor), are static.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from torch import Tensor, nn
 from tokcomp.errors import TokcompError
 
 BATCH_AXIS = "batch_size"
+SEQUENCE_AXIS = "sequence_length"
+WEIGHTS_OUTPUT = "token_weights"
+MIN_SEQUENCE_LENGTH = 2  # a sentence is at least its CLS and SEP tokens
 SUPPORTED_TASKS = ("feature-extraction", "image-classification", "text-classification")
 _FEATURE_OUTPUTS = ("last_hidden_state", "pooler_output")
 
@@ -38,9 +45,26 @@ class IOSpec:
     num_channels: int = 3
     sequence_length: int | None = None
     vocab_size: int | None = None
+    dynamic_sequence: bool = False  # text only: the sequence axis is dynamic, up to max_sequence_length
+    max_sequence_length: int | None = None
 
-    def dummy_inputs(self, batch_size: int, seed: int) -> dict[str, Tensor]:
-        """Inputs from Optimum's generators, reproducible from `seed` (fresh per seed)."""
+    @property
+    def validation_lengths(self) -> tuple[int | None, ...]:
+        """Sequence lengths validation runs at: several for a dynamic axis, else the static one (None)."""
+        if not self.dynamic_sequence:
+            return (None,)
+        top = min(128, self.max_sequence_length or 128)
+        return tuple(sorted({min(n, top) for n in (3, 17, 64, 128)}))
+
+    def dummy_inputs(self, batch_size: int, seed: int, length: int | None = None) -> dict[str, Tensor]:
+        """Inputs from Optimum's generators, reproducible from `seed` (fresh per seed).
+
+        With a dynamic sequence axis, text inputs are `length` long (default: the reference
+        length) and dynamically padded: sample 0 fills the length, the others have random
+        real lengths, padded on the right.
+        """
+        if self.dynamic_sequence:
+            return self._padded_text(batch_size, seed, length or self.sequence_length)
         from optimum.utils.input_generators import DummyTextInputGenerator, DummyVisionInputGenerator
         from optimum.utils.normalized_config import NormalizedTextConfig, NormalizedVisionConfig
 
@@ -65,6 +89,15 @@ class IOSpec:
         finally:
             torch.random.set_rng_state(state)
 
+    def _padded_text(self, batch_size: int, seed: int, length: int) -> dict[str, Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, self.vocab_size, (batch_size, length), generator=generator)
+        real = torch.randint(min(MIN_SEQUENCE_LENGTH, length), length + 1, (batch_size,), generator=generator)
+        real[0] = length
+        mask = (torch.arange(length)[None] < real[:, None]).long()
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+        return {name: inputs[name] for name in self.input_names}
+
 
 def infer_task(model: nn.Module, library: str) -> str:
     """Optimum's task for this model class; timm VisionTransformers are classifiers."""
@@ -85,7 +118,16 @@ def infer_task(model: nn.Module, library: str) -> str:
     return task
 
 
-def io_spec(model: nn.Module, library: str, modality: str, image_size: int | None, sequence_length: int | None, task: str | None = None) -> IOSpec:
+def io_spec(
+    model: nn.Module,
+    library: str,
+    modality: str,
+    image_size: int | None,
+    sequence_length: int | None,
+    task: str | None = None,
+    dynamic_sequence: bool = False,
+) -> IOSpec:
+    """What the exported graph takes and returns; `dynamic_sequence` applies to text models only."""
     task = task or infer_task(model, library)
     if task not in SUPPORTED_TASKS:
         raise TokcompError(f"export task '{task}' is not supported", hint=f"supported: {', '.join(SUPPORTED_TASKS)}")
@@ -99,16 +141,31 @@ def io_spec(model: nn.Module, library: str, modality: str, image_size: int | Non
         accepts = inspect.signature(model.forward).parameters
         if "token_type_ids" in accepts and int(getattr(config, "type_vocab_size", 0) or 0) > 1:
             inputs.append("token_type_ids")
-        spec = IOSpec(task, modality, tuple(inputs), (), sequence_length=sequence_length, vocab_size=config.vocab_size)
+        spec = IOSpec(
+            task,
+            modality,
+            tuple(inputs),
+            (),
+            sequence_length=sequence_length,
+            vocab_size=config.vocab_size,
+            dynamic_sequence=dynamic_sequence,
+            max_sequence_length=getattr(config, "max_position_embeddings", None),
+        )
     return IOSpec(**{**vars(spec), "output_names": _output_names(model, spec)})
 
 
 def _output_names(model: nn.Module, spec: IOSpec) -> tuple[str, ...]:
+    from tokcomp.surgery import token_blocks
+
     if spec.task != "feature-extraction":
         return ("logits",)
     with torch.inference_mode():
         outputs = model(**spec.dummy_inputs(1, seed=0))
-    return tuple(name for name in _FEATURE_OUTPUTS if getattr(outputs, name, None) is not None)
+    names = tuple(name for name in _FEATURE_OUTPUTS if getattr(outputs, name, None) is not None)
+    # Pooling a token-reduced sentence needs each output token's size (the export cannot pool for the user).
+    if spec.dynamic_sequence and token_blocks(model) and "last_hidden_state" in names:
+        names += (WEIGHTS_OUTPUT,)
+    return names
 
 
 class ExportWrapper(nn.Module):
@@ -123,5 +180,13 @@ class ExportWrapper(nn.Module):
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         if self.library == "timm":
             return (self.model(inputs[0]),)
-        outputs = self.model(**dict(zip(self.spec.input_names, inputs, strict=True)))
-        return tuple(getattr(outputs, name) for name in self.spec.output_names)
+        kwargs = dict(zip(self.spec.input_names, inputs, strict=True))
+        if WEIGHTS_OUTPUT not in self.spec.output_names:
+            outputs = self.model(**kwargs)
+            return tuple(getattr(outputs, name) for name in self.spec.output_names)
+        from tokcomp.surgery import capture_final_state
+
+        with capture_final_state(self.model) as states:
+            outputs = self.model(**kwargs)
+        weights = states[-1].weight()
+        return tuple(weights if name == WEIGHTS_OUTPUT else getattr(outputs, name) for name in self.spec.output_names)

@@ -1,7 +1,7 @@
 """torch -> ONNX for a compressed model: the portable graph and the tokcomp-op graph.
 
 Exporter settings that matter (all measured on these machines, see docs/export.md):
-- dynamo exporter, opset 18, batch the only dynamic axis;
+- dynamo exporter, opset 18, batch a dynamic axis (and the sequence axis of text, see io_spec);
 - attention traced with the math SDPA backend: the CPU flash kernel's decomposition
   disagrees with the traced strides once merging has changed the token count and
   the decomposition step fails ("Cannot view a tensor ...");
@@ -23,7 +23,7 @@ import onnx
 import torch
 from torch import nn
 
-from tokcomp.export.io_spec import BATCH_AXIS, IOSpec
+from tokcomp.export.io_spec import BATCH_AXIS, MIN_SEQUENCE_LENGTH, SEQUENCE_AXIS, IOSpec
 from tokcomp.export.onnx_ops import STANDARD_OPSET, attach_function_bodies, translation_table
 
 FLAVOURS = ("portable", "tokcomp")
@@ -72,7 +72,10 @@ def export_context(flavour: str) -> Iterator[dict]:
 
 def dynamic_shapes(spec: IOSpec) -> dict:
     batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
-    return {name: {0: batch} for name in spec.input_names}
+    if not spec.dynamic_sequence:
+        return {name: {0: batch} for name in spec.input_names}
+    length = torch.export.Dim(SEQUENCE_AXIS, min=MIN_SEQUENCE_LENGTH, max=spec.max_sequence_length or 4096)
+    return {name: {0: batch, 1: length} for name in spec.input_names}
 
 
 def export_onnx(wrapper: nn.Module, spec: IOSpec, flavour: str, example_batch: int = 2, seed: int = 1234) -> onnx.ModelProto:

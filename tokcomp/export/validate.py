@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from tokcomp.errors import TokcompError
-from tokcomp.export.io_spec import BATCH_AXIS, IOSpec
+from tokcomp.export.io_spec import BATCH_AXIS, SEQUENCE_AXIS, IOSpec
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_BATCH_SIZES = (1, 4)
@@ -54,7 +54,8 @@ def declared_axes(model: onnx.ModelProto) -> dict[str, list[int | str]]:
 
 
 def check_signature(model: onnx.ModelProto, spec: IOSpec, expected_shapes: dict[str, list[int]] | None = None) -> None:
-    """Names in the declared order; dim 0 is `batch_size`; all other dims static (and as expected)."""
+    """Names in the declared order; dim 0 is `batch_size`; with a dynamic sequence axis, dim 1 of the inputs
+    is `sequence_length` and dim 1 of the token outputs is symbolic; all other dims static (and as expected)."""
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     problems = []
@@ -65,11 +66,16 @@ def check_signature(model: onnx.ModelProto, spec: IOSpec, expected_shapes: dict[
     for name, dims in declared_axes(model).items():
         if not dims or dims[0] != BATCH_AXIS:
             problems.append(f"{name}: axis 0 is {dims[:1]}, expected dynamic '{BATCH_AXIS}'")
-        dynamic = [d for d in dims[1:] if isinstance(d, str) or d == 0]
+        static_from = 1
+        if spec.dynamic_sequence and len(dims) > 1:
+            static_from = 2
+            if name in spec.input_names and dims[1] != SEQUENCE_AXIS:
+                problems.append(f"{name}: axis 1 is {dims[1]}, expected dynamic '{SEQUENCE_AXIS}'")
+        dynamic = [d for d in dims[static_from:] if isinstance(d, str) or d == 0]
         if dynamic:
-            problems.append(f"{name}: axes {dims} have non-batch dynamic or unknown dims {dynamic}")
-        if expected_shapes and name in expected_shapes and dims[1:] != expected_shapes[name]:
-            problems.append(f"{name}: static dims {dims[1:]}, expected {expected_shapes[name]}")
+            problems.append(f"{name}: axes {dims} have unexpected dynamic or unknown dims {dynamic}")
+        if expected_shapes and name in expected_shapes and dims[static_from:] != expected_shapes[name][static_from - 1 :]:
+            problems.append(f"{name}: static dims {dims[static_from:]}, expected {expected_shapes[name][static_from - 1 :]}")
     if problems:
         raise ExportValidationError("exported graph signature is wrong: " + "; ".join(problems))
 
@@ -132,6 +138,7 @@ def compare_outputs(
         "runtime": runtime,
         "atol": tolerances,
         "batch_sizes": list(batch_sizes),
+        **({"sequence_lengths": list(spec.validation_lengths)} if spec.dynamic_sequence else {}),
         "max_abs_diff": {},
         "seeds": {},
         "set_aside": [],
@@ -140,11 +147,12 @@ def compare_outputs(
     mismatches, ill_conditioned = [], []
     with full_fp32():
         for batch in batch_sizes:
-            kind, message = _validate_batch(run, reference, exact, spec, batch, tolerances, report)
-            if kind == "mismatch":
-                mismatches.append(message)
-            elif kind == "ill-conditioned":
-                ill_conditioned.append(message)
+            for length in spec.validation_lengths:
+                kind, message = _validate_batch(run, reference, exact, spec, batch, length, tolerances, report)
+                if kind == "mismatch":
+                    mismatches.append(message)
+                elif kind == "ill-conditioned":
+                    ill_conditioned.append(message)
     report["passed"] = not (mismatches or ill_conditioned)
     if mismatches:
         raise ExportValidationError(
@@ -161,31 +169,33 @@ def compare_outputs(
     return report
 
 
-def _validate_batch(run, reference, exact, spec, batch, tolerances, report) -> tuple[str, str]:
-    """("pass", ""), ("mismatch", numbers) or ("ill-conditioned", numbers) for one batch size.
+def _validate_batch(run, reference, exact, spec, batch, length, tolerances, report) -> tuple[str, str]:
+    """("pass", ""), ("mismatch", numbers) or ("ill-conditioned", numbers) for one batch size (and sequence
+    length, None when static).
 
     Passing needs one draw where every sample matches: setting a draw aside never lets
     a mismatch through, it only redraws.
     """
+    key = batch if length is None else f"{batch}x{length}"  # the report's key: "4", or "4x17" with a length
     for attempt in range(MAX_DRAWS):
-        seed = draw_seed(batch, attempt)
-        inputs = spec.dummy_inputs(batch, seed=seed)
+        seed = draw_seed(batch, attempt) + (0 if length is None else 100 * length)
+        inputs = spec.dummy_inputs(batch, seed=seed, length=length)
         expected = _reference_outputs(reference, spec, inputs)
         per_sample, problems = _per_sample_diffs(spec, expected, run(inputs))
-        report["max_abs_diff"][str(batch)] = {name: float(d.max(initial=0.0)) for name, d in per_sample.items()}
-        report["seeds"][str(batch)] = seed
+        report["max_abs_diff"][str(key)] = {name: float(d.max(initial=0.0)) for name, d in per_sample.items()}
+        report["seeds"][str(key)] = seed
         if problems:  # a wrong shape is never a matter of rounding
-            return "mismatch", "; ".join(f"batch {batch} {p}" for p in problems)
+            return "mismatch", "; ".join(f"batch {key} {p}" for p in problems)
         over = {name: np.flatnonzero(d > tolerances[name]) for name, d in per_sample.items()}
         mismatched = sorted({int(i) for rows in over.values() for i in rows})
         if not mismatched:
             return "pass", ""
         conditioning, error = exact.diffs(spec, inputs, expected)
-        real = _real_mismatches(batch, seed, per_sample, over, conditioning, error, tolerances)
+        real = _real_mismatches(key, seed, per_sample, over, conditioning, error, tolerances)
         if real:
             return "mismatch", "; ".join(real)
-        report["set_aside"].append(_set_aside_entry(batch, seed, mismatched, per_sample, conditioning))
-    return "ill-conditioned", _ill_conditioned_line(batch, report["set_aside"], tolerances)
+        report["set_aside"].append(_set_aside_entry(key, seed, mismatched, per_sample, conditioning))
+    return "ill-conditioned", _ill_conditioned_line(key, report["set_aside"], tolerances)
 
 
 def _real_mismatches(batch, seed, per_sample, over, conditioning, error, tolerances) -> list[str]:

