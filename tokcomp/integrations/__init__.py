@@ -1,0 +1,1 @@
+"""tokcomp checkpoints in other tools: transformers Auto classes, sentence-transformers."""
