@@ -17,12 +17,18 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tokcomp.reducers.apply import first, inverse, merge, with_null
 from tokcomp.reducers.ops import gather_tokens_reference as gather_rows  # metrics: not a swappable step
 from tokcomp.reducers.rate import Count
+from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState, real_count
+
+# What token similarity is computed on: the hidden states leaving the attention residual, or
+# the attention keys averaged over heads (ToMe's default; the paper ablates both).
+METRICS = ("hidden", "keys")
 
 
 class Matching(NamedTuple):
@@ -39,6 +45,11 @@ def alternate(t: Tensor, start: int) -> Tensor:
     stride checks in matmul), which multiplies recompiles with every reducing block.
     """
     return t.index_select(1, torch.arange(start, t.shape[1], 2, device=t.device))
+
+
+def similarity_metric(x: Tensor, attn: AttentionInfo, metric: str) -> Tensor:
+    """The L2-normalised [B, N, d] features similarity is measured on (`metric` in METRICS)."""
+    return F.normalize(attn.key_metric() if metric == "keys" else x, dim=-1)
 
 
 def bipartite_matching(metric: Tensor, state: TokenState) -> Matching:
@@ -115,4 +126,3 @@ def merge_into_most_similar(
     """Each moving token (moved [B, S]) whole into its most similar kept row (DiffRate's merge)."""
     dst = scores_to_kept(metric, state, kept, moved, null).argmax(dim=-1)
     return merge(x, state, kept, moved, torch.where(moving, dst, torch.zeros_like(dst)), null=null)
-

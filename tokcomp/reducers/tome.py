@@ -1,6 +1,8 @@
 """ToMe: bipartite soft matching (Bolya et al., ICLR 2023).
 
-1. metric = attention keys averaged over heads, L2-normalised;
+1. metric = attention keys averaged over heads (`keys`, the paper's choice on ViTs), or the
+   hidden states leaving the attention residual (`hidden`, the other feature the paper
+   ablates); L2-normalised (reducers/matching.py `similarity_metric`);
 2. alternating split A = even tokens, B = odd tokens; scores S = A B^T; protected tokens
    (CLS, distillation, registers) never move and never receive (reducers/matching.py);
 3. each sample moves r of its own tokens, r = the layer's rate of its reducible tokens,
@@ -8,15 +10,22 @@
 4. every A token picks its best B partner; the r A tokens with the highest scores merge
    into their partners (several may share one), size-weighted;
 5. output order [protected, A that stay in index order, all of B], then padding.
+
+Which metric a model gets by default is the pass's choice (passes/tome.py): keys for
+vision, hidden states for BERT-family text, where head-averaged keys are a poor
+similarity (measured: benchmarks/results/dynamic_padding.md).
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from typing import Any
+
 from torch import Tensor
 
+from tokcomp.errors import TokcompError
 from tokcomp.reducers.base import Reducer
-from tokcomp.reducers.matching import bipartite_matching, merge_matched
+from tokcomp.reducers.matching import METRICS, bipartite_matching, merge_matched, similarity_metric
+from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
@@ -24,8 +33,17 @@ from tokcomp.surgery.state import TokenState
 class ToMe(Reducer):
     kind = "tome"
 
+    def __init__(self, rate: Rate, protected: int, metric: str = "keys"):
+        super().__init__(rate, protected)
+        if metric not in METRICS:
+            raise TokcompError(f"unknown ToMe metric {metric!r}", hint=f"valid: {', '.join(METRICS)}")
+        self.metric = metric
+
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
         length = self.kept_tokens(tokens)
-        matching = bipartite_matching(F.normalize(attn.key_metric(), dim=-1), state)
+        matching = bipartite_matching(similarity_metric(x, attn, self.metric), state)
         return merge_matched(x, state, matching, self.per_sample_removal(state, tokens), tokens - length, length)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "metric": self.metric}
