@@ -1,10 +1,11 @@
 """Word error rate of the original zoo Whisper models on the zoo's evaluation clips (quality only, no timing).
 
     .venv/bin/python benchmarks/whisper_original.py                 # transformers, plus faster-whisper if installed
-    .venv/bin/python benchmarks/whisper_original.py --limit 20      # 20 clips per source (the committed table)
+    .venv/bin/python benchmarks/whisper_original.py --limit 5       # 5 clips per Asterisk language (the committed table)
 
-With --limit N each source keeps N of its evaluation clips: those whose SHA-256 of the
-name sorts first (a fixed, name-independent spread over the prompts). Greedy decoding everywhere. zoo:whisper-tiny-en transcribes the English sources;
+With --limit N each source keeps N of its evaluation clips (speech_clips' fixed, hash-based
+choice).
+Greedy decoding everywhere. zoo:whisper-tiny-en transcribes the English sources;
 zoo:whisper-base all of them with the clip's language forced. When faster-whisper is
 installed, the same CTranslate2 weights (kept in the zoo folder under ctranslate2/) are
 run through it too, int8 and float32, greedy (beam 1, temperature 0, no timestamps, no
@@ -21,7 +22,6 @@ Writes benchmarks/results/whisper_original.{json,md}; the JSON keeps every trans
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -39,41 +39,32 @@ RESULTS = ROOT / "benchmarks" / "results"
 ENGLISH = ("librivox", "commands", "asterisk-en")
 MODELS = {"whisper-tiny-en": ENGLISH, "whisper-base": SOURCES}
 BATCH = 8
+RUNTIMES = ("transformers", "fw-int8", "fw-float32")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="at most this many clips per source")
-    parser.add_argument("--no-faster-whisper", action="store_true")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     args = parser.parse_args()
-    clips = {source: _subset(speech_clips(source, "evaluation"), args.limit) for source in SOURCES}
-    runtimes = ["transformers"] + (
-        [] if args.no_faster_whisper or not _has_faster_whisper() else ["fw-int8", "fw-float32"]
-    )
-    rows = []
-    for name, sources in MODELS.items():
-        folder = pull(f"zoo:{name}")
-        for runtime in runtimes:
-            run = _runner(folder, runtime)
-            for source in sources:
-                print(f"{name} {runtime} {source}: {len(clips[source])} clips", file=sys.stderr, flush=True)
-                hypotheses = run(clips[source])
-                rows.append(_row(name, runtime, source, clips[source], hypotheses))
+    runtimes = [r for r in args.runtimes if r == "transformers" or _has_faster_whisper()]
+    clips = {source: speech_clips(source, "evaluation", args.limit) for source in SOURCES}
     result = {
         "kind": "tokcomp-bench-whisper-original",
         "machine": machine(),
         "split": {"name": "evaluation", "calibration_share": CALIBRATION_SHARE},
         "limit": args.limit,
-        "rows": rows,
+        "rows": [],
     }
-    write_results(RESULTS, "whisper_original", result, _markdown(rows, args.limit))
-
-
-def _subset(clips: list, limit: int | None) -> list:
-    if limit is None or len(clips) <= limit:
-        return clips
-    chosen = sorted(clips, key=lambda c: hashlib.sha256(c.name.encode()).hexdigest())[:limit]
-    return sorted(chosen, key=lambda c: c.name)
+    # Runtime by runtime (the reference runtime first), rewriting the results after every row,
+    # so an interrupted run keeps what it measured.
+    for runtime in runtimes:
+        for name, sources in MODELS.items():
+            run = _runner(pull(f"zoo:{name}"), runtime)
+            for source in sources:
+                print(f"{name} {runtime} {source}: {len(clips[source])} clips", file=sys.stderr, flush=True)
+                result["rows"].append(_row(name, runtime, source, clips[source], run(clips[source])))
+                write_results(RESULTS, "whisper_original", result, _markdown(result["rows"], args.limit))
 
 
 def _has_faster_whisper() -> bool:

@@ -73,6 +73,19 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return resample(mono, rate, sample_rate)
 
 
+def audio_seconds(path: str | Path) -> float:
+    """The file's duration in seconds, read from its header (nothing is decoded)."""
+    path = Path(path)
+    try:
+        import soundfile
+    except ImportError:
+        raise TokcompError(f"cannot read {path}: the soundfile package is not installed", hint=_INSTALL_HINT) from None
+    try:
+        return float(soundfile.info(str(path)).duration)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise TokcompError(f"cannot read audio file {path}: {first_line(exc)}", hint="check that it is audio") from None
+
+
 def _reads_mp3() -> bool:
     import soundfile
 

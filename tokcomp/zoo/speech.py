@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokcomp.data.audio import SAMPLE_RATE, SpeechClip, load_audio
+from tokcomp.data.audio import SAMPLE_RATE, SpeechClip, audio_seconds, load_audio
 from tokcomp.errors import ZooError
 from tokcomp.fileio import atomic_directory, cache_dir
 from tokcomp.progress import info
@@ -56,20 +56,31 @@ _WORD = re.compile(r"\w", re.UNICODE)
 _SPHINX_LINE = re.compile(r"^\s*(?:<s>)?(?P<text>.*?)(?:</s>)?\s*\((?P<id>[^()]+)\)\s*$")
 
 
-def speech_clips(source: str, split: str = "evaluation") -> list[SpeechClip]:
-    """The clips of zoo speech `source` (see SOURCES) in `split`, sorted by name."""
+def speech_clips(source: str, split: str = "evaluation", limit: int | None = None) -> list[SpeechClip]:
+    """The clips of zoo speech `source` (see SOURCES) in `split`, sorted by name.
+
+    `limit` keeps at most that many: those whose names' SHA-256 (hex) sorts first, a fixed
+    spread over the prompts rather than the alphabetically first ones (among the clips of at
+    most MAX_SECONDS).
+    """
     if source not in SOURCES:
         raise ZooError(f"unknown speech source {source!r}; valid sources: {', '.join(SOURCES)}")
     if split not in SPLITS:
         raise ZooError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     entries = _catalogue(source)  # (name, audio path, transcript, language)
-    chosen = [e for e in entries if split == "all" or split_of(source, e[0]) == split]
-    clips = []
-    for name, path, transcript, language in chosen:
-        audio = _raw_pcm(path) if path.suffix == ".raw" else load_audio(path)
-        if len(audio) <= MAX_SECONDS * SAMPLE_RATE:
-            clips.append(SpeechClip(name, audio, transcript, language))
-    return clips
+    chosen = [
+        e for e in entries if (split == "all" or split_of(source, e[0]) == split) and _seconds(e[1]) <= MAX_SECONDS
+    ]
+    if limit is not None and len(chosen) > limit:
+        chosen = sorted(sorted(chosen, key=lambda e: hashlib.sha256(e[0].encode()).hexdigest())[:limit])
+    return [
+        SpeechClip(name, _raw_pcm(path) if path.suffix == ".raw" else load_audio(path), transcript, language)
+        for name, path, transcript, language in chosen
+    ]
+
+
+def _seconds(path: Path) -> float:
+    return path.stat().st_size / 2 / SAMPLE_RATE if path.suffix == ".raw" else audio_seconds(path)
 
 
 def split_of(source: str, name: str) -> str:
