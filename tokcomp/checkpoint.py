@@ -45,7 +45,7 @@ class BaseModelInfo(BaseModel):
 
 
 class InputInfo(BaseModel):
-    modality: Literal["image", "text"]
+    modality: Literal["image", "text", "audio"]
     image_size: int | None = None
     sequence_length: int | None = None
 
@@ -93,6 +93,8 @@ def save_checkpoint(
         write_json(folder / "config.json", {"timm_name": loaded.extra["timm_name"], "num_classes": model.num_classes})
     if loaded.processor is not None:
         loaded.processor.save_pretrained(str(folder))
+    if loaded.library == "transformers" and model.can_generate():  # Whisper: language, task, suppress lists
+        model.generation_config.save_pretrained(str(folder))
     spec = loaded.input_spec
     token_tokens = next((r.metadata["tokens_per_layer"] for r in records if "tokens_per_layer" in r.metadata), None)
     state = CheckpointState(
@@ -235,7 +237,10 @@ def _build_base(path: Path, base: BaseModelInfo) -> nn.Module:
     if not (isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel)):
         raise CheckpointError(f"{path}: unknown model class '{base.class_name}' for this transformers version")
     config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    return model_cls(config)
+    model = model_cls(config)
+    if (path / "generation_config.json").is_file():
+        model.generation_config = transformers.GenerationConfig.from_pretrained(str(path))
+    return model
 
 
 def _restore_pass(model: nn.Module, record: PassRecordModel) -> None:

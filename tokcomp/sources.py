@@ -71,8 +71,11 @@ def _load_transformers(location: str, spec: ModelSpec, source: str) -> LoadedMod
     return LoadedModel(model, source, "transformers", model_cls.__name__, InputSpec(modality), processor, pooling)
 
 
-def modality_of_config(config) -> Literal["image", "text"]:
-    """Of a transformers config (or config.json's keys): text models have a vocabulary and no image size."""
+def modality_of_config(config) -> Literal["image", "text", "audio"]:
+    """Of a transformers config (or config.json's keys): audio models have mel bins (Whisper), text models
+    a vocabulary and no image size."""
+    if getattr(config, "num_mel_bins", None):
+        return "audio"
     return "text" if getattr(config, "vocab_size", None) and not hasattr(config, "image_size") else "image"
 
 
@@ -142,7 +145,9 @@ def model_class_for(config) -> type:
 def _processor(location: str, modality: str, trust_remote_code: bool):
     import transformers
 
-    auto = transformers.AutoTokenizer if modality == "text" else transformers.AutoImageProcessor
+    auto = {"text": transformers.AutoTokenizer, "audio": transformers.AutoProcessor}.get(
+        modality, transformers.AutoImageProcessor
+    )
     try:
         return auto.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
@@ -175,6 +180,8 @@ def _input_spec(loaded: LoadedModel, spec: ModelSpec) -> InputSpec:
         default = find_adapter(loaded.model).default_input(loaded.model)
     except UnsupportedModelError:  # fine for passes that do not reduce tokens (vocabulary trimming)
         default = InputSpec(loaded.input_spec.modality, image_size=None, sequence_length=128)
+    if default.modality == "audio":  # the encoder window; the adapter refuses any other length
+        return InputSpec("audio", sequence_length=spec.sequence_length or default.sequence_length)
     if default.modality == "text":
         return InputSpec("text", sequence_length=spec.sequence_length or default.sequence_length)
     size = spec.image_size or _processor_image_size(loaded.processor) or default.image_size
