@@ -184,7 +184,11 @@ class TruncatedEncoder(nn.Module):
         else:
             lengths = torch.full((input_features.shape[0],), self.audio_ctx, device=input_features.device)
         tokens = int(lengths.max())
-        x = nn.functional.gelu(self.conv1(input_features[..., : FRAMES_PER_TOKEN * tokens]))
+        # Frames past a clip's own window read as the convolutions' zero padding, as if it ran alone.
+        frames = torch.arange(FRAMES_PER_TOKEN * tokens, device=input_features.device)
+        inside = (frames < FRAMES_PER_TOKEN * lengths[:, None])[:, None, :]
+        x = input_features[..., : FRAMES_PER_TOKEN * tokens] * inside
+        x = nn.functional.gelu(self.conv1(x)) * inside
         x = nn.functional.gelu(self.conv2(x)).permute(0, 2, 1)
         x = x + self.embed_positions.weight[:tokens]
         real = torch.arange(tokens, device=x.device) < lengths[:, None]

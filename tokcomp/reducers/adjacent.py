@@ -21,8 +21,7 @@ Chains: only A tokens move and only B tokens receive, so within one layer a grou
 either a B token alone, a B token and one neighbour, or a B token and both its neighbours
 (A-B-A: three consecutive tokens). Groups never overlap and never skip a token, so they
 are contiguous runs in time; longer runs form over layers. Each output token takes its B
-token's position, and the block sorts by position (TokenBlock.preserve_order), so the
-output is in time order.
+token's position and the output is sorted by position: time order.
 
 Deterministic and batch-invariant: every choice is per sample, with stable sorts; by
 ratio the output length is the longest sample's count (static, from the tensor's shape).
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokcomp.errors import TokcompError
+from tokcomp.reducers.apply import in_input_order
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.matching import Matching, alternate, merge_matched
 from tokcomp.reducers.rate import Rate, at_most
@@ -86,12 +86,14 @@ class AdjacentMerge(Reducer):
         removed = self.per_sample_removal(state, tokens)
         if self.threshold is None:
             length = self.kept_tokens(tokens)
-            return merge_matched(x, state, matching, removed, tokens - length, length)
-        removed = at_most((matching.best > self.threshold).sum(dim=-1), removed)
-        # Data-dependent output length: the batch's longest sample.
-        slots = int(removed.max())
-        length = int(torch.as_tensor(real_count(state, tokens) - removed).max())
-        return merge_matched(x, state, matching, removed, slots, length)
+            slots = tokens - length
+        else:
+            removed = at_most((matching.best > self.threshold).sum(dim=-1), removed)
+            # Data-dependent output length: the batch's longest sample.
+            slots = int(removed.max())
+            length = int(torch.as_tensor(real_count(state, tokens) - removed).max())
+        # ToMe's output order (kept A tokens, then B) back to time order.
+        return in_input_order(*merge_matched(x, state, matching, removed, slots, length))
 
     def describe(self) -> dict:
         return {**super().describe(), "threshold": self.threshold}
