@@ -22,7 +22,7 @@ its FLOPs depend on the clip: mean reported), and to the reducer's final token c
 Columns: tokens per encoder layer at the window, encoder GMACs ratio, clips whose greedy
 transcript equals the original model's, WER against the reference transcripts and against
 the original's transcripts (Whisper's English normaliser on both sides; word edit distance).
-Writes benchmarks/results/whisper_reducers.{json,md}.
+Writes benchmarks/results/whisper_reducers.{json,md} (or --output).
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def main() -> None:
     )
     parser.add_argument("--budgets", default="-30%,-50%")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=str(RESULTS / "whisper_reducers"), help="writes OUTPUT.json and OUTPUT.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -217,9 +218,10 @@ def main() -> None:
         "reference": reference,
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    write_json(RESULTS / "whisper_reducers.json", result)
-    (RESULTS / "whisper_reducers.md").write_text(markdown(result))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json(output.with_suffix(".json"), result)
+    (output.with_suffix(".md")).write_text(markdown(result))
     print(markdown(result))
 
 

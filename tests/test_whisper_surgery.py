@@ -203,6 +203,28 @@ def test_adjacent_merge_is_deterministic(original):
     assert torch.equal(encode(model, x), encode(model, x))
 
 
+@pytest.mark.slow  # torch.export tracing takes tens of seconds on a shared CPU
+def test_encoder_and_decoder_export_with_sizes_in_the_tensor(original):
+    """No side channel: the reduced encoder and the size-reading decoder trace as plain graphs."""
+    model = reduced(original, [{"type": "adjacent_merge", "r": 8}])
+    x, ids = features(2), torch.tensor([[1, 5, 7], [1, 3, 4]])
+
+    class Encoder(torch.nn.Module):
+        def forward(self, features):
+            return model.model.encoder(features).last_hidden_state
+
+    class Decoder(torch.nn.Module):
+        def forward(self, ids, states):
+            return model(encoder_outputs=(states,), decoder_input_ids=ids, use_cache=False).logits
+
+    states = encode(model, x)
+    with torch.no_grad():
+        encoder = torch.export.export(Encoder(), (x,)).module()
+        assert (encoder(x) - states).abs().max() <= 1e-5
+        decoder = torch.export.export(Decoder(), (ids, states)).module()
+        assert (decoder(ids, states) - Decoder()(ids, states)).abs().max() <= 1e-5
+
+
 # ---------------------------------------------------------------- the adjacent rule
 
 
