@@ -46,13 +46,13 @@ class BaseModelInfo(BaseModel):
     source: str
     library: Literal["transformers", "timm"]
     class_name: str
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean", "none"] = "cls"  # none: models whose output is not pooled (speech)
     timm_name: str | None = None
     hub_id: str | None = None  # the Hugging Face id of the base model, when known (model card)
 
 
 class InputInfo(BaseModel):
-    modality: Literal["image", "text"]
+    modality: Literal["image", "text", "audio"]
     image_size: int | None = None
     sequence_length: int | None = None
 
@@ -107,6 +107,8 @@ def save_checkpoint(
         loaded.processor.save_pretrained(str(folder))
     if loaded.folder is not None and is_sentence_transformers_folder(loaded.folder):
         copy_module_files(loaded.folder, folder, token_reduced)
+    if loaded.library == "transformers" and model.can_generate():  # Whisper: language, task, suppress lists
+        model.generation_config.save_pretrained(str(folder))
     spec = loaded.input_spec
     state = CheckpointState(
         tokcomp_version=__version__,
@@ -250,7 +252,10 @@ def _build_base(path: Path, base: BaseModelInfo) -> nn.Module:
     model_cls = getattr(transformers, base.class_name, None)
     if not (isinstance(model_cls, type) and issubclass(model_cls, transformers.PreTrainedModel)):
         raise CheckpointError(f"{path}: unknown model class '{base.class_name}' for this transformers version")
-    return model_cls(base_config(read_json(path / "config.json")))
+    model = model_cls(base_config(read_json(path / "config.json")))
+    if (path / "generation_config.json").is_file():
+        model.generation_config = transformers.GenerationConfig.from_pretrained(str(path))
+    return model
 
 
 def _restore_pass(model: nn.Module, record: PassRecordModel) -> None:

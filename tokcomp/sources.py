@@ -29,7 +29,7 @@ class LoadedModel:
     class_name: str
     input_spec: InputSpec
     processor: Any | None = None  # image processor or tokenizer
-    pooling: Literal["cls", "mean"] = "cls"  # how to turn outputs into one embedding
+    pooling: Literal["cls", "mean", "none"] = "cls"  # how to turn outputs into one embedding (none: speech)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. timm model name
     folder: Path | None = None  # the local model folder (zoo or on disk): files a checkpoint keeps (sentence-transformers)
     hub_id: str | None = None  # the model's Hugging Face id, when known
@@ -79,8 +79,11 @@ def _load_transformers(location: str, spec: ModelSpec, source: str) -> LoadedMod
     return LoadedModel(model, source, "transformers", model_cls.__name__, InputSpec(modality), processor, pooling)
 
 
-def modality_of_config(config) -> Literal["image", "text"]:
-    """Of a transformers config (or config.json's keys): text models have a vocabulary and no image size."""
+def modality_of_config(config) -> Literal["image", "text", "audio"]:
+    """Of a transformers config (or config.json's keys): audio models have mel bins (Whisper), text models
+    a vocabulary and no image size."""
+    if getattr(config, "num_mel_bins", None):
+        return "audio"
     return "text" if getattr(config, "vocab_size", None) and not hasattr(config, "image_size") else "image"
 
 
@@ -150,7 +153,9 @@ def model_class_for(config) -> type:
 def _processor(location: str, modality: str, trust_remote_code: bool):
     import transformers
 
-    auto = transformers.AutoTokenizer if modality == "text" else transformers.AutoImageProcessor
+    auto = {"text": transformers.AutoTokenizer, "audio": transformers.AutoProcessor}.get(
+        modality, transformers.AutoImageProcessor
+    )
     try:
         return auto.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
@@ -183,6 +188,8 @@ def _input_spec(loaded: LoadedModel, spec: ModelSpec) -> InputSpec:
         default = find_adapter(loaded.model).default_input(loaded.model)
     except UnsupportedModelError:  # fine for passes that do not reduce tokens (vocabulary trimming)
         default = InputSpec(loaded.input_spec.modality, image_size=None, sequence_length=128)
+    if default.modality == "audio":  # the encoder window; the adapter refuses any other length
+        return InputSpec("audio", sequence_length=spec.sequence_length or default.sequence_length)
     if default.modality == "text":
         return InputSpec("text", sequence_length=spec.sequence_length or default.sequence_length)
     size = spec.image_size or _processor_image_size(loaded.processor) or default.image_size

@@ -106,6 +106,7 @@ class DiffRatePass(Pass):
 
     def apply(self, model, config: DiffRateConfig, ctx: PassContext) -> dict[str, Any]:
         site = BlockSite.prepare(model, self.name)
+        site.require_cls(self.name)
         geometry = geometry_of(model, ctx.input_spec)
         selected = select_blocks(site.names, config)
         search_report = None

@@ -49,6 +49,15 @@ class BlockSite:
         names = [f"{container}.{i}" for i in range(len(blocks))]
         return cls(adapter, blocks, names, adapter.protected_tokens(model))
 
+    def require_cls(self, pass_name: str) -> None:
+        """Refuse a pass that ranks tokens by the CLS token's attention on a model without one."""
+        if self.protected == 0:
+            raise RecipeError(
+                f"pass '{pass_name}' ranks tokens by the CLS token's attention, and this {self.adapter.family} "
+                "model has no CLS token",
+                hint="use adjacent_merge, tome, token_transform (target_selection: alternating) or zero_tprune",
+            )
+
     def install(self, reducers: list[Reducer | None], proportional_attention: bool) -> None:
         for block, reducer in zip(self.blocks, reducers, strict=True):
             block.reducer = reducer
@@ -97,6 +106,8 @@ class ScheduledReductionPass(Pass):
         selected = select_blocks(site.names, config)
         r_list = resolve_r_list(config, selected, geometry, make, self.name, site.protected)
         reducers = make(r_list)
+        if any(reducer is not None and reducer.uses_cls_attention for reducer in reducers):
+            site.require_cls(self.name)
         site.install(reducers, self.proportional_attention(config))
         return {**token_metadata(site, geometry, reducers), "r_per_layer": r_list}
 

@@ -40,6 +40,8 @@ from tokcomp.surgery.state import TokenState, reducible_tokens
 class Reducer(nn.Module, ABC):
     #: stable name used in checkpoint metadata
     kind: str = ""
+    #: ranks tokens by the CLS token's attention (AttentionInfo.cls_attention): needs a CLS token
+    uses_cls_attention: bool = False
 
     def __init__(self, rate: Rate, protected: int):
         super().__init__()

@@ -71,6 +71,7 @@ def rates_from_kept(
 
 class DiffRate(Reducer):
     kind = "diffrate"
+    uses_cls_attention = True
 
     def __init__(self, prune: Rate, merge: Rate, protected: int, merge_rule: str = "importance"):
         super().__init__(prune, protected)

@@ -41,6 +41,7 @@ class EViT(Reducer):
     """Keep the n - r - 1 most attended tokens; fuse the r + 1 others into one token."""
 
     kind = "evit"
+    uses_cls_attention = True
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]

@@ -33,6 +33,7 @@ class ClassAttentionPrune(Reducer):
     """Drop the tokens the CLS token attends to least."""
 
     kind = "prune"
+    uses_cls_attention = True
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         return prune_to_most_important(self, x, state, attn.cls_attention())

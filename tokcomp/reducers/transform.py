@@ -93,6 +93,10 @@ class TokenTransform(Reducer):
             raise TokcompError(f"unknown metric {metric!r}", hint=f"valid: {', '.join(METRICS)}")
         self.k, self.temperature, self.selection, self.metric = k, temperature, selection, metric
 
+    @property
+    def uses_cls_attention(self) -> bool:
+        return self.selection == "cls_attention"
+
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
         length = self.kept_tokens(tokens)

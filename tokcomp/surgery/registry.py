@@ -12,10 +12,11 @@ from tokcomp.surgery.adapters.base import Adapter
 from tokcomp.surgery.adapters.bert import BertAdapter
 from tokcomp.surgery.adapters.hf_vision import DeiTAdapter, Dinov2Adapter, ViTAdapter
 from tokcomp.surgery.adapters.timm_vit import TimmViTAdapter
+from tokcomp.surgery.adapters.whisper import WhisperAdapter
 from tokcomp.surgery.block import TokenBlock
 from tokcomp.surgery.state import TokenState
 
-ADAPTERS: list[Adapter] = [ViTAdapter(), DeiTAdapter(), Dinov2Adapter(), BertAdapter(), TimmViTAdapter()]
+ADAPTERS: list[Adapter] = [ViTAdapter(), DeiTAdapter(), Dinov2Adapter(), BertAdapter(), TimmViTAdapter(), WhisperAdapter()]
 
 
 def supported_families() -> str:
@@ -46,6 +47,7 @@ def adapter_by_family(family: str) -> Adapter:
 def rewrite_blocks(model: nn.Module, adapter: Adapter) -> list[TokenBlock]:
     """Swap every transformer block for its TokenBlock (idempotent); returns the new blocks."""
     _, blocks = adapter.block_list(model)
+    adapter.prepare_model(model)
     count = len(blocks)
     for index in range(count):
         original = blocks[index]

@@ -34,7 +34,7 @@ class Geometry:
 class InputSpec:
     """Reference input the token counts refer to."""
 
-    modality: Literal["image", "text"]
+    modality: Literal["image", "text", "audio"]  # audio: sequence_length counts encoder positions
     image_size: int | None = None
     sequence_length: int | None = None
 
@@ -42,7 +42,7 @@ class InputSpec:
 class Adapter(ABC):
     family: str = ""
     description: str = ""
-    modality: Literal["image", "text"] = "image"
+    modality: Literal["image", "text", "audio"] = "image"
 
     @abstractmethod
     def matches(self, model: nn.Module) -> bool: ...
@@ -50,6 +50,9 @@ class Adapter(ABC):
     @abstractmethod
     def block_list(self, model: nn.Module) -> tuple[str, nn.ModuleList | nn.Sequential]:
         """(qualified name, container) of the transformer blocks."""
+
+    def prepare_model(self, model: nn.Module) -> None:
+        """Model-level changes beside the blocks, made once before they are rewritten (default: none)."""
 
     @abstractmethod
     def rewrite_block(self, block: nn.Module, index: int, num_blocks: int, model: nn.Module) -> TokenBlock: ...

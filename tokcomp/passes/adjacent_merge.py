@@ -1,0 +1,40 @@
+"""Pass `adjacent_merge`: A-ToMe's order-preserving merging of neighbouring tokens (speech encoders).
+
+The budget (`r`, a per-block list, `{r, inflect}` or `target_flops`) is resolved like ToMe's
+at the reference input and applied as a rate of each input's own tokens. With `threshold`
+every neighbour pair whose keys' cosine exceeds it merges, up to that budget per block (the
+cap): the token counts then depend on the audio, and the recorded `tokens_per_layer` /
+`gmacs` are the fewest tokens the cap allows (eager PyTorch only: data-dependent shapes).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from tokcomp.passes.base import register_pass
+from tokcomp.passes.budget import BudgetConfig
+from tokcomp.passes.token_reduction import ScheduledReductionPass
+from tokcomp.reducers.adjacent import AdjacentMerge
+from tokcomp.reducers.rate import Rate
+
+
+class AdjacentMergeConfig(BudgetConfig):
+    threshold: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="merge every neighbour pair above this key cosine, up to the budget (default: by the budget alone)",
+    )
+    proportional_attention: bool = True
+
+
+@register_pass
+class AdjacentMergePass(ScheduledReductionPass):
+    name = "adjacent_merge"
+    version = 1
+    Config = AdjacentMergeConfig
+    reducer = AdjacentMerge
+    summary = "A-ToMe: merge neighbouring tokens with similar keys, time order kept (by rate or threshold)"
+
+    def make_reducer(self, config: AdjacentMergeConfig, rate: Rate, protected: int) -> AdjacentMerge:
+        return AdjacentMerge(rate, protected, config.threshold)
