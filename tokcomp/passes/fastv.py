@@ -15,6 +15,7 @@ shorter than sink + question loses nothing.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import Field
@@ -52,7 +53,7 @@ class FastVPass(Pass):
                 f"in the {geometry.input_tokens}-token reference prompt",
                 hint="lower sink / question, or raise sequence_length",
             )
-        rate = Rate(round((1 - config.keep) * reducible), reducible)
+        rate = Rate(math.floor((1 - config.keep) * reducible + 0.5), reducible)  # halves round up
         reducers = self._install(site, config, rate)
         return {**token_metadata(site, geometry, reducers), "rate": rate.to_json()}
 

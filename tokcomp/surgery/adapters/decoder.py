@@ -149,7 +149,7 @@ class DecoderTokenBlock(TokenBlock):
 
                 x, state = in_input_order(x, state)
         x = self.mlp_residual(x)
-        if self.is_last and self.compact_padding:
+        if self.is_last:
             # Back to the caller's layout (left padding): the last row is every sample's last token.
             order = left_aligned(state.real)
             x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
