@@ -7,6 +7,7 @@ sliding windows shorter than the prompts); slow tests use the real zoo:gemma-3-2
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,10 +27,10 @@ SINK, QUESTION = 2, 5
 
 def tiny(family: str) -> transformers.PreTrainedModel:
     torch.manual_seed(0)
-    common = dict(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512,
-    )  # fmt: skip
+    common = {
+        "vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+    }  # fmt: skip
     if family == "llama":
         config = transformers.LlamaConfig(**common)
         return transformers.LlamaForCausalLM(config).eval()
@@ -42,7 +43,9 @@ def tiny(family: str) -> transformers.PreTrainedModel:
 
 def compressed(base, keep: float, layer: int = 2):
     model = copy.deepcopy(base)
-    apply_passes(model, [{"type": "fastv", "keep": keep, "layer": layer, "sink": SINK, "question": QUESTION}], sequence_length=64)
+    apply_passes(
+        model, [{"type": "fastv", "keep": keep, "layer": layer, "sink": SINK, "question": QUESTION}], sequence_length=64
+    )
     return model
 
 
@@ -55,6 +58,7 @@ def greedy(model, **inputs):
 
 
 FAMILIES = ["llama", "qwen2", "mistral"]
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -125,7 +129,7 @@ def test_left_padded_batch_equals_each_prompt_alone():
     mask = torch.zeros(2, PROMPT, dtype=torch.long)
     ids[0], mask[0] = long[0], 1
     ids[1, PROMPT - 28 :], mask[1, PROMPT - 28 :] = short[0], 1
-    batch = greedy(model, input_ids=ids, attention_mask=mask)
+    batch = greedy(copy.deepcopy(model), input_ids=ids, attention_mask=mask)  # a copy hooks into itself
     for row, alone in ((0, long), (1, short)):
         single = greedy(model, input_ids=alone)
         assert torch.equal(batch.sequences[row, PROMPT:], single.sequences[0, alone.shape[1] :])
@@ -147,7 +151,11 @@ def test_compiled_checkpoint_loads_as_a_causal_lm_that_generates(tmp_path):
     base = tiny("qwen2")
     base.save_pretrained(tmp_path / "model")
     passes = [{"type": "fastv", "keep": 0.5, "layer": 2, "sink": SINK, "question": QUESTION}]
-    recipe = {"model": {"source": str(tmp_path / "model"), "sequence_length": 64}, "passes": passes, "evaluation": False}
+    recipe = {
+        "model": {"source": str(tmp_path / "model"), "sequence_length": 64},
+        "passes": passes,
+        "evaluation": False,
+    }
     tokcomp.compile(recipe, tmp_path / "out")
     loaded = tokcomp.load(tmp_path / "out")
     assert isinstance(loaded, transformers.Qwen2ForCausalLM)
@@ -170,6 +178,101 @@ def test_bad_configs_are_one_line_errors(passes, message):
 
 
 def test_fastv_refuses_an_encoder():
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
     with pytest.raises(RecipeError, match="decoder LLM"):
         apply_passes(transformers.BertModel(config).eval(), [{"type": "fastv"}], sequence_length=64)
+
+
+# --------------------------------------------------------------------------- real model: zoo:gemma-3-270m
+
+CONTEXT, CONTINUATION = 1000, 32  # prompt tokens (twice the 512-token sliding window), tokens scored after it
+
+
+def passages(tokenizer, count: int) -> list[torch.Tensor]:
+    """`count` real prose passages of CONTEXT + CONTINUATION tokens, from different parts of the Python docs."""
+    from tokcomp.zoo.samples import english_prose
+
+    sentences = english_prose()
+    out, start = [], 0
+    while len(out) < count:
+        text, end = "", start
+        while len(tokenizer(text).input_ids) < CONTEXT + CONTINUATION + 8:
+            text, end = f"{text} {sentences[end]}".strip(), end + 1
+        out.append(tokenizer(text, return_tensors="pt").input_ids[:, : CONTEXT + CONTINUATION])
+        start = end + len(sentences) // (2 * count)  # skip ahead: another topic
+    return out
+
+
+def continuation_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token logits [CONTINUATION, V] for the last CONTINUATION tokens of `ids`: the prompt is
+    prefilled (and reduced) alone, the continuation then runs through the KV cache in one chunk."""
+    with torch.no_grad():
+        prefill = model(ids[:, :CONTEXT], use_cache=True)
+        steps = model(ids[:, CONTEXT:-1], cache=prefill.past_key_values, use_cache=True)
+    return torch.cat([prefill.logits[0, -1:], steps.logits[0]])
+
+
+def fidelity(original: torch.Tensor, compressed: torch.Tensor) -> tuple[float, float]:
+    """(top-1 agreement, mean KL(original || compressed) in nats) over the scored positions."""
+    agreement = (original.argmax(-1) == compressed.argmax(-1)).float().mean().item()
+    log_p, log_q = original.float().log_softmax(-1), compressed.float().log_softmax(-1)
+    return agreement, (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from tokcomp.zoo import pull
+
+    folder = pull("zoo:gemma-3-270m")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return tokenizer, model
+
+
+def compile_gemma(tmp_path, keep: float):
+    import yaml
+
+    import tokcomp
+
+    recipe = yaml.safe_load((RECIPES / "fastv_gemma.yaml").read_text())
+    recipe["passes"][0]["keep"] = keep
+    tokcomp.compile(recipe, tmp_path / f"fastv_{keep}")
+    return tokcomp.load(tmp_path / f"fastv_{keep}")
+
+
+@pytest.mark.slow
+def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path):
+    tokenizer, original = gemma
+    model = compile_gemma(tmp_path, keep=1.0)
+    assert isinstance(model, transformers.Gemma3ForCausalLM)
+    ids = passages(tokenizer, 1)[0]
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, original(ids).logits, atol=1e-5)
+    assert torch.allclose(continuation_logits(model, ids), continuation_logits(original, ids), atol=1e-5)
+    prompt = {"input_ids": ids[:, :CONTEXT], "attention_mask": torch.ones(1, CONTEXT, dtype=torch.long)}
+    ours = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+    assert torch.equal(ours, original.generate(**prompt, max_new_tokens=16, do_sample=False))
+
+
+@pytest.mark.slow
+def test_gemma_fastv_half_keeps_the_continuation(gemma, tmp_path):
+    """keep 0.5 after layer 2: the next 32 tokens' distributions stay close to the original's."""
+    tokenizer, original = gemma
+    model = compile_gemma(tmp_path, keep=0.5)
+    scores = []
+    for ids in passages(tokenizer, 4):
+        with torch.no_grad():
+            cache = model(ids[:, :CONTEXT], use_cache=True).past_key_values
+        reducible = CONTEXT - 4 - 32
+        kept = CONTEXT - model.model.layers[1].reducer.rate.of(reducible)
+        assert kept == CONTEXT - reducible // 2
+        full_layers = [i for i, t in enumerate(model.config.layer_types) if t == "full_attention"]
+        assert all(cache.layers[i].keys.shape[2] == kept for i in full_layers)  # layers 5, 11, 17
+        scores.append(fidelity(continuation_logits(original, ids), continuation_logits(model, ids)))
+    agreement = sum(s[0] for s in scores) / len(scores)
+    kl = sum(s[1] for s in scores) / len(scores)
+    print(f"\nfastv keep 0.5 K=2, {len(scores)} x {CONTINUATION} tokens: top-1 agreement {agreement:.3f}, KL {kl:.4f}")
+    print("per passage:", [(round(a, 3), round(k, 4)) for a, k in scores])
+    assert agreement >= 0.75 and kl < 0.5

@@ -16,7 +16,14 @@ from tokcomp.surgery.adapters.timm_vit import TimmViTAdapter
 from tokcomp.surgery.block import TokenBlock
 from tokcomp.surgery.state import TokenState
 
-ADAPTERS: list[Adapter] = [ViTAdapter(), DeiTAdapter(), Dinov2Adapter(), BertAdapter(), TimmViTAdapter(), DecoderAdapter()]
+ADAPTERS: list[Adapter] = [
+    ViTAdapter(),
+    DeiTAdapter(),
+    Dinov2Adapter(),
+    BertAdapter(),
+    TimmViTAdapter(),
+    DecoderAdapter(),
+]
 
 
 def supported_families() -> str:

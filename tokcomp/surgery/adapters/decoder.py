@@ -37,7 +37,7 @@ from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
 from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
 from tokcomp.surgery.attention import AttentionInfo, split_heads
 from tokcomp.surgery.block import TokenBlock
-from tokcomp.surgery.state import TokenState, causal_bias, pack, real_first, unpack
+from tokcomp.surgery.state import TokenState, causal_bias, real_first, unpack
 
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
 
@@ -155,6 +155,16 @@ class DecoderTokenBlock(TokenBlock):
             x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
         return self._leave(x, state)
 
+    def capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Pre-hook on the layer loop's owner: keep the 2-D padding mask its layers are not given."""
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if mask is not None and not (isinstance(mask, Tensor) and mask.dim() == 2):
+            raise UnsupportedModelError(
+                "the compressed decoder needs the 2-D attention mask (batch x tokens)",
+                hint="pass attention_mask as the tokenizer returns it, not a prepared 4-D mask",
+            )
+        self.call.attention_mask = mask
+
     def _start(self, hidden_states: Tensor, record: CachedTokens | None) -> tuple[Tensor, TokenState]:
         """The state of this call's tokens: input indices after what the cache holds, padding, the span."""
         batch, tokens = hidden_states.shape[:2]
@@ -217,15 +227,24 @@ class DecoderTokenBlock(TokenBlock):
         # What a reducer scores: this call's own tokens in their current order (the cache may hold them left-aligned).
         own_bias = None
         if self.reducer is not None:
-            own_bias = causal_bias(state.position, state.position, padding_bias(state.real, q.dtype), q.dtype, self.window)
-        return x + out, AttentionInfo(query=q, key=k.repeat_interleave(groups, dim=1), bias=own_bias, scale=attn.scaling)
+            own_bias = causal_bias(
+                state.position, state.position, padding_bias(state.real, q.dtype), q.dtype, self.window
+            )
+        return x + out, AttentionInfo(
+            query=q, key=k.repeat_interleave(groups, dim=1), bias=own_bias, scale=attn.scaling
+        )
 
     def _cache_update(self, cache, record: CachedTokens, k: Tensor, v: Tensor, state: TokenState):
         """Append this call's keys / values (left-aligned) to the cache; keys, values, positions, flags to attend to."""
         position, real = state.position, state.real
         if record.prefill:
             order = left_aligned(real)
-            k, v, position, real = _gather_heads(k, order), _gather_heads(v, order), position.gather(1, order), real.gather(1, order)
+            k, v, position, real = (
+                _gather_heads(k, order),
+                _gather_heads(v, order),
+                position.gather(1, order),
+                real.gather(1, order),
+            )
         previous_position = record.position.get(self.layer_index, position[:, :0])
         previous_real = record.real.get(self.layer_index, real[:, :0])
         keys, values = cache.update(k, v, self.layer_index)
@@ -281,13 +300,12 @@ class DecoderAdapter(Adapter):
                 hint="use a model without attention soft-capping (Gemma-3, Llama, Qwen2, Mistral)",
             )
         name, blocks = self.block_list(model)
-        if index == 0:
-            call = CallInputs()
+        call = CallInputs() if index == 0 else blocks[0].call
+        rewritten = DecoderTokenBlock(block, config.hidden_size, index, num_blocks, layer_window(config, index), call)
+        if index == 0:  # a bound method, so a deep copy of the model hooks into its own copy
             owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            owner.register_forward_pre_hook(_capture_mask(call), with_kwargs=True)
-        else:
-            call = blocks[0].call
-        return DecoderTokenBlock(block, config.hidden_size, index, num_blocks, layer_window(config, index), call)
+            owner.register_forward_pre_hook(rewritten.capture_inputs, with_kwargs=True)
+        return rewritten
 
     def protected_tokens(self, model: nn.Module) -> int:
         return 0  # the span is set by the pass (sinks and question)
@@ -317,16 +335,3 @@ def layer_window(config, index: int) -> int | None:
     if getattr(config, "model_type", None) == "mistral":
         return getattr(config, "sliding_window", None)
     return None
-
-
-def _capture_mask(call: CallInputs):
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        if mask is not None and not (isinstance(mask, Tensor) and mask.dim() == 2):
-            raise UnsupportedModelError(
-                "the compressed decoder needs the 2-D attention mask (batch x tokens)",
-                hint="pass attention_mask as the tokenizer returns it, not a prepared 4-D mask",
-            )
-        call.attention_mask = mask
-
-    return hook
