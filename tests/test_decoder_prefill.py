@@ -276,3 +276,19 @@ def test_gemma_fastv_half_keeps_the_continuation(gemma, tmp_path):
     print(f"\nfastv keep 0.5 K=2, {len(scores)} x {CONTINUATION} tokens: top-1 agreement {agreement:.3f}, KL {kl:.4f}")
     print("per passage:", [(round(a, 3), round(k, 4)) for a, k in scores])
     assert agreement >= 0.75 and kl < 0.5
+
+
+def test_decoder_flops_count_grouped_query_causal_and_sliding_attention():
+    from tokcomp.analysis.flops import per_layer_macs
+    from tokcomp.surgery import find_adapter
+    from tokcomp.surgery.adapters.base import InputSpec
+
+    model = tiny("qwen2")  # layers 0-1 full, 2-3 sliding (window 12); 4 query heads, 2 KV heads of 16
+    geometry = find_adapter(model).geometry(model, InputSpec("text", sequence_length=PROMPT))
+    c, width, kv_width = 64, 64, 32
+    projections = 2 * c * width + 2 * c * kv_width
+    mlp = 3 * c * 96
+    for layer, macs in enumerate(per_layer_macs(geometry, [PROMPT] * 4)):
+        window = 12 if layer >= 2 else PROMPT
+        pairs = sum(min(i + 1, window) for i in range(PROMPT))  # query i sees keys max(0, i-w+1) .. i
+        assert macs == PROMPT * projections + 2 * pairs * width + PROMPT * mlp

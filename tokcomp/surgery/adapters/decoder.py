@@ -317,6 +317,8 @@ class DecoderAdapter(Adapter):
         config = model.config
         name, blocks = self.block_list(model)
         embeddings = name.rsplit(".", 1)[0] + ".embed_tokens" if "." in name else "embed_tokens"
+        attn = blocks[0].self_attn
+        projections = sum(attn.get_submodule(p).weight.numel() for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
         return Geometry(
             num_layers=len(blocks),
             hidden_size=config.hidden_size,
@@ -324,6 +326,10 @@ class DecoderAdapter(Adapter):
             input_tokens=spec.sequence_length,
             embed_macs=0,
             head_macs=linear_macs_outside(model, (name, embeddings)),
+            attention_macs_per_token=projections,
+            attention_width=attn.q_proj.out_features,
+            causal=True,
+            windows=tuple(layer_window(config, i) for i in range(len(blocks))),
         )
 
 
