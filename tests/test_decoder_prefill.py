@@ -105,7 +105,7 @@ def test_cache_holds_the_kept_tokens_and_decoding_reads_them_at_original_positio
     assert torch.equal(position, position.sort().values)  # input order
     assert set(range(SINK)) | set(range(PROMPT - QUESTION, PROMPT)) <= set(position.tolist())  # span protected
     windows = [block.window for block in model.model.layers]
-    for index, layer in enumerate(out.past_key_values.layers):
+    for index, layer in enumerate(out.cache.layers):
         expected = PROMPT if index < 2 else kept  # layers 0-1 see the whole prompt
         if windows[index] is not None:
             expected = min(expected, windows[index] - 1)  # the cache's own window trimming
@@ -177,12 +177,16 @@ def test_bad_configs_are_one_line_errors(passes, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_fastv_refuses_an_encoder():
+def test_fastv_refuses_models_it_cannot_reduce():
     config = transformers.BertConfig(
         vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
     with pytest.raises(RecipeError, match="decoder LLM"):
         apply_passes(transformers.BertModel(config).eval(), [{"type": "fastv"}], sequence_length=64)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2))
+    with pytest.raises(TokcompError, match="does not support GPT2LMHeadModel") as error:
+        apply_passes(gpt2.eval(), [{"type": "fastv"}], sequence_length=64)
+    assert "\n" not in str(error.value)
 
 
 # --------------------------------------------------------------------------- real model: zoo:gemma-3-270m
@@ -210,7 +214,7 @@ def continuation_logits(model, ids: torch.Tensor) -> torch.Tensor:
     prefilled (and reduced) alone, the continuation then runs through the KV cache in one chunk."""
     with torch.no_grad():
         prefill = model(ids[:, :CONTEXT], use_cache=True)
-        steps = model(ids[:, CONTEXT:-1], cache=prefill.past_key_values, use_cache=True)
+        steps = model(ids[:, CONTEXT:-1], cache=prefill.cache, use_cache=True)
     return torch.cat([prefill.logits[0, -1:], steps.logits[0]])
 
 
@@ -264,7 +268,7 @@ def test_gemma_fastv_half_keeps_the_continuation(gemma, tmp_path):
     scores = []
     for ids in passages(tokenizer, 4):
         with torch.no_grad():
-            cache = model(ids[:, :CONTEXT], use_cache=True).past_key_values
+            cache = model(ids[:, :CONTEXT], use_cache=True).cache
         reducible = CONTEXT - 4 - 32
         kept = CONTEXT - model.model.layers[1].reducer.rate.of(reducible)
         assert kept == CONTEXT - reducible // 2

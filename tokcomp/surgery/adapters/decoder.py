@@ -37,7 +37,7 @@ from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
 from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
 from tokcomp.surgery.attention import AttentionInfo, split_heads
 from tokcomp.surgery.block import TokenBlock
-from tokcomp.surgery.state import TokenState, causal_bias, real_first, unpack
+from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, real_first, unpack
 
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
 
@@ -128,16 +128,17 @@ class DecoderTokenBlock(TokenBlock):
     def forward(
         self,
         hidden_states: Tensor,
-        attention_mask: Tensor | None = None,
+        attention_mask: Tensor | None = None,  # the model's 4-D mask: unused, masks come from positions
         position_embeddings: tuple[Tensor, Tensor] | None = None,
         cache=None,
         **kwargs,
     ) -> Tensor:
         cache = cache if cache is not None else kwargs.get("past_key_values")
-        record = cached_tokens(cache) if self.is_first else _CACHED.get(cache) if cache is not None else None
-        if self.is_first:
+        if self.is_first:  # creates the cache's record on the first call
+            record = cached_tokens(cache)
             x, state = self._start(hidden_states, record)
         else:
+            record = None if cache is None else _CACHED.get(cache)
             x, state = unpack(hidden_states, self.hidden_size, next(self.parameters()).dtype, True, self.trace_source)
         prefill = record is None or record.prefill
         start = 0 if record is None else record.start
@@ -184,8 +185,8 @@ class DecoderTokenBlock(TokenBlock):
             from_start = real.cumsum(dim=-1)
             from_end = real.flip(-1).cumsum(dim=-1).flip(-1)
             protected = real & ((from_start <= self.sink) | (from_end <= self.question))
-        size = torch.ones(batch, tokens, dtype=torch.float32 if hidden_states.dtype != torch.float64 else torch.float64)
-        state = TokenState(size=size.to(hidden_states.device), real=real, protected=protected, position=position)
+        size = torch.ones(batch, tokens, dtype=carrier_dtype(hidden_states.dtype), device=hidden_states.device)
+        state = TokenState(size=size, real=real, protected=protected, position=position)
         order = real_first(state) if self.compact_padding and prefill else None
         if order is None:
             return hidden_states, state
@@ -281,10 +282,7 @@ class DecoderAdapter(Adapter):
     modality = "text"
 
     def matches(self, model: nn.Module) -> bool:
-        config = getattr(model, "config", None)
-        return getattr(config, "model_type", None) in DECODER_TYPES or (
-            getattr(config, "model_type", None) == "gemma3" and hasattr(config, "num_hidden_layers")
-        )
+        return getattr(getattr(model, "config", None), "model_type", None) in DECODER_TYPES
 
     def block_list(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
         for name, module in model.named_modules():
