@@ -4,6 +4,8 @@ DiffRate's per-block convention (reproduces its published GMACs to 3 decimals):
 attention 4 N C^2 + 2 N^2 C with N tokens entering the block; MLP (2 C I per token,
 8 C^2 for a 4x MLP) over the N' tokens left after the reduction; plus the patch
 embedding and the head. Softmax, LayerNorm and the matching itself are not counted.
+Decoders (prefill): their own q/k/v/o projection sizes (grouped-query heads), and
+2 x (visible query-key pairs) x H d for attention: causal, within each layer's window.
 """
 
 from __future__ import annotations
@@ -15,26 +17,36 @@ from tokcomp.errors import TokcompError
 from tokcomp.surgery.adapters.base import Geometry
 
 
-def block_macs(tokens_in: int, tokens_out: int, geometry: Geometry) -> int:
+def block_macs(tokens_in: int, tokens_out: int, geometry: Geometry, layer: int = 0) -> int:
     c = geometry.hidden_size
-    return 4 * tokens_in * c * c + 2 * tokens_in * tokens_in * c + tokens_out * geometry.mlp_macs_per_token
+    projections = geometry.attention_macs_per_token or 4 * c * c
+    width = geometry.attention_width or c
+    window = geometry.windows[layer] if geometry.windows else None
+    pairs = visible_pairs(tokens_in, window) if geometry.causal else tokens_in * tokens_in
+    return tokens_in * projections + 2 * pairs * width + tokens_out * geometry.mlp_macs_per_token
+
+
+def visible_pairs(tokens: int, window: int | None) -> int:
+    """Query-key pairs of causal attention over `tokens` consecutive tokens, within a sliding `window`.
+
+    For kept tokens spread over a longer prompt a window holds fewer of them: an upper bound there.
+    """
+    if window is None or window >= tokens:
+        return tokens * (tokens + 1) // 2
+    return window * (window + 1) // 2 + (tokens - window) * window
 
 
 def model_macs(geometry: Geometry, tokens_per_layer: Sequence[int]) -> int:
     """Total MACs given the token count after every block."""
     if len(tokens_per_layer) != geometry.num_layers:
         raise ValueError(f"expected {geometry.num_layers} token counts, got {len(tokens_per_layer)}")
-    total, tokens_in = geometry.embed_macs + geometry.head_macs, geometry.input_tokens
-    for tokens_out in tokens_per_layer:
-        total += block_macs(tokens_in, tokens_out, geometry)
-        tokens_in = tokens_out
-    return total
+    return geometry.embed_macs + geometry.head_macs + sum(per_layer_macs(geometry, tokens_per_layer))
 
 
 def per_layer_macs(geometry: Geometry, tokens_per_layer: Sequence[int]) -> list[int]:
     out, tokens_in = [], geometry.input_tokens
-    for tokens_out in tokens_per_layer:
-        out.append(block_macs(tokens_in, tokens_out, geometry))
+    for layer, tokens_out in enumerate(tokens_per_layer):
+        out.append(block_macs(tokens_in, tokens_out, geometry, layer))
         tokens_in = tokens_out
     return out
 

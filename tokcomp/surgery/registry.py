@@ -10,13 +10,22 @@ from torch import nn
 from tokcomp.errors import UnsupportedModelError
 from tokcomp.surgery.adapters.base import Adapter
 from tokcomp.surgery.adapters.bert import BertAdapter
+from tokcomp.surgery.adapters.decoder import DecoderAdapter
 from tokcomp.surgery.adapters.hf_vision import DeiTAdapter, Dinov2Adapter, ViTAdapter
 from tokcomp.surgery.adapters.timm_vit import TimmViTAdapter
 from tokcomp.surgery.adapters.whisper import WhisperAdapter
 from tokcomp.surgery.block import TokenBlock
 from tokcomp.surgery.state import TokenState
 
-ADAPTERS: list[Adapter] = [ViTAdapter(), DeiTAdapter(), Dinov2Adapter(), BertAdapter(), TimmViTAdapter(), WhisperAdapter()]
+ADAPTERS: list[Adapter] = [
+    ViTAdapter(),
+    DeiTAdapter(),
+    Dinov2Adapter(),
+    BertAdapter(),
+    TimmViTAdapter(),
+    WhisperAdapter(),
+    DecoderAdapter(),
+]
 
 
 def supported_families() -> str:

@@ -91,12 +91,7 @@ class TokenState(NamedTuple):
             bias = torch.where(self.real, bias, torch.full_like(bias, masked))
         if not causal:
             return bias.to(dtype)[:, None, None, :] if proportional or self.real is not None else None
-        query, key = self.position[:, :, None], self.position[:, None, :]
-        visible = key <= query
-        if window is not None:
-            visible = visible & (query - key < window)
-        bias = torch.where(visible, bias[:, None, :], torch.full_like(bias[:, None, :], masked))
-        return bias.to(dtype)[:, None]
+        return causal_bias(self.position, self.position, bias, dtype, window)
 
     def gather(self, index: Tensor) -> TokenState:
         """The state of tokens `index` [B, K] (pruning, reordering); sizes and flags copied exactly."""
@@ -107,6 +102,22 @@ class TokenState(NamedTuple):
             position=self.position.gather(1, index),
             source=None if self.source is None else self.source.gather(1, index[..., None].expand(-1, -1, self.source.shape[-1])),
         )
+
+
+def causal_bias(
+    query_position: Tensor, key_position: Tensor, key_bias: Tensor, dtype: torch.dtype, window: int | None = None
+) -> Tensor:
+    """[B, 1, Q, K] additive bias: query i sees key j when j's original position is not after i's
+    (and, with a sliding `window`, less than `window` positions before it); `key_bias` [B, K] is
+    added where visible (log sizes, padding already masked). Queries and keys may differ (a KV cache).
+    """
+    masked = torch.finfo(dtype).min
+    query, key = query_position[:, :, None], key_position[:, None, :]
+    visible = key <= query
+    if window is not None:
+        visible = visible & (query - key < window)
+    bias = torch.where(visible, key_bias[:, None, :], torch.full_like(key_bias[:, None, :], masked))
+    return bias.to(dtype)[:, None]
 
 
 def reducible_tokens(state: TokenState, protected: int, tokens: int) -> int | Tensor:

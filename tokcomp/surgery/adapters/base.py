@@ -28,6 +28,12 @@ class Geometry:
     input_tokens: int  # tokens entering block 0 at the reference input size
     embed_macs: int  # patch embedding: (P + 1) * C * p^2 * channels; 0 for token lookups
     head_macs: int  # classifier / pooler on top
+    # Decoders: q/k/v/o projections per token (grouped-query heads), the query heads' width H*d, causal
+    # attention, and each layer's sliding window (None: full). Encoders keep the defaults (4 C^2, C, N^2).
+    attention_macs_per_token: int | None = None
+    attention_width: int | None = None
+    causal: bool = False
+    windows: tuple[int | None, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,341 @@
+"""Decoder LLMs (Gemma-3, Llama, Qwen2, Mistral): causal blocks with rotary positions and a KV cache.
+
+Blocks live in `<model>.model.layers` (self_attn{q,k,v,o}_proj, optional q_norm / k_norm,
+input_layernorm, post_attention_layernorm, mlp; Gemma-3 adds the sandwich norms
+pre_ / post_feedforward_layernorm). A rewritten block differs from the original in
+three ways that keep it exact when tokens are dropped:
+
+- rotary embeddings: the model hands every layer cos / sin for the tokens of the call in
+  input order; each kept token reads the row at its original position;
+- masks: causal and sliding-window masks come from original positions (TokenState), not
+  from tensor indices; padding is read from the 2-D attention mask the model was called
+  with (captured by a pre-hook on the layer loop's owner);
+- the KV cache: in prefill each layer stores only the tokens it saw (a layer after a
+  reduction stores the kept ones), left-aligned (padding first), so the cache's own
+  sliding-window trimming keeps the newest tokens. The original positions and padding
+  flags of the cached keys are kept beside the cache (`cached_tokens`), so a decoding
+  step's new token (at its original next position, from the model's position_ids)
+  attends to exactly the kept entries, with the right causal and window masks.
+
+Reduction runs in prefill only (a call whose cache is still empty, or a call without a
+cache); decoding steps never drop tokens. Supported caches: transformers' DynamicCache
+(the one `generate` builds); beam search and cache cropping, which reorder or cut the
+cache, are not.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tokcomp.errors import UnsupportedModelError
+from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
+from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
+from tokcomp.surgery.attention import AttentionInfo, split_heads
+from tokcomp.surgery.block import TokenBlock
+from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, real_first, unpack
+
+DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
+
+
+@dataclass
+class CallInputs:
+    """What the layer loop's owner was called with that its layers are not given: the 2-D padding mask."""
+
+    attention_mask: Tensor | None = None
+
+
+@dataclass
+class CachedTokens:
+    """Beside one KV cache: original positions and padding flags of each layer's cached keys."""
+
+    length: int = 0  # input tokens seen so far (prompt + generated): the next token's input index
+    start: int = 0  # input index of the first token of the current call
+    prefill: bool = True  # the current call is the first one (the only one that reduces)
+    position: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, L] int64
+    real: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, L] bool
+
+
+# Keyed by the cache object itself: a cache that is dropped takes its record with it.
+_CACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_tokens(cache) -> CachedTokens | None:
+    """The record kept beside `cache` (None without a cache)."""
+    if cache is None:
+        return None
+    record = _CACHED.get(cache)
+    if record is None:
+        if cache.get_seq_length() > 0:
+            raise UnsupportedModelError(
+                "this KV cache was filled outside the tokcomp model (its kept positions are unknown)",
+                hint="start generation from an empty cache (or none) on the compressed model",
+            )
+        record = _CACHED[cache] = CachedTokens()
+    return record
+
+
+def left_aligned(real: Tensor) -> Tensor:
+    """Token order [B, N] that puts padding first and the real tokens after it, in order (stable)."""
+    return real.to(torch.int8).argsort(dim=-1, stable=True)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding (half-split convention of Hugging Face decoders): x [B, H, N, d], cos/sin [B, N, d]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """table [B or 1, T, d] read at index [B, N] -> [B, N, d]."""
+    table = table.expand(index.shape[0], -1, -1)
+    return table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]))
+
+
+def _gather_heads(t: Tensor, order: Tensor) -> Tensor:
+    return t.gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1]))
+
+
+class DecoderTokenBlock(TokenBlock):
+    def __init__(
+        self,
+        original: nn.Module,
+        hidden_size: int,
+        index: int,
+        num_blocks: int,
+        window: int | None,
+        call: CallInputs,
+    ):
+        super().__init__(hidden_size, index, num_blocks, padded=True, protected=0)
+        self.sandwich = hasattr(original, "pre_feedforward_layernorm")  # Gemma's norms around attention and MLP
+        names = ["self_attn", "mlp", "input_layernorm", "post_attention_layernorm"]
+        if self.sandwich:
+            names += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
+        adopt(self, original, names)
+        self.layer_index = index
+        self.window = window
+        self.call = call
+        # The reducible span: everything but the first `sink` and the last `question` real tokens.
+        self.sink = 0
+        self.question = 0
+        self.preserve_order = True  # causality: kept tokens stay in input order
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,  # the model's 4-D mask: unused, masks come from positions
+        position_embeddings: tuple[Tensor, Tensor] | None = None,
+        cache=None,
+        **kwargs,
+    ) -> Tensor:
+        cache = cache if cache is not None else kwargs.get("past_key_values")
+        if self.is_first:  # creates the cache's record on the first call
+            record = cached_tokens(cache)
+            x, state = self._start(hidden_states, record)
+        else:
+            record = None if cache is None else _CACHED.get(cache)
+            x, state = unpack(hidden_states, self.hidden_size, next(self.parameters()).dtype, True, self.trace_source)
+        prefill = record is None or record.prefill
+        start = 0 if record is None else record.start
+        x, info = self.attention_residual(x, state, position_embeddings, cache, record, start)
+        if self.reducer is not None and prefill:
+            x, state = self.reducer(x, state, info)
+            if self.preserve_order:
+                from tokcomp.reducers.apply import in_input_order  # reducers import surgery: import late
+
+                x, state = in_input_order(x, state)
+        x = self.mlp_residual(x)
+        if self.is_last:
+            # Back to the caller's layout (left padding): the last row is every sample's last token.
+            order = left_aligned(state.real)
+            x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
+        return self._leave(x, state)
+
+    def capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Pre-hook on the layer loop's owner: keep the 2-D padding mask its layers are not given."""
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if mask is not None and not (isinstance(mask, Tensor) and mask.dim() == 2):
+            raise UnsupportedModelError(
+                "the compressed decoder needs the 2-D attention mask (batch x tokens)",
+                hint="pass attention_mask as the tokenizer returns it, not a prepared 4-D mask",
+            )
+        self.call.attention_mask = mask
+
+    def _start(self, hidden_states: Tensor, record: CachedTokens | None) -> tuple[Tensor, TokenState]:
+        """The state of this call's tokens: input indices after what the cache holds, padding, the span."""
+        batch, tokens = hidden_states.shape[:2]
+        mask = self.call.attention_mask
+        if mask is None:
+            real = torch.ones(batch, tokens, dtype=torch.bool, device=hidden_states.device)
+        else:
+            real = mask[:, -tokens:].to(device=hidden_states.device, dtype=torch.bool)
+        start = 0
+        if record is not None:
+            start, record.prefill = record.length, record.length == 0
+            record.start, record.length = start, start + tokens
+        prefill = record is None or record.prefill
+        position = (start + torch.arange(tokens, device=hidden_states.device)).expand(batch, tokens)
+        protected = torch.zeros_like(real)
+        if prefill:  # sinks: the first real tokens; the question: the last ones
+            from_start = real.cumsum(dim=-1)
+            from_end = real.flip(-1).cumsum(dim=-1).flip(-1)
+            protected = real & ((from_start <= self.sink) | (from_end <= self.question))
+        size = torch.ones(batch, tokens, dtype=carrier_dtype(hidden_states.dtype), device=hidden_states.device)
+        state = TokenState(size=size, real=real, protected=protected, position=position)
+        order = real_first(state) if self.compact_padding and prefill else None
+        if order is None:
+            return hidden_states, state
+        return hidden_states.gather(1, order[..., None].expand(-1, -1, hidden_states.shape[-1])), state.gather(order)
+
+    def attention_residual(
+        self,
+        x: Tensor,
+        state: TokenState,
+        rotary: tuple[Tensor, Tensor],
+        cache,
+        record: CachedTokens | None,
+        start: int,
+    ) -> tuple[Tensor, AttentionInfo]:
+        attn = self.self_attn
+        head_dim = attn.head_dim
+        h = self.input_layernorm(x)
+        q = split_heads(attn.q_proj(h), head_dim)
+        k = split_heads(attn.k_proj(h), head_dim)
+        v = split_heads(attn.v_proj(h), head_dim)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        # cos / sin cover this call's tokens in input order: row (original position - start).
+        rows = (state.position - start).clamp(min=0, max=rotary[0].shape[1] - 1)
+        cos, sin = gather_rows(rotary[0], rows).to(q.dtype), gather_rows(rotary[1], rows).to(q.dtype)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        key_position, key_real, keys, values = state.position, state.real, k, v
+        if cache is not None:
+            keys, values, key_position, key_real = self._cache_update(cache, record, k, v, state)
+        bias = causal_bias(state.position, key_position, padding_bias(key_real, q.dtype), q.dtype, self.window)
+        groups = q.shape[1] // keys.shape[1]
+        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+        dropout = attn.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, dropout_p=dropout, scale=attn.scaling)
+        batch, heads, tokens, dim = out.shape
+        out = attn.o_proj(out.transpose(1, 2).reshape(batch, tokens, heads * dim))
+        if self.sandwich:
+            out = self.post_attention_layernorm(out)
+        # What a reducer scores: this call's own tokens in their current order (the cache may hold them left-aligned).
+        own_bias = None
+        if self.reducer is not None:
+            own_bias = causal_bias(
+                state.position, state.position, padding_bias(state.real, q.dtype), q.dtype, self.window
+            )
+        return x + out, AttentionInfo(
+            query=q, key=k.repeat_interleave(groups, dim=1), bias=own_bias, scale=attn.scaling
+        )
+
+    def _cache_update(self, cache, record: CachedTokens, k: Tensor, v: Tensor, state: TokenState):
+        """Append this call's keys / values (left-aligned) to the cache; keys, values, positions, flags to attend to."""
+        position, real = state.position, state.real
+        if record.prefill:
+            order = left_aligned(real)
+            k, v, position, real = (
+                _gather_heads(k, order),
+                _gather_heads(v, order),
+                position.gather(1, order),
+                real.gather(1, order),
+            )
+        previous_position = record.position.get(self.layer_index, position[:, :0])
+        previous_real = record.real.get(self.layer_index, real[:, :0])
+        keys, values = cache.update(k, v, self.layer_index)
+        key_position = torch.cat([previous_position, position], dim=1)
+        key_real = torch.cat([previous_real, real], dim=1)
+        if keys.shape[2] != key_position.shape[1]:
+            raise UnsupportedModelError(
+                f"the KV cache returned {keys.shape[2]} keys where {key_position.shape[1]} were expected",
+                hint="use transformers' DynamicCache (generate's default) with the compressed model",
+            )
+        stored = cache.layers[self.layer_index].keys.shape[2]  # a sliding-window layer keeps only the newest
+        record.position[self.layer_index] = key_position[:, -stored:] if stored else key_position[:, :0]
+        record.real[self.layer_index] = key_real[:, -stored:] if stored else key_real[:, :0]
+        return keys, values, key_position, key_real
+
+    def mlp_residual(self, x: Tensor) -> Tensor:
+        if self.sandwich:
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}, window={self.window}, sink={self.sink}, question={self.question}"
+
+
+def padding_bias(real: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, K] additive key bias: 0 for real tokens, the dtype's minimum for padding."""
+    zero = torch.zeros(real.shape, dtype=dtype, device=real.device)
+    return torch.where(real, zero, torch.full_like(zero, torch.finfo(dtype).min))
+
+
+class DecoderAdapter(Adapter):
+    family = "decoder"
+    description = "decoder LLMs (" + ", ".join(DECODER_TYPES) + "): causal, sliding-window, rotary, KV cache"
+    modality = "text"
+
+    def matches(self, model: nn.Module) -> bool:
+        return getattr(getattr(model, "config", None), "model_type", None) in DECODER_TYPES
+
+    def block_list(self, model: nn.Module) -> tuple[str, nn.ModuleList]:
+        for name, module in model.named_modules():
+            if name.endswith("layers") and isinstance(module, nn.ModuleList) and name.count(".") <= 1:
+                return name, module
+        raise ValueError(f"no decoder layers found in {type(model).__name__}")
+
+    def rewrite_block(self, block: nn.Module, index: int, num_blocks: int, model: nn.Module) -> TokenBlock:
+        config = model.config
+        if getattr(config, "attn_logit_softcapping", None) is not None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} caps attention logits (attn_logit_softcapping), which tokcomp does not",
+                hint="use a model without attention soft-capping (Gemma-3, Llama, Qwen2, Mistral)",
+            )
+        name, blocks = self.block_list(model)
+        call = CallInputs() if index == 0 else blocks[0].call
+        rewritten = DecoderTokenBlock(block, config.hidden_size, index, num_blocks, layer_window(config, index), call)
+        if index == 0:  # a bound method, so a deep copy of the model hooks into its own copy
+            owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            owner.register_forward_pre_hook(rewritten.capture_inputs, with_kwargs=True)
+        return rewritten
+
+    def protected_tokens(self, model: nn.Module) -> int:
+        return 0  # the span is set by the pass (sinks and question)
+
+    def default_input(self, model: nn.Module, image_size: int | None = None, sequence_length: int | None = None):
+        return InputSpec("text", sequence_length=sequence_length or 1024)
+
+    def geometry(self, model: nn.Module, spec: InputSpec) -> Geometry:
+        config = model.config
+        name, blocks = self.block_list(model)
+        embeddings = name.rsplit(".", 1)[0] + ".embed_tokens" if "." in name else "embed_tokens"
+        attn = blocks[0].self_attn
+        projections = sum(attn.get_submodule(p).weight.numel() for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        return Geometry(
+            num_layers=len(blocks),
+            hidden_size=config.hidden_size,
+            mlp_macs_per_token=3 * config.hidden_size * config.intermediate_size,  # gated MLP
+            input_tokens=spec.sequence_length,
+            embed_macs=0,
+            head_macs=linear_macs_outside(model, (name, embeddings)),
+            attention_macs_per_token=projections,
+            attention_width=attn.q_proj.out_features,
+            causal=True,
+            windows=tuple(layer_window(config, i) for i in range(len(blocks))),
+        )
+
+
+def layer_window(config, index: int) -> int | None:
+    """The sliding window of layer `index`, or None for full attention."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return config.sliding_window if layer_types[index] == "sliding_attention" else None
+    if getattr(config, "model_type", None) == "mistral":
+        return getattr(config, "sliding_window", None)
+    return None
