@@ -12,7 +12,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from tokcomp.errors import ZooError
@@ -41,7 +42,7 @@ def fetch_deb(package: str, version: str) -> Path:
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
         os.chmod(tmp, 0o755)  # apt's unprivileged download user must be able to write there
         result = subprocess.run(
-            ["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp, capture_output=True, text=True
+            ["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp, capture_output=True, text=True, check=False
         )
         downloaded = _cached_deb(Path(tmp), package, version)
         if result.returncode != 0 or downloaded is None:
@@ -83,7 +84,8 @@ def extract_deb_members(deb: Path, prefix: str, dest: Path, names: Collection[st
     return written
 
 
-def _data_tar(deb: Path) -> tarfile.TarFile:
+@contextmanager
+def _data_tar(deb: Path) -> Iterator[tarfile.TarFile]:
     """The data.tar member of a .deb, opened for reading (gzip, xz or bzip2)."""
     with open(deb, "rb") as fh:
         if fh.read(8) != _AR_MAGIC:
@@ -93,10 +95,12 @@ def _data_tar(deb: Path) -> tarfile.TarFile:
             if name.startswith("data.tar"):
                 if name.endswith(".zst"):
                     raise ZooError(f"{deb.name} is zstd-compressed", hint="report this: tokcomp reads gz/xz/bz2 only")
-                payload = tempfile.SpooledTemporaryFile(max_size=256 << 20)
-                shutil.copyfileobj(_limited(fh, size), payload)
-                payload.seek(0)
-                return tarfile.open(fileobj=payload, mode="r:*")
+                with tempfile.SpooledTemporaryFile(max_size=256 << 20) as payload:
+                    shutil.copyfileobj(_limited(fh, size), payload)
+                    payload.seek(0)
+                    with tarfile.open(fileobj=payload, mode="r:*") as archive:
+                        yield archive
+                return
             fh.seek(size + size % 2, os.SEEK_CUR)  # ar members are 2-byte aligned
     raise ZooError(f"{deb} has no data.tar member", hint="delete it; it is downloaded again")
 

@@ -42,7 +42,7 @@ MANIFEST_VERSION = 1
 
 
 def split_of(name: str) -> str:
-    """"calib" or "eval" for an item's stable name: a salted SHA-256 of the name, so deterministic."""
+    """ "calib" or "eval" for an item's stable name: a salted SHA-256 of the name, so deterministic."""
     digest = hashlib.sha256(f"{_SPLIT_SALT}:{name}".encode()).digest()
     return "calib" if int.from_bytes(digest[:8], "big") / 2**64 < CALIBRATION_SHARE else "eval"
 
@@ -336,4 +336,3 @@ def token_buckets(
                 grouped[f"{lo}-{hi}"].append(text)
                 break
     return grouped
-
