@@ -73,3 +73,36 @@ def test_summary_names_the_methods():
 def test_bad_inputs_are_tokcomp_errors(a, b):
     with pytest.raises(TokcompError):
         compare_paired(a, b)
+
+
+def _readme_table():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "readme_table" not in sys.modules:  # a script, not a package module: load it by path
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_table.py"
+        spec = importlib.util.spec_from_file_location("readme_table", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["readme_table"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["readme_table"]
+
+
+def test_readme_table_shows_the_paired_comparison_with_its_verdict(tmp_path):
+    import json
+
+    table = _readme_table()
+    tie = compare_paired([0.9, 0.8], [0.8, 0.9]).as_dict()
+    better = compare_paired([0.95] * 4, [0.9] * 4).as_dict()
+    rows = {
+        "tome": {"pass": {"type": "tome"}, "gmacs": 3.0, "cosine_mean": 0.9},
+        "a": {"pass": {"type": "a"}, "gmacs": 3.0, "cosine_mean": 0.9, "vs_tome": tie},
+        "b": {"pass": {"type": "b"}, "gmacs": 3.0, "cosine_mean": 0.95, "vs_tome": better},
+    }
+    (tmp_path / "reducers.json").write_text(json.dumps({"models": {"m": {"budgets": {"-35%": {"rows": rows}}}}}))
+    text = table.table(table.read_results(tmp_path, tmp_path))
+    line = {row.split("|")[2].strip(): row for row in text.splitlines()[2:]}
+    assert "+0.0000 [-0.1000, +0.1000] tie" in line["a"]
+    assert "+0.0500 [+0.0500, +0.0500] better" in line["b"]
+    assert line["tome"].count(" - ") >= 1
