@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import html.parser
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,7 +109,8 @@ class PhotoEntry:
 def photo_catalogue() -> list[PhotoEntry]:
     """Every photograph with its split, sorted by name; built once (decoding all) and cached as a manifest."""
     manifest = _photos_root() / f"manifest-v{MANIFEST_VERSION}.json"
-    if manifest.is_file():
+    extracted = all((_photos_root() / spec.source / ".complete").is_file() for spec in DEBIAN_PHOTOS)
+    if manifest.is_file() and extracted:
         return [PhotoEntry(**entry) for entry in read_json(manifest)["photos"]]
     entries = _build_catalogue()
     write_json(manifest, {"version": MANIFEST_VERSION, "photos": [asdict(e) for e in entries]})
@@ -184,7 +186,7 @@ def _debian_photo_files(spec: DebianPhotos) -> list[Path]:
                         if IMAGE_FILE.search(path) and not re.search(spec.exclude, rel, re.IGNORECASE):
                             (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
                             (Path(tmp) / rel).write_bytes(data)
-                _remove_tree(bundles)
+                shutil.rmtree(bundles)
             else:
                 for path in extract_deb_members(deb, spec.prefix, Path(tmp)):
                     rel = str(path.relative_to(tmp))
@@ -192,12 +194,6 @@ def _debian_photo_files(spec: DebianPhotos) -> list[Path]:
                         path.unlink()
             (Path(tmp) / ".complete").write_text(f"{spec.package}={spec.version}\n")
     return sorted(p for p in folder.rglob("*") if p.is_file() and IMAGE_FILE.search(p.name))
-
-
-def _remove_tree(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder)
 
 
 def _open_rgb(path: Path) -> Image.Image:
