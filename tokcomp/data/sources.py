@@ -43,7 +43,8 @@ ZOO_IMAGE_GROUPS = {
 }
 EVALUATION_SETS = {"photos": "eval", "photos-calib": "calib", "prose": "eval", "prose-calib": "calib"}  # id -> split
 DATA_HINT = (
-    "use zoo:photos, zoo:photos-calib, zoo:prose[:language], zoo:prose-calib[:language], zoo:images, zoo:imagenet, zoo:cifar10, zoo:cifar100, zoo:skimage (or a + of them), zoo:text[:language], "
+    "use zoo:photos, zoo:photos-calib, zoo:prose[:language], zoo:prose-calib[:language], zoo:images, "
+    "zoo:imagenet, zoo:cifar10, zoo:cifar100, zoo:skimage (or a + of them), zoo:text[:language], "
     "an image folder, a save_to_disk data set folder, .parquet files, or a .txt/.jsonl file"
 )
 
