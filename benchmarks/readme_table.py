@@ -25,6 +25,8 @@ a row name) and at least one number below; keys are matched by the first alias f
     accuracy     top1_accuracy | accuracy | top1 | accuracy.compressed.top1
     speed-up     speedup | speed_up | cpu_speedup | gpu_speedup, or derived against the file's baseline row from
                  throughput | images_per_s | samples_per_s | items_per_s (row / baseline) or latency_ms (baseline / row)
+    paired       vs_tome.mean_difference, with vs_tome.interval.0 / .1 (list elements by index): the row's cosine
+                 minus ToMe's on the same samples and its bootstrap 95% interval; "tie" when the interval holds 0
 
 A speed-up's column is its device and runtime. The device comes from the row, an
 enclosing object, the file name (cpu / gpu / cuda, e.g. onnx_cpu.json), or else the
@@ -78,13 +80,19 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "speedup": ("speedup", "speed_up", "cpu_speedup", "speedup_cpu", "gpu_speedup", "speedup_gpu"),
     "throughput": ("throughput", "images_per_s", "samples_per_s", "items_per_s"),
     "latency_ms": ("latency_ms", "latency"),
+    "paired_difference": ("vs_tome.mean_difference",),
+    "paired_low": ("vs_tome.interval.0",),
+    "paired_high": ("vs_tome.interval.1",),
     "device": ("device",),
     "runtime": ("runtime",),
 }
 NUMBERS = (
     "gmacs", "flops_ratio", "flops_cut", "cosine", "agreement", "accuracy", "speedup", "throughput", "latency_ms",
+    "paired_difference", "paired_low", "paired_high",
 )  # fmt: skip
-METRICS = ("gmacs", "flops_ratio", "cosine", "agreement", "accuracy")  # what a table row shows besides speed
+METRICS = (  # what a table row shows besides speed
+    "gmacs", "flops_ratio", "cosine", "agreement", "accuracy", "paired_difference", "paired_low", "paired_high",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------ reading
@@ -93,9 +101,12 @@ METRICS = ("gmacs", "flops_ratio", "cosine", "agreement", "accuracy")  # what a 
 def _lookup(row: dict, dotted: str) -> Any:
     value: Any = row
     for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]  # "interval.0": the first element of a list
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
             return None
-        value = value[part]
     return value
 
 
@@ -311,6 +322,7 @@ COLUMNS = [  # (header, key, format)
     ("Output cosine", "cosine", "{:.4f}"),
     ("Top-1 agreement", "agreement", "pct"),
     ("Top-1 accuracy", "accuracy", "pct"),
+    ("Cosine vs ToMe, paired (95% CI)", "paired_difference", "paired"),
 ]
 
 
@@ -336,6 +348,12 @@ def _cell(entry: Entry, key: str, style: str | None) -> str:
         return f"{100 * value:.1f}%"
     if style == "ratio":
         return f"{100 * (value - 1):+.1f}%"
+    if style == "paired":
+        low, high = entry.values.get("paired_low"), entry.values.get("paired_high")
+        if low is None or high is None:
+            return f"{value:+.4f}"
+        word = "tie" if low <= 0 <= high else ("better" if low > 0 else "worse")
+        return f"{value:+.4f} [{low:+.4f}, {high:+.4f}] {word}"
     return style.format(value)
 
 

@@ -1,25 +1,27 @@
-"""Every token reducer at equal FLOPs, training-free, on DINOv2-S and MiniLM-L6.
+"""Every token reducer at equal FLOPs, training-free, on DINOv2-S and MiniLM-L6: fidelity on held-out data.
 
     python benchmarks/reducer_table.py [--passes tome,token_transform,prune,evit]
-        [--budgets=-20%,-35%,-50%] [--repeats 5] [--text-samples 256] [--text-length 16]
-    python benchmarks/reducer_table.py --sweep     # Token Transforming variants on tuning data only
+        [--budgets=-20%,-35%,-50%] [--images N] [--text-per-bucket 64]
+    python benchmarks/reducer_table.py --sweep     # Token Transforming variants on calibration data only
 
 Rows: every registered pass whose config accepts `target_flops` (so a new token pass such
-as `diffrate` joins by re-running), plus two ablations of Token Transforming (k = 1, and
-ToMe's key metric). Columns: three FLOPs cuts.
+as `diffrate` joins by re-running), plus two ablations of Token Transforming (k = 2, and
+ToMe's key metric) and random dropping. Columns: three FLOPs cuts.
 
-- Budget: passes with a fixed schedule (FIXED_SCHEDULE) all get the same per-block r list,
-  the one whose FLOPs land closest to the cut (constant r, or r + 1 in the first blocks),
-  so they keep exactly the same tokens after every block. Other passes (learned schedules)
-  get `target_flops` and calibrate on the tuning data; their achieved cut is reported.
-- Fidelity: cosine of the pooled embedding to the original model's on the same inputs:
-  DINOv2 CLS token on the built-in images (zoo:images); MiniLM size-weighted mean pooling
-  on held-out zoo:text sentences with at least --text-length tokens, cut to exactly that
-  length (no padding, so every input has the FLOPs of the reference input).
-- Speed: CPU throughput ratio, original vs compressed timed interleaved in the same run,
-  batch 16, 2 threads, median of --repeats after one warm-up round.
-- Tuning data (sweep, and calibration of learned passes) never overlaps the evaluation
-  data: CIFAR-10/100 sample images, and the zoo:text sentences left after the held-out ones.
+- Budget: passes with a fixed schedule (FIXED_SCHEDULE) all get the same per-block r list at the
+  reference input, the one whose FLOPs land closest to the cut, so they keep exactly the same
+  tokens after every block. Other passes (learned schedules) get `target_flops` and calibrate on
+  the calibration split; every row prints the GMACs it runs at, and a row whose GMACs differ from
+  ToMe's by more than 0.5% is flagged (no matching is attempted here).
+- Data: the built-in evaluation split (tokcomp.zoo.eval_sets; calibration and evaluation are
+  disjoint by a hash of each item's name). DINOv2: the zoo:photos photographs at 224 px, CLS
+  token. MiniLM: held-out English prose (zoo:prose), bucketed by real length (8-16, 17-32, 33-64,
+  65-128 tokens) and fed in dynamically padded batches; the reducers' budgets are rates of each
+  input's own tokens, set at the 128-token reference input; size-weighted mean pooling.
+- Fidelity: per-sample cosine of the pooled embedding to the original model's on the same inputs.
+  Every row is compared with ToMe on the same samples: mean difference, seeded bootstrap 95%
+  interval, wins/ties/losses, and "tie" when the interval contains 0 (tokcomp.analysis.paired).
+- No timing: this table is fidelity only (speed is measured by benchmarks/throughput_cpu.py).
 
 Writes benchmarks/results/reducers.{md,json}.
 """
@@ -29,12 +31,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import random
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,28 +43,34 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import interleaved_throughput, machine  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from tokcomp.analysis.baselines import random_drop_like  # noqa: E402
 from tokcomp.analysis.fidelity import model_outputs  # noqa: E402
 from tokcomp.analysis.flops import model_macs  # noqa: E402
+from tokcomp.analysis.paired import compare_paired  # noqa: E402
 from tokcomp.data import Sample, load_samples, make_batches  # noqa: E402
 from tokcomp.passes import PASSES  # noqa: E402
 from tokcomp.pipeline import PassContext, run_passes  # noqa: E402
 from tokcomp.recipe import CalibrationSpec, parse_pass_list  # noqa: E402
 from tokcomp.reducers.base import Reducer  # noqa: E402
 from tokcomp.reducers.rate import tokens_after_removals  # noqa: E402
+from tokcomp.reducers.schedule import tokens_after_layers  # noqa: E402
 from tokcomp.sources import LoadedModel, load_model  # noqa: E402
-from tokcomp.surgery import find_adapter  # noqa: E402
+from tokcomp.surgery import find_adapter, token_blocks  # noqa: E402
 from tokcomp.surgery.adapters.base import Geometry, InputSpec  # noqa: E402
+from tokcomp.zoo.eval_sets import token_buckets  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 FIXED_SCHEDULE = {"tome", "token_transform", "prune", "evit", "zero_tprune"}
-ABLATIONS = {  # extra rows after `token_transform` (fidelity only, not timed): label -> pass settings
+ABLATIONS = {  # extra rows after `token_transform`: label -> pass settings
     "token_transform k=2 (many-to-many)": {"type": "token_transform", "k": 2},
     "token_transform on keys": {"type": "token_transform", "metric": "keys"},
 }
 RANDOM_DROP = "random drop (baseline)"  # same token counts, uniformly random tokens kept
-SWEEP = {  # Token Transforming variants scored on tuning data (--sweep)
+REFERENCE = "tome"  # every row is compared with this one, sample by sample
+GMACS_TOLERANCE = 0.005  # a row whose GMACs differ from the reference row's by more is flagged
+TEXT_REFERENCE_LENGTH = 128  # MiniLM budgets are set at this input, applied as rates to every input
+SWEEP = {  # Token Transforming variants scored on calibration data (--sweep)
     "tome": {"type": "tome"},
     **{
         f"token_transform {sel} {metric} k={k} t={t}": {
@@ -80,74 +86,71 @@ BATCH = 16
 
 @dataclass
 class Task:
-    """A model with its evaluation and tuning inputs."""
+    """A model with its evaluation groups (all photos, or one group per text length bucket) and tuning inputs."""
 
     name: str
     loaded: LoadedModel
-    spec: InputSpec
-    evaluation: list[dict]  # batches
+    spec: InputSpec  # the reference input the budgets are set at
+    groups: dict[str, list[dict]]  # group label -> batches
+    group_lengths: dict[str, list[int]]  # text only: real token count of every sample, for per-input FLOPs
     tuning: list[dict]
-    tuning_source: str  # a folder or .txt file with the tuning samples (for calibrating passes)
+    tuning_source: str  # a data id with the calibration samples (for calibrating passes)
     data: str  # what the evaluation data is, in words
-    timing_batch: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ data
 
 
-def vision_task(workdir: Path) -> Task:
-    from tokcomp import zoo
-
+def vision_task(images: int | None) -> Task:
     loaded = load_model("zoo:dinov2-small")
     spec = loaded.input_spec
-    evaluation = load_samples("zoo:images", "image")
-    tuning = [Sample(item.image) for group in ("cifar10", "cifar100") for item in zoo.sample_images(group)]
-    folder = workdir / "tuning_images"
-    folder.mkdir()
-    for i, sample in enumerate(tuning):
-        sample.value.save(folder / f"{i:03d}.png")
+    evaluation = load_samples("zoo:photos", "image", limit=images)
+    tuning = load_samples("zoo:photos-calib", "image")
     return Task(
         "zoo:dinov2-small",
         loaded,
         spec,
-        list(make_batches(evaluation, loaded.processor, "image", BATCH)),
+        {"all": list(make_batches(evaluation, loaded.processor, "image", BATCH))},
+        {},
         list(make_batches(tuning, loaded.processor, "image", BATCH)),
-        str(folder),
-        f"zoo:images ({len(evaluation)} images, {spec.image_size} px), CLS token",
-        _timing_batch(evaluation, loaded, spec),
+        "zoo:photos-calib",
+        f"zoo:photos, the evaluation split of the built-in photographs ({len(evaluation)} images, "
+        f"{spec.image_size} px), CLS token; calibration: zoo:photos-calib ({len(tuning)} images)",
     )
 
 
-def text_task(workdir: Path, samples: int, length: int) -> Task:
+def text_task(per_bucket: int) -> Task:
     loaded = load_model("zoo:minilm-l6")
     tokenizer = loaded.processor
-    long_enough = [s for s in load_samples("zoo:text", "text") if len(tokenizer(s.value)["input_ids"]) >= length]
-    random.Random(0).shuffle(long_enough)
-    evaluation, tuning = long_enough[:samples], long_enough[samples:]
-    if not tuning:
-        raise SystemExit(f"only {len(long_enough)} sentences have {length}+ tokens; ask for fewer --text-samples")
-    spec = InputSpec("text", sequence_length=length)
-    tuning_file = workdir / "tuning.txt"
-    tuning_file.write_text("\n".join(s.value for s in tuning) + "\n")
-    batches = list(make_batches(evaluation, tokenizer, "text", BATCH, length))
-    assert all(b["attention_mask"].all() and b["input_ids"].shape[1] == length for b in batches)
+    texts = [s.value for s in load_samples("zoo:prose:en", "text")]
+
+    def count(text: str) -> int:
+        return len(tokenizer(text)["input_ids"])
+
+    groups, lengths = {}, {}
+    for label, bucket in token_buckets(texts, count).items():
+        chosen = random.Random(0).sample(bucket, min(per_bucket, len(bucket)))
+        chosen.sort(key=count)  # batches of similar lengths: little padding
+        groups[label] = [
+            dict(tokenizer(chosen[i : i + BATCH], padding=True, return_tensors="pt"))
+            for i in range(0, len(chosen), BATCH)
+        ]
+        lengths[label] = [count(t) for t in chosen]
+    spec = InputSpec("text", sequence_length=TEXT_REFERENCE_LENGTH)
+    tuning = [Sample(s.value) for s in load_samples("zoo:prose-calib:en", "text", limit=256)]
+    counts = ", ".join(f"{label}: {len(n)}" for label, n in lengths.items())
     return Task(
         "zoo:minilm-l6",
         loaded,
         spec,
-        batches,
-        list(make_batches(tuning, tokenizer, "text", BATCH, length)),
-        str(tuning_file),
-        f"zoo:text, {len(evaluation)} held-out sentences with {length}+ tokens cut to {length}, "
-        f"size-weighted mean pooling",
-        _timing_batch(evaluation, loaded, spec),
+        groups,
+        lengths,
+        list(make_batches(tuning, tokenizer, "text", BATCH, TEXT_REFERENCE_LENGTH)),
+        "zoo:prose-calib:en",
+        f"zoo:prose:en, held-out English prose (Debian Reference) under dynamic padding, by real length in "
+        f"tokens ({counts} sentences); budgets set at {TEXT_REFERENCE_LENGTH} tokens, applied as rates; "
+        "size-weighted mean pooling; calibration: zoo:prose-calib:en",
     )
-
-
-def _timing_batch(samples: list[Sample], loaded: LoadedModel, spec: InputSpec) -> dict:
-    while len(samples) < BATCH:
-        samples = samples + samples
-    return next(make_batches(samples[:BATCH], loaded.processor, spec.modality, BATCH, spec.sequence_length))
 
 
 # ------------------------------------------------------------------ budgets
@@ -227,26 +230,52 @@ def embeddings(model, batches: list[dict], pooling: str) -> torch.Tensor:
     return torch.cat([model_outputs(model, batch, pooling)["embedding"] for batch in batches])
 
 
-def cosine(model, batches, pooling, reference) -> dict:
-    cos = F.cosine_similarity(embeddings(model, batches, pooling), reference, dim=-1)
-    return {"cosine_mean": cos.mean().item(), "cosine_min": cos.min().item(), "samples": cos.numel()}
+def per_sample_cosines(model, task: Task, references: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    pooling = task.loaded.pooling
+    return {
+        label: F.cosine_similarity(embeddings(model, batches, pooling), references[label], dim=-1).tolist()
+        for label, batches in task.groups.items()
+    }
 
 
-def run_task(task: Task, rows: dict[str, dict], budgets: list[str], repeats: int, time_all: bool) -> dict:
+def input_flops_cuts(model, task: Task) -> dict[str, float]:
+    """Text: mean FLOPs cut over each bucket's inputs, each at its own length (the budgets are rates)."""
+    reducers = [block.reducer for block in token_blocks(model)]
+    adapter = find_adapter(task.loaded.model)
+    out = {}
+    for label, lengths in task.group_lengths.items():
+        cuts = []
+        for n in lengths:
+            geometry = adapter.geometry(task.loaded.model, InputSpec("text", sequence_length=n))
+            dense = model_macs(geometry, [n] * geometry.num_layers)
+            cuts.append(1 - model_macs(geometry, tokens_after_layers(n, reducers)) / dense)
+        out[label] = sum(cuts) / len(cuts)
+    return out
+
+
+def run_task(task: Task, rows: dict[str, dict], budgets: list[str]) -> dict:
     original = task.loaded.model
     geometry = find_adapter(original).geometry(original, task.spec)
     protected = find_adapter(original).protected_tokens(original)
     dense_gmacs = model_macs(geometry, [geometry.input_tokens] * geometry.num_layers) / 1e9
-    reference = embeddings(original, task.evaluation, task.loaded.pooling)
-    result = {"data": task.data, "input": vars(task.spec), "gmacs": dense_gmacs, "budgets": {}}
-    timed_rows = set(rows) if time_all else {label for label in rows if label not in ABLATIONS and label != RANDOM_DROP}
+    with torch.inference_mode():
+        references = {label: embeddings(original, b, task.loaded.pooling) for label, b in task.groups.items()}
+    result = {
+        "data": task.data,
+        "input": vars(task.spec),
+        "gmacs": dense_gmacs,
+        "groups": {label: int(ref.shape[0]) for label, ref in references.items()},
+        "budgets": {},
+    }
     for budget in budgets:
         cut = parse_cut(budget)
         schedule = matched_schedule(geometry, protected, cut)
-        models, entries = {}, {}
+        entries, scores = {}, {}
         for label, settings in rows.items():
             started = time.perf_counter()
             model, metadata = compress(task, settings, budget, schedule)
+            with torch.inference_mode():
+                scores[label] = per_sample_cosines(model, task, references)
             achieved = 1 - metadata["gmacs"] / dense_gmacs
             entries[label] = {
                 "pass": settings,
@@ -255,60 +284,64 @@ def run_task(task: Task, rows: dict[str, dict], budgets: list[str], repeats: int
                 "gmacs": metadata["gmacs"],
                 "flops_cut": achieved,
                 "matched": abs(achieved - cut) <= 0.01,
-                **cosine(model, task.evaluation, task.loaded.pooling, reference),
+                "groups": {
+                    group: {"cosine_mean": sum(v) / len(v), "cosine_min": min(v), "samples": len(v)}
+                    for group, v in scores[label].items()
+                },
             }
-            models[label] = model
+            if task.group_lengths:
+                for group, value in input_flops_cuts(model, task).items():
+                    entries[label]["groups"][group]["input_flops_cut"] = value
+            # the headline cosine: over every evaluation sample (all buckets together for text)
+            every = [c for v in scores[label].values() for c in v]
+            entries[label].update(cosine_mean=sum(every) / len(every), cosine_min=min(every), samples=len(every))
             print(
                 f"  {task.name} {budget} {label}: cos {entries[label]['cosine_mean']:.5f} "
-                f"cut {achieved:.4f} ({time.perf_counter() - started:.1f}s)",
+                f"GMACs {metadata['gmacs']:.4f} cut {achieved:.4f} ({time.perf_counter() - started:.1f}s)",
                 flush=True,
             )
-        timed = {label: m for label, m in models.items() if label in timed_rows}
-        timings = _throughput(original, timed, task.timing_batch, repeats)
-        for label, entry in entries.items():
-            if label in timings:
-                entry["speedup"] = timings[label]["items_per_s"] / timings["original"]["items_per_s"]
-                entry["timing"] = timings[label]
+        add_comparisons(entries, scores)
         result["budgets"][budget] = {
             "target_cut": cut,
             "schedule": schedule,
             "schedule_cut": schedule_cut(geometry, protected, schedule),
-            "original_timing": timings["original"],
             "rows": entries,
         }
     return result
 
 
-MIN_TIMED_SECONDS = 0.25  # small workloads (16 short sentences) run several batches per timing
-
-
-@torch.inference_mode()
-def _throughput(original, models: dict, batch: dict, repeats: int) -> dict:
-    started = time.perf_counter()
-    original(**batch)
-    calls = max(1, math.ceil(MIN_TIMED_SECONDS / (time.perf_counter() - started)))
-
-    def runner(model):
-        return lambda: [model(**batch) for _ in range(calls)]
-
-    runners = {"original": runner(original), **{label: runner(m) for label, m in models.items()}}
-    timings = interleaved_throughput(runners, BATCH * calls, repeats, warmup=1)
-    return {label: {**t, "batches_per_timing": calls} for label, t in timings.items()}
+def add_comparisons(entries: dict[str, dict], scores: dict[str, dict[str, list[float]]]) -> None:
+    """Paired comparison of every row with the reference row (ToMe), per group and over all samples."""
+    if REFERENCE not in entries:
+        return
+    reference_gmacs = entries[REFERENCE]["gmacs"]
+    for label, entry in entries.items():
+        entry["gmacs_vs_tome"] = entry["gmacs"] / reference_gmacs - 1
+        entry["gmacs_matched_to_tome"] = abs(entry["gmacs_vs_tome"]) <= GMACS_TOLERANCE
+        if label == REFERENCE:
+            continue
+        for group, values in scores[label].items():
+            entry["groups"][group]["vs_tome"] = compare_paired(values, scores[REFERENCE][group]).as_dict()
+        every = [c for v in scores[label].values() for c in v]
+        every_reference = [c for v in scores[REFERENCE].values() for c in v]
+        entry["vs_tome"] = compare_paired(every, every_reference).as_dict()
 
 
 def sweep(task: Task, budgets: list[str]) -> dict:
-    """Token Transforming variants on the tuning data, to choose defaults without the evaluation data."""
+    """Token Transforming variants on the calibration data, to choose defaults without the evaluation data."""
     original = task.loaded.model
     geometry = find_adapter(original).geometry(original, task.spec)
     protected = find_adapter(original).protected_tokens(original)
-    reference = embeddings(original, task.tuning, task.loaded.pooling)
+    with torch.inference_mode():
+        reference = embeddings(original, task.tuning, task.loaded.pooling)
     out = {}
     for budget in budgets:
         schedule = matched_schedule(geometry, protected, parse_cut(budget))
         for label, settings in SWEEP.items():
             model, _ = compress(task, settings, budget, schedule)
-            score = cosine(model, task.tuning, task.loaded.pooling, reference)["cosine_mean"]
-            out.setdefault(label, {})[budget] = score
+            with torch.inference_mode():
+                cos = F.cosine_similarity(embeddings(model, task.tuning, task.loaded.pooling), reference, dim=-1)
+            out.setdefault(label, {})[budget] = cos.mean().item()
             print(f"  sweep {task.name} {budget} {label}: {out[label][budget]:.5f}", flush=True)
     return out
 
@@ -316,16 +349,24 @@ def sweep(task: Task, budgets: list[str]) -> dict:
 # ------------------------------------------------------------------ writing
 
 
-def verdict(result: dict, budgets: list[str]) -> list[str]:
-    lines = []
-    for budget in budgets:
-        rows = result["budgets"][budget]["rows"]
-        if "token_transform" not in rows or "tome" not in rows:
-            continue
-        gap = rows["token_transform"]["cosine_mean"] - rows["tome"]["cosine_mean"]
-        word = "beats" if gap > 0 else "does not beat"
-        lines.append(f"{budget}: Token Transforming {word} ToMe by {gap:+.4f} cosine")
-    return lines
+def _verdict_word(comparison: dict, label: str) -> str:
+    return {"A better": f"{label} better", "B better": "ToMe better", "tie": "tie"}[comparison["verdict"]]
+
+
+def cell(row: dict, group: dict | None = None) -> str:
+    """One table cell: cosine (min), GMACs, and the paired difference to ToMe with its interval."""
+    source = group if group is not None else row
+    text = f"{source['cosine_mean']:.4f} ({source['cosine_min']:.3f}), {row['gmacs']:.3f} GMACs"
+    if not row.get("gmacs_matched_to_tome", True):
+        text += f" **GMACs {row['gmacs_vs_tome']:+.1%} vs ToMe**"
+    comparison = source.get("vs_tome")
+    if comparison:
+        low, high = comparison["interval"]
+        text += (
+            f"; vs ToMe {comparison['mean_difference']:+.4f} [{low:+.4f}, {high:+.4f}] "
+            f"{comparison['wins']}/{comparison['ties']}/{comparison['losses']} {comparison['verdict'].split()[0]}"
+        )
+    return text
 
 
 def write_results(results: dict, info: dict, settings: dict, budgets: list[str]) -> None:
@@ -333,50 +374,65 @@ def write_results(results: dict, info: dict, settings: dict, budgets: list[str])
     payload = {"machine": info, "settings": settings, "models": results}
     (RESULTS / "reducers.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
-        "# Token reducers at equal FLOPs, training-free",
+        "# Token reducers at equal FLOPs, training-free, on held-out data",
         "",
-        f"Machine: {info['cpu']}, {info['threads']} threads, torch {info['torch']}. "
-        "Generated by `benchmarks/reducer_table.py` (one run; speed ratios are interleaved in that run).",
+        f"Generated by `benchmarks/reducer_table.py` ({settings['command']}); fidelity only, no timing.",
         "",
         "Each cell: mean cosine of the pooled embedding to the original model's (min over samples in "
-        "brackets) / CPU throughput ratio compressed:original (batch 16, median of "
-        f"{settings['repeats']} interleaved repeats). FLOPs: GMACs, DiffRate's convention. Fixed-schedule "
-        "passes share one per-block r list per budget, so their token counts are identical; a row "
-        "whose own FLOPs cut misses the budget by more than 1 point says so. No training anywhere.",
+        "brackets), the GMACs the row runs at, then the paired comparison with ToMe on the same samples: "
+        "mean difference [bootstrap 95% interval] wins/ties/losses and the verdict (`A` = this row better, "
+        "`B` = ToMe better, `tie` = the interval contains 0). A row whose GMACs differ from ToMe's by more "
+        "than 0.5% is flagged in bold: its comparison is not at equal compute. FLOPs: GMACs at the reference "
+        "input, DiffRate's convention. Fixed-schedule passes share one per-block r list per budget, so their "
+        "token counts are identical. No training anywhere.",
         "",
-        "Rows: `token_transform` at its defaults (ToMe's alternating targets, hidden-state cosine, "
-        "k = 1: every removed token moved whole); `k=2 (many-to-many)` the same with each removed token "
-        "spread over its 2 best targets at temperature 0.01; "
-        "`on keys` the same on ToMe's key metric; `random drop` keeps random tokens at the same "
-        "counts. Learned-schedule passes (DiffRate) calibrate on tuning data (CIFAR images, "
-        "the zoo:text sentences not held out), never on the evaluation data.",
+        "Rows: `token_transform` at its defaults; `k=2 (many-to-many)` the same with each removed token "
+        "spread over its 2 best targets; `on keys` the same on ToMe's key metric; `random drop` keeps "
+        "random tokens at the same counts. Learned-schedule passes (DiffRate) calibrate on the calibration "
+        "split, which never overlaps the evaluation split.",
     ]
     for model_name, result in results.items():
         lines += ["", f"## {model_name}", "", f"Data: {result['data']}. Original: {result['gmacs']:.3f} GMACs.", ""]
         header = "| reducer | " + " | ".join(f"{b} FLOPs" for b in budgets) + " |"
-        lines += [header, "|---|" + "---|" * len(budgets)]
         labels = list(next(iter(result["budgets"].values()))["rows"])
+        lines += [header, "|---|" + "---|" * len(budgets)]
         for label in labels:
-            cells = []
-            for budget in budgets:
-                row = result["budgets"][budget]["rows"][label]
-                flag = "" if row["matched"] else f" (cut {row['flops_cut']:.1%}, not matched)"
-                speed = f"{row['speedup']:.2f}x" if "speedup" in row else "not timed"
-                cells.append(f"{row['cosine_mean']:.4f} ({row['cosine_min']:.3f}) / {speed}{flag}")
+            cells = [cell(result["budgets"][b]["rows"][label]) for b in budgets]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        groups = list(result["groups"])
+        if len(groups) > 1:
+            for group in groups:
+                lines += ["", f"### {model_name}, inputs of {group} tokens ({result['groups'][group]} sentences)", ""]
+                lines += [header, "|---|" + "---|" * len(budgets)]
+                for label in labels:
+                    cells = []
+                    for b in budgets:
+                        row = result["budgets"][b]["rows"][label]
+                        text = cell(row, row["groups"][group])
+                        if "input_flops_cut" in row["groups"][group]:
+                            text += f"; cut at own length {row['groups'][group]['input_flops_cut']:.1%}"
+                        cells.append(text)
+                    lines.append(f"| {label} | " + " | ".join(cells) + " |")
         cuts = [
             f"{b}: r = {result['budgets'][b]['schedule']}, cut {result['budgets'][b]['schedule_cut']:.2%}"
             for b in budgets
         ]
-        lines += ["", "Schedules: " + "; ".join(cuts) + "."]
-        lines += [""] + [f"- {line}" for line in verdict(result, budgets)]
+        lines += ["", "Schedules at the reference input: " + "; ".join(cuts) + "."]
+        flagged = [
+            f"{label} at {b} ({row['gmacs']:.3f} vs {result['budgets'][b]['rows'][REFERENCE]['gmacs']:.3f} GMACs)"
+            for b in budgets
+            for label, row in result["budgets"][b]["rows"].items()
+            if not row.get("gmacs_matched_to_tome", True)
+        ]
+        if flagged:
+            lines += ["", "Not at ToMe's GMACs (more than 0.5% apart): " + "; ".join(flagged) + "."]
     (RESULTS / "reducers.md").write_text("\n".join(lines) + "\n")
 
 
 def sweep_markdown(results: dict, budgets: list[str]) -> str:
     lines = []
     for model_name, table in results.items():
-        lines += ["", f"### {model_name} (tuning data)", "", "| variant | " + " | ".join(budgets) + " |"]
+        lines += ["", f"### {model_name} (calibration data)", "", "| variant | " + " | ".join(budgets) + " |"]
         lines.append("|---|" + "---|" * len(budgets))
         lines += [f"| {label} | " + " | ".join(f"{v[b]:.4f}" for b in budgets) + " |" for label, v in table.items()]
     return "\n".join(lines)
@@ -386,13 +442,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--passes", help="comma-separated pass types (default: every pass taking target_flops)")
     parser.add_argument("--budgets", default="-20%,-35%,-50%", help="comma-separated FLOPs cuts")
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--text-samples", type=int, default=256)
-    parser.add_argument("--text-length", type=int, default=16)
+    parser.add_argument("--images", type=int, help="evaluate on a seeded subset of this many photos (default: all)")
+    parser.add_argument("--text-per-bucket", type=int, default=64, help="sentences per length bucket")
     parser.add_argument("--models", default="vision,text", help="vision, text or both")
-    parser.add_argument("--time-all", action="store_true", help="also time the ablation and random-drop rows")
-    parser.add_argument("--sweep", action="store_true", help="score Token Transforming variants on tuning data only")
+    parser.add_argument("--sweep", action="store_true", help="score Token Transforming variants on calibration data")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [b.strip() for b in args.budgets.split(",")]
@@ -401,27 +455,24 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown pass types {unknown}; registered: {', '.join(sorted(PASSES))}")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        tasks = []
-        if "vision" in args.models:
-            tasks.append(vision_task(workdir))
-        if "text" in args.models:
-            tasks.append(text_task(workdir, args.text_samples, args.text_length))
-        if args.sweep:
-            sweep_budgets = [b for b in budgets if parse_cut(b) >= 0.35] or budgets
-            print(sweep_markdown({t.name: sweep(t, sweep_budgets) for t in tasks}, sweep_budgets))
-            return
-        rows = row_specs(passes)
-        results = {task.name: run_task(task, rows, budgets, args.repeats, args.time_all) for task in tasks}
+    tasks = []
+    if "vision" in args.models:
+        tasks.append(vision_task(args.images))
+    if "text" in args.models:
+        tasks.append(text_task(args.text_per_bucket))
+    if args.sweep:
+        sweep_budgets = [b for b in budgets if parse_cut(b) >= 0.35] or budgets
+        print(sweep_markdown({t.name: sweep(t, sweep_budgets) for t in tasks}, sweep_budgets))
+        return
+    rows = row_specs(passes)
+    results = {task.name: run_task(task, rows, budgets) for task in tasks}
     settings = {
+        "command": "python benchmarks/reducer_table.py " + " ".join(sys.argv[1:]),
         "passes": passes,
         "budgets": budgets,
-        "repeats": args.repeats,
-        "time_all": args.time_all,
         "batch": BATCH,
-        "text_samples": args.text_samples,
-        "text_length": args.text_length,
+        "images": args.images,
+        "text_per_bucket": args.text_per_bucket,
         "seconds": round(time.perf_counter() - started),
     }
     write_results(results, machine(), settings, budgets)

@@ -7,6 +7,10 @@
     zoo:skimage       scikit-image photos (unlabeled)
     zoo:A+B+...       several image groups, e.g. zoo:imagenet+cifar10+cifar100
     zoo:text[:lang]   chatterbot-corpus sentences (default English)
+    zoo:photos        the evaluation split of the built-in photographs (about 250 real photos)
+    zoo:photos-calib  their calibration split (disjoint from zoo:photos)
+    zoo:prose[:lang]  held-out Debian Reference prose, evaluation split (en, de, es, fr, id, it, ja, pt, zh-cn)
+    zoo:prose-calib[:lang]  its calibration split (disjoint from zoo:prose)
     <folder>          images, recursively; class sub-folders give labels (sorted order)
     <folder>          a Hugging Face data set written by save_to_disk (one split)
     <file>.parquet    or a folder of .parquet files: an image or text column, optional label
@@ -37,8 +41,10 @@ ZOO_IMAGE_GROUPS = {
     "cifar100": ("cifar100",),
     "skimage": ("skimage",),
 }
+EVALUATION_SETS = {"photos": "eval", "photos-calib": "calib", "prose": "eval", "prose-calib": "calib"}  # id -> split
 DATA_HINT = (
-    "use zoo:images, zoo:imagenet, zoo:cifar10, zoo:cifar100, zoo:skimage (or a + of them), zoo:text[:language], "
+    "use zoo:photos, zoo:photos-calib, zoo:prose[:language], zoo:prose-calib[:language], zoo:images, "
+    "zoo:imagenet, zoo:cifar10, zoo:cifar100, zoo:skimage (or a + of them), zoo:text[:language], "
     "an image folder, a save_to_disk data set folder, .parquet files, or a .txt/.jsonl file"
 )
 
@@ -116,12 +122,34 @@ def _zoo(data: str) -> list[Loader]:
     name, _, arg = data[len("zoo:") :].partition(":")
     if name == "text":
         return [_ready(Sample(t, name=f"text{i}")) for i, t in enumerate(zoo.sample_texts(arg or "english"))]
+    if name in EVALUATION_SETS and (name.startswith("prose") or not arg):
+        return _evaluation_set(name, arg)
     parts = name.split("+")
     unknown = [p for p in parts if p not in ZOO_IMAGE_GROUPS]
     if unknown or arg:
         raise TokcompError(f"unknown built-in data '{data}'", hint=DATA_HINT)
     groups = list(dict.fromkeys(g for p in parts for g in ZOO_IMAGE_GROUPS[p]))  # ordered, no repeats
     return [_ready(Sample(item.image, item.label, item.name)) for group in groups for item in zoo.sample_images(group)]
+
+
+def _evaluation_set(name: str, language: str) -> list[Loader]:
+    from tokcomp.zoo import eval_sets
+
+    split = EVALUATION_SETS[name]
+    if name.startswith("prose"):
+        texts = eval_sets.evaluation_texts(language or "en", split)
+        return [_ready(Sample(t, name=f"{name}:{language or 'en'}:{i}")) for i, t in enumerate(texts)]
+    return [_photo(entry) for entry in eval_sets.photo_entries(split)]
+
+
+def _photo(entry) -> Loader:
+    def load() -> Sample:
+        from tokcomp.zoo.eval_sets import load_photo
+
+        photo = load_photo(entry)
+        return Sample(photo.image, photo.label, photo.name)
+
+    return load
 
 
 def _ready(sample: Sample) -> Loader:
@@ -189,4 +217,3 @@ def _image_file(path: Path, label: int | None, name: str) -> Loader:
             ) from None
 
     return load
-
