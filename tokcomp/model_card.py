@@ -17,7 +17,8 @@ import yaml
 from tokcomp.fileio import read_json
 
 CARD_FILE = "README.md"
-_PIPELINE_TAGS = {"image": "image-feature-extraction", "text": "feature-extraction"}
+_PIPELINE_TAGS = {"image": "image-feature-extraction", "text": "feature-extraction", "audio": "automatic-speech-recognition"}
+_GENERATIVE_TAGS = {"ForCausalLM": "text-generation", "ForConditionalGeneration": "automatic-speech-recognition"}
 
 
 def write_card(folder: Path) -> None:
@@ -56,7 +57,8 @@ def _header(state: dict[str, Any], sentence_transformers: bool, token_passes: li
     if base.get("hub_id"):
         header["base_model"] = base["hub_id"]
     header["library_name"] = "sentence-transformers" if sentence_transformers else base["library"]
-    header["pipeline_tag"] = "sentence-similarity" if sentence_transformers else _PIPELINE_TAGS[modality]
+    generative = next((tag for suffix, tag in _GENERATIVE_TAGS.items() if base["class_name"].endswith(suffix)), None)
+    header["pipeline_tag"] = "sentence-similarity" if sentence_transformers else generative or _PIPELINE_TAGS[modality]
     header["tags"] = list(dict.fromkeys(tags))
     return "---\n" + yaml.safe_dump(header, sort_keys=False).strip() + "\n---"
 

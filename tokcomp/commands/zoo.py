@@ -18,13 +18,22 @@ def register(app: typer.Typer) -> None:
 
 @zoo_app.command("list")
 def zoo_list() -> None:
-    """The zoo's models and whether they are cached."""
+    """The zoo's models (with whether they are cached) and its data sets, by their full ids."""
     from tokcomp import zoo
+    from tokcomp.data.sources import ZOO_DATA
+    from tokcomp.zoo.speech import SOURCES as SPEECH_SOURCES
 
-    table = Table("name", "modality", "cached", "description")
+    models = Table("model id", "modality", "cached", "description", title="models")
     for item in zoo.list_models():
-        table.add_row(item["name"], item["modality"], "yes" if item["cached"] else "no", item["description"])
-    console.print(table)
+        cached = "yes" if item["cached"] else "no"
+        models.add_row(f"zoo:{item['name']}", item["modality"], cached, item["description"])
+    console.print(models)
+    data = Table("data id", "modality", "description", title="data (recipes' data:, --data)")
+    for data_id, (modality, description) in ZOO_DATA.items():
+        data.add_row(data_id, modality, description)
+    console.print(data)
+    speech = ", ".join(SPEECH_SOURCES)
+    console.print(f"speech clips with transcripts (tokcomp.zoo.speech.speech_clips): {speech}", highlight=False)
 
 
 @zoo_app.command("pull")

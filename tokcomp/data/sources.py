@@ -42,9 +42,21 @@ ZOO_IMAGE_GROUPS = {
     "skimage": ("skimage",),
 }
 EVALUATION_SETS = {"photos": "eval", "photos-calib": "calib", "prose": "eval", "prose-calib": "calib"}  # id -> split
+# The built-in data ids: id -> (modality, what it holds). `tokcomp zoo list` prints this table.
+ZOO_DATA = {
+    "zoo:photos": ("image", "evaluation split of the built-in real photographs (about 250; never calibrated on)"),
+    "zoo:photos-calib": ("image", "calibration split of the built-in photographs (disjoint from zoo:photos)"),
+    "zoo:images": ("image", "20 labeled ImageNet photos + 16 scikit-image photos"),
+    "zoo:imagenet": ("image", "the 20 labeled ImageNet photos"),
+    "zoo:cifar10": ("image", "20 labeled CIFAR-10 images (32x32)"),
+    "zoo:cifar100": ("image", "20 labeled CIFAR-100 images (32x32)"),
+    "zoo:skimage": ("image", "16 scikit-image photos (unlabeled); groups combine with +, e.g. zoo:imagenet+cifar10"),
+    "zoo:prose[:lang]": ("text", "evaluation split of Debian Reference prose (en, de, es, fr, id, it, ja, pt, zh-cn)"),
+    "zoo:prose-calib[:lang]": ("text", "calibration split of that prose (disjoint from zoo:prose)"),
+    "zoo:text[:lang]": ("text", "chatterbot-corpus dialogue sentences (default english)"),
+}
 DATA_HINT = (
-    "use zoo:photos, zoo:photos-calib, zoo:prose[:language], zoo:prose-calib[:language], zoo:images, "
-    "zoo:imagenet, zoo:cifar10, zoo:cifar100, zoo:skimage (or a + of them), zoo:text[:language], "
+    f"use {', '.join(ZOO_DATA)} (see `tokcomp zoo list`), "
     "an image folder, a save_to_disk data set folder, .parquet files, or a .txt/.jsonl file"
 )
 
