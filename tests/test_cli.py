@@ -37,6 +37,7 @@ def test_zoo_list_and_pull_print_the_folder_last():
     listing = _cli("zoo", "list")
     assert listing.returncode == 0, listing.stderr
     assert "dinov2-small" in listing.stderr and "minilm-l6" in listing.stderr
+    assert "zoo:photos" in listing.stderr and "librivox" in listing.stderr  # data sets too, by their ids
     pulled = _cli("zoo", "pull", "minilm-l6")
     assert pulled.returncode == 0, pulled.stderr
     folder = pulled.stdout.strip().splitlines()[-1]
