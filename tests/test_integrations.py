@@ -261,6 +261,9 @@ def test_real_sentence_transformers_checkpoint(name, tmp_path):
     cosine = torch.nn.functional.cosine_similarity(got, original)
     print(f"{name} ToMe -35%: cosine to the original {cosine.mean():.4f} (min {cosine.min():.4f}), {len(texts)} sentences")
     assert cosine.mean() > 0.8  # far above random token drop; the benchmark tracks the real figure
+    untouched = tokcomp.compile({**recipe, "passes": [{"type": "tome", "r": 0}]}, tmp_path / "r0")
+    at_r0 = st.SentenceTransformer(str(untouched), trust_remote_code=True, device="cpu")
+    assert torch.allclose(at_r0.encode(texts, batch_size=16, convert_to_tensor=True), original, atol=1e-5)
 
 
 @pytest.mark.slow
