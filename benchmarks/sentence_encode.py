@@ -50,12 +50,12 @@ def compile_pair(folder: Path) -> tuple[Path, Path]:
     return compressed, original
 
 
-def corpus_flops_ratio(model, tokenizer, texts: list[str]) -> float:
-    """Sum of the compressed model's MACs over sentences at their own lengths / the original's."""
+def corpus_flops_ratio(model, tokenizer, texts: list[str], max_length: int) -> float:
+    """Sum of the compressed model's MACs over sentences at their own (truncated) lengths / the original's."""
     reducers = [block.reducer for block in token_blocks(model)]
     dense = compressed = 0.0
     for text in texts:
-        n = len(tokenizer(text)["input_ids"])
+        n = min(len(tokenizer(text)["input_ids"]), max_length)
         geometry = find_adapter(model).geometry(model, InputSpec("text", sequence_length=n))
         full = model_macs(geometry, [n] * geometry.num_layers)
         dense += full
@@ -93,8 +93,8 @@ def run(args) -> dict:
         a = original.encode(texts, batch_size=BATCH, convert_to_tensor=True)
         b = compressed.encode(texts, batch_size=BATCH, convert_to_tensor=True)
         cosine = torch.nn.functional.cosine_similarity(a, b)
-        ratio = corpus_flops_ratio(compressed[0].model, compressed[0].tokenizer, texts)
-    lengths = [len(original.tokenizer(t)["input_ids"]) for t in texts]
+        ratio = corpus_flops_ratio(compressed[0].model, compressed[0].tokenizer, texts, compressed.max_seq_length)
+    lengths = [min(len(original.tokenizer(t)["input_ids"]), original.max_seq_length) for t in texts]
     return {
         "model": "zoo:minilm-l6",
         "pass": {"type": "tome", "target_flops": CUT, "reference_tokens": 128},

@@ -50,7 +50,7 @@ class OnnxSentenceEncoder:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(self.folder / file), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.max_length = int(entry.get("max_sequence_length") or self.tokenizer.model_max_length)
+        self.max_length = _max_length(self.folder, entry, self.tokenizer)
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """[len(texts), D] float32 sentence embeddings."""
@@ -65,3 +65,14 @@ class OnnxSentenceEncoder:
         tokens, weights = self.session.run(["last_hidden_state", WEIGHTS_OUTPUT], feeds)
         pooled = pool(torch.from_numpy(tokens), torch.from_numpy(weights), self.pooling, self.normalize)
         return pooled.numpy().astype(np.float32)
+
+
+def _max_length(folder: Path, entry: dict, tokenizer) -> int:
+    """Truncation length: sentence-transformers' max_seq_length when the folder has one (what
+    SentenceTransformer.encode truncates to), else the export's maximum."""
+    from tokcomp.fileio import read_json
+
+    config = folder / "sentence_bert_config.json"
+    if config.is_file() and read_json(config).get("max_seq_length"):
+        return int(read_json(config)["max_seq_length"])
+    return int(entry.get("max_sequence_length") or tokenizer.model_max_length)
