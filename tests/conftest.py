@@ -1,7 +1,13 @@
 import os
+import shutil
 
-import pytest
-import torch
+# Without a GPU the Triton kernels run in Triton's interpreter, which must be chosen before triton is
+# first imported; installed packages (sentence-transformers' stack) may import it while pytest starts.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Keep progress bars out of test logs.
 os.environ.setdefault("TOKCOMP_QUIET", "1")

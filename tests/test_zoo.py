@@ -74,7 +74,7 @@ def test_unknown_model_lists_valid_names() -> None:
 
 def test_list_models_rows(zoo_cache: Path) -> None:
     rows = {row["name"]: row for row in list_models()}
-    assert set(rows) == {"dinov2-small", "minilm-l6", "gemma-3-270m", "multilingual-e5-small"}
+    assert set(rows) == {"dinov2-small", "minilm-l6", "gemma-3-270m", "multilingual-e5-small", "whisper-tiny-en", "whisper-base"}
     assert rows["dinov2-small"]["modality"] == "image"
     assert rows["minilm-l6"]["modality"] == "text"
     for row in rows.values():
