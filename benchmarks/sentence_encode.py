@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tokcomp  # noqa: E402
 from benchmarks.common import bootstrap_mean, interleaved_throughput, load_average, machine, write_results  # noqa: E402
-from benchmarks.dynamic_padding import flops_cut  # noqa: E402
 from tokcomp.analysis.flops import model_macs  # noqa: E402
+from tokcomp.reducers.schedule import tokens_after_layers  # noqa: E402
 from tokcomp.surgery import find_adapter, token_blocks  # noqa: E402
 from tokcomp.surgery.adapters.base import InputSpec  # noqa: E402
 from tokcomp.zoo.samples import english_prose  # noqa: E402
@@ -57,9 +57,8 @@ def corpus_flops_ratio(model, tokenizer, texts: list[str], max_length: int) -> f
     for text in texts:
         n = min(len(tokenizer(text)["input_ids"]), max_length)
         geometry = find_adapter(model).geometry(model, InputSpec("text", sequence_length=n))
-        full = model_macs(geometry, [n] * geometry.num_layers)
-        dense += full
-        compressed += full * (1 - flops_cut(model, reducers, n))
+        dense += model_macs(geometry, [n] * geometry.num_layers)
+        compressed += model_macs(geometry, tokens_after_layers(n, reducers))
     return compressed / dense
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tokcomp.data.audio import SAMPLE_RATE, audio_folder, audio_manifest, load_audio, load_speech, resample
 from tokcomp.errors import TokcompError, ZooError
-from tokcomp.zoo import speech
+from tokcomp.zoo import debs, speech
 
 soundfile = pytest.importorskip("soundfile")
 
@@ -191,7 +191,7 @@ def test_unknown_source_or_split_is_refused():
 
 def test_without_apt_the_error_says_how_to_get_the_package(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKCOMP_CACHE", str(tmp_path))
-    monkeypatch.setattr(speech.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(debs.shutil, "which", lambda _name: None)
     with pytest.raises(ZooError, match="apt-get is not available") as info:
         speech.fetch_deb("pocketsphinx-testdata")
     assert str(tmp_path / "debs") in info.value.hint and "\n" not in str(info.value)
@@ -199,10 +199,10 @@ def test_without_apt_the_error_says_how_to_get_the_package(tmp_path, monkeypatch
 
 def test_a_failed_apt_download_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKCOMP_CACHE", str(tmp_path))
-    monkeypatch.setattr(speech.shutil, "which", lambda _name: "/usr/bin/apt-get")
+    monkeypatch.setattr(debs.shutil, "which", lambda _name: "/usr/bin/apt-get")
     failed = subprocess.CompletedProcess([], 100, "", "W: something\nE: Unable to locate package nosuch-package\n")
-    monkeypatch.setattr(speech, "_apt_download", lambda package, dest: failed)
-    monkeypatch.setattr(speech.os, "geteuid", lambda: 1000)  # not root: no apt-get update attempt
+    monkeypatch.setattr(debs, "_apt_download", lambda package, dest: failed)
+    monkeypatch.setattr(debs.os, "geteuid", lambda: 1000)  # not root: no apt-get update attempt
     with pytest.raises(ZooError, match="E: Unable to locate package nosuch-package") as info:
         speech.fetch_deb("nosuch-package")
     assert "apt-get update" in info.value.hint
@@ -213,7 +213,7 @@ def test_a_cached_deb_needs_no_apt(tmp_path, monkeypatch):
     (tmp_path / "debs").mkdir()
     deb = tmp_path / "debs" / "pocketsphinx-testdata_1.0_all.deb"
     deb.write_bytes(b"!<arch>\n")
-    monkeypatch.setattr(speech.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(debs.shutil, "which", lambda _name: None)
     assert speech.fetch_deb("pocketsphinx-testdata") == deb
 
 

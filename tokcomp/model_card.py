@@ -98,20 +98,16 @@ def _numbers(report: dict[str, Any], bench: dict[str, Any] | None, exports: list
     if rows:
         lines += ["| | original | compressed |", "|---|---|---|", *rows, ""]
     lines.append(_fidelity_line(report.get("fidelity")))
-    for key in ("vocab_trim",):
-        if isinstance(report.get(key), dict):
-            lines.append(f"- {key}: " + ", ".join(f"{k} {v}" for k, v in report[key].items() if _is_scalar(v)))
+    for name in reporting_passes(report):  # passes that report checks of their own (vocab_trim)
+        lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in report[name].items() if _is_scalar(v)))
     if bench:
         from tokcomp.export.bench import speedup_text
 
-        load = bench.get("machine", {}).get("load_1min")
         for row in bench.get("results", []):
             lines.append(
                 f"- speed-up ({row['runtime']}, batch {row['batch_size']}, `tokcomp bench`): {speedup_text(row)}"
                 + (f", load average {row['load_1min']:.2f}" if row.get("load_1min") is not None else "")
             )
-        if load is not None and not bench.get("results"):
-            lines.append(f"- `tokcomp bench` ran with no results (load average {load:.2f})")
     for entry in exports:
         check = entry.get("validation", {})
         status = "validated" if check.get("passed", True) else "FAILED validation"
@@ -126,8 +122,8 @@ def _fidelity_line(fidelity: dict[str, Any] | None) -> str:
         f"- fidelity on {fidelity['samples']} samples of {fidelity['data']}: {fidelity['pooling']}-pooled cosine "
         f"to the original {fidelity['cosine_mean']:.4f} (min {fidelity['cosine_min']:.4f})"
     )
-    if "top1_mean" in fidelity or "top1_agreement" in fidelity:
-        text += f", top-1 agreement {fidelity.get('top1_agreement', fidelity.get('top1_mean')):.4f}"
+    if "top1_agreement" in fidelity:
+        text += f", top-1 agreement {fidelity['top1_agreement']:.4f}"
     baseline = fidelity.get("random_drop_baseline")
     if baseline:
         text += f"; random token drop at the same counts: {baseline['cosine_mean']:.4f}"
@@ -163,8 +159,8 @@ def _loading(state: dict[str, Any], sentence_transformers: bool, token_passes: l
         lines += [
             "",
             "transformers: `AutoModel.from_pretrained(folder, trust_remote_code=True)` returns the compressed "
-            "model (the folder's `tokcomp_auto.py` only imports the installed tokcomp); after `import tokcomp` "
-            "the flag is not needed. Without either, transformers refuses the folder rather than loading the "
+            "model (the folder's `tokcomp_auto.py` only imports the installed tokcomp); in a process that has "
+            "imported `tokcomp.integrations.hf_auto` (`tokcomp.load` does) the flag is not needed. Without either, transformers refuses the folder rather than loading the "
             "uncompressed model.",
         ]
     if state["input"]["modality"] == "text" and token_passes:
@@ -192,6 +188,11 @@ def _limits(state: dict[str, Any], report: dict[str, Any], token_passes: list[di
         lines.append("- No fidelity was measured at compile time.")
     lines.append(f"- Written by tokcomp {state.get('tokcomp_version', '?')}; reloading needs tokcomp installed.")
     return "\n".join(lines)
+
+
+def reporting_passes(report: dict[str, Any]) -> list[str]:
+    """Names of the passes whose own report (a dict under their name) report.json carries."""
+    return [name for name in report.get("passes", []) if isinstance(report.get(name), dict)]
 
 
 def _is_scalar(value: Any) -> bool:

@@ -8,8 +8,10 @@ reads the first token: CLS is protected, so it is always kept and always first.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 POOLING_MODES = ("cls", "mean")
 
@@ -26,3 +28,12 @@ def pool(tokens: Tensor, weights: Tensor | None, pooling: str, normalize: bool =
     else:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLING_MODES)}")
     return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
+
+
+def run_with_token_weights(model: nn.Module, **inputs: Tensor) -> tuple[Any, Tensor]:
+    """(the model's outputs, [B, N] weights of its output tokens) for a token-reduced model."""
+    from tokcomp.surgery import capture_final_state
+
+    with capture_final_state(model) as states:
+        outputs = model(**inputs)
+    return outputs, states[-1].weight()

@@ -14,18 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokcomp.pooling import pool
-from tokcomp.surgery import capture_final_state, token_blocks
+from tokcomp.pooling import pool, run_with_token_weights
+from tokcomp.surgery import token_blocks
 
 
 @torch.no_grad()
 def model_outputs(model: nn.Module, batch: dict[str, Tensor], pooling: str) -> dict[str, Tensor]:
     """{"embedding": [B, D], "logits": [B, K] if the model has a classifier}."""
     if token_blocks(model):
-        with capture_final_state(model) as states:
-            out = model(**batch)
-        state = states[-1]
-        weights = state.weight()
+        out, weights = run_with_token_weights(model, **batch)
     else:
         out = model(**batch)
         mask = batch.get("attention_mask")

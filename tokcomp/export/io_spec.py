@@ -184,9 +184,7 @@ class ExportWrapper(nn.Module):
         if WEIGHTS_OUTPUT not in self.spec.output_names:
             outputs = self.model(**kwargs)
             return tuple(getattr(outputs, name) for name in self.spec.output_names)
-        from tokcomp.surgery import capture_final_state
+        from tokcomp.pooling import run_with_token_weights
 
-        with capture_final_state(self.model) as states:
-            outputs = self.model(**kwargs)
-        weights = states[-1].weight()
+        outputs, weights = run_with_token_weights(self.model, **kwargs)
         return tuple(weights if name == WEIGHTS_OUTPUT else getattr(outputs, name) for name in self.spec.output_names)

@@ -18,7 +18,7 @@ from sentence_transformers.base.modules import InputModule
 from torch import Tensor
 
 from tokcomp.errors import CheckpointError
-from tokcomp.surgery import capture_final_state
+from tokcomp.pooling import run_with_token_weights
 
 
 class TokcompTransformer(InputModule):
@@ -63,11 +63,11 @@ class TokcompTransformer(InputModule):
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
-        with capture_final_state(self.model) as states:
-            tokens = self.model(**inputs).last_hidden_state
+        outputs, weights = run_with_token_weights(self.model, **inputs)
+        tokens = outputs.last_hidden_state
         features["token_embeddings"] = tokens
         # Pooling weighs tokens by the attention mask: sizes make its mean the mean over input tokens.
-        features["attention_mask"] = states[-1].weight().to(tokens.dtype)
+        features["attention_mask"] = weights.to(tokens.dtype)
         features["cls_token_embeddings"] = tokens[:, 0]
         return features
 

@@ -27,33 +27,55 @@ def debs_dir() -> Path:
     return cache_dir() / "debs"
 
 
-def fetch_deb(package: str, version: str) -> Path:
-    """Path of `package_version_all.deb` in the cache, downloading it once with apt-get if absent."""
+def fetch_deb(package: str, version: str | None = None) -> Path:
+    """The package's .deb in `debs_dir()` (that exact version, or any when None), fetched once with
+    `apt-get download`; as root, apt's package lists are updated once when they do not know it."""
     folder = debs_dir()
     if cached := _cached_deb(folder, package, version):
         return cached
+    spec = package if version is None else f"{package}={version}"
+    file = f"{package}_{version or '*'}_all.deb"
     if shutil.which("apt-get") is None:
         raise ZooError(
-            f"the built-in photos and texts need the Debian package {package}={version}, and apt-get is missing",
-            hint=f"on a non-Debian system, copy {package}_{version}_all.deb into {folder}",
+            f"cannot fetch the Debian package {spec}: apt-get is not available here",
+            hint=f"copy {file} (from packages.debian.org) into {folder}",
         )
     folder.mkdir(parents=True, exist_ok=True)
-    info(f"fetching the Debian package {package}={version} (once; cached in {folder})")
+    info(f"fetching the Debian package {spec} (once; cached in {folder})")
     with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
         os.chmod(tmp, 0o755)  # apt's unprivileged download user must be able to write there
-        result = subprocess.run(
-            ["apt-get", "download", "-q", f"{package}={version}"], cwd=tmp, capture_output=True, text=True, check=False
-        )
+        result = _apt_download(spec, Path(tmp))
+        if result.returncode != 0 and _needs_update(result.stderr) and os.geteuid() == 0:
+            info("apt's package lists do not know it; running apt-get update once")
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, check=False)
+            result = _apt_download(spec, Path(tmp))
         downloaded = _cached_deb(Path(tmp), package, version)
         if result.returncode != 0 or downloaded is None:
-            lines = [line for line in result.stderr.splitlines() if line.startswith("E:")] or ["no .deb written"]
-            raise ZooError(
-                f"could not download {package}={version} with apt-get: {lines[-1]}",
-                hint=f"run `apt-get update` first, or copy {package}_{version}_all.deb into {folder}",
+            hint = (
+                "run `sudo apt-get update`, then try again"
+                if _needs_update(result.stderr)
+                else f"check the network, or copy {file} into {folder}"
             )
+            raise ZooError(f"apt-get download {spec} failed: {apt_error(result.stderr)}", hint=hint)
         target = folder / downloaded.name
         os.replace(downloaded, target)
     return target
+
+
+def _apt_download(spec: str, dest: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["apt-get", "download", "-q", spec], cwd=dest, capture_output=True, text=True, check=False)
+
+
+def _needs_update(stderr: str) -> bool:
+    return "Unable to locate package" in stderr or "has no installation candidate" in stderr
+
+
+def apt_error(stderr: str) -> str:
+    """The lines of apt / dpkg output that say what went wrong, on one line."""
+    # apt warns about sandboxing when run as root; its E: lines say what went wrong.
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E:")]
+    return " | ".join((errors or lines)[-2:]) or "no error output"
 
 
 def extract_deb_members(deb: Path, prefix: str, dest: Path, names: Collection[str] | None = None) -> list[Path]:
@@ -118,12 +140,12 @@ def _limited(fh, size: int):
     return Reader()
 
 
-def _cached_deb(folder: Path, package: str, version: str) -> Path | None:
+def _cached_deb(folder: Path, package: str, version: str | None) -> Path | None:
     if not folder.is_dir():
         return None
     # apt writes the epoch's colon as %3a; pinned versions here have no epoch.
-    matches = sorted(folder.glob(f"{package}_{version}_*.deb"))
-    return matches[0] if matches else None
+    matches = sorted(folder.glob(f"{package}_{version or '*'}_*.deb"))
+    return matches[-1] if matches else None
 
 
 def _relative(member: str, prefix: str) -> str:

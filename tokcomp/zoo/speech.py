@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,7 @@ import numpy as np
 from tokcomp.data.audio import SAMPLE_RATE, SpeechClip, audio_seconds, load_audio
 from tokcomp.errors import ZooError
 from tokcomp.fileio import atomic_directory, cache_dir
-from tokcomp.progress import info
+from tokcomp.zoo.debs import apt_error, fetch_deb
 
 POCKETSPHINX = "pocketsphinx-testdata"
 POCKETSPHINX_DATA = "usr/share/pocketsphinx/test/data"
@@ -167,10 +165,6 @@ _LAYOUT_HINT = "the Debian package's layout changed; report this as a tokcomp bu
 # ------------------------------------------------------------------ Debian packages
 
 
-def debs_dir() -> Path:
-    return cache_dir() / "debs"
-
-
 def package_folder(package: str) -> Path:
     """`cache_dir()/data/<package>/`: the package's files unpacked (as by dpkg -x), on first use."""
     folder = cache_dir() / "data" / package
@@ -184,61 +178,6 @@ def package_folder(package: str) -> Path:
     with atomic_directory(folder, force=True, marker=None) as tmp:
         result = subprocess.run(["dpkg", "-x", str(deb), str(tmp)], capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise ZooError(f"dpkg -x {deb.name} failed: {_tail(result.stderr)}", hint=f"delete {deb} and try again")
+            raise ZooError(f"dpkg -x {deb.name} failed: {apt_error(result.stderr)}", hint=f"delete {deb} and try again")
         (tmp / ".complete").write_text(deb.name + "\n")
     return folder
-
-
-def fetch_deb(package: str) -> Path:
-    """The package's .deb in `debs_dir()`, fetched once with `apt-get download` (any version)."""
-    folder = debs_dir()
-    if cached := _cached_deb(folder, package):
-        return cached
-    if shutil.which("apt-get") is None:
-        raise ZooError(
-            f"cannot fetch the Debian package {package}: apt-get is not available here",
-            hint=f"download {package}_*.deb from packages.debian.org into {folder}",
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    info(f"fetching the Debian package {package} (once; cached in {folder})")
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
-        result = _apt_download(package, Path(tmp))
-        if result.returncode != 0 and _needs_update(result.stderr) and os.geteuid() == 0:
-            info("apt's package lists do not know it; running apt-get update once")
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, check=False)
-            result = _apt_download(package, Path(tmp))
-        if result.returncode != 0:
-            hint = (
-                "run `sudo apt-get update`, then try again"
-                if _needs_update(result.stderr)
-                else (f"check the network, or download {package}_*.deb from packages.debian.org into {folder}")
-            )
-            raise ZooError(f"apt-get download {package} failed: {_tail(result.stderr)}", hint=hint)
-        downloaded = _cached_deb(Path(tmp), package)
-        if downloaded is None:
-            raise ZooError(f"apt-get download {package} wrote no .deb", hint="report this as a tokcomp bug")
-        target = folder / downloaded.name
-        os.replace(downloaded, target)
-    return target
-
-
-def _apt_download(package: str, dest: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["apt-get", "download", "-q", package], cwd=dest, capture_output=True, text=True, check=False)
-
-
-def _needs_update(stderr: str) -> bool:
-    return "Unable to locate package" in stderr or "has no installation candidate" in stderr
-
-
-def _cached_deb(folder: Path, package: str) -> Path | None:
-    if not folder.is_dir():
-        return None
-    matches = sorted(folder.glob(f"{package}_*.deb"))
-    return matches[-1] if matches else None
-
-
-def _tail(stderr: str) -> str:
-    # apt warns about sandboxing when run as root; its E: lines say what went wrong.
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("E:")]
-    return " | ".join((errors or lines)[-2:]) or "no error output"

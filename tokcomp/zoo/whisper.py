@@ -249,24 +249,26 @@ def state_dict(v: dict[str, np.ndarray], config) -> dict[str, torch.Tensor]:
     norm(f"{enc}.layer_norm", "encoder/layer_norm")
     for i in range(config.encoder_layers):
         src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        _self_attention(fused, linear, norm, dst, src)
         _ffn(linear, norm, dst, src)
     state[f"{dec}.embed_tokens.weight"] = t("decoder/embeddings/weight")
     state[f"{dec}.embed_positions.weight"] = t("decoder/position_encodings/encodings")
     norm(f"{dec}.layer_norm", "decoder/layer_norm")
     for i in range(config.decoder_layers):
         src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
-        norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        _self_attention(fused, linear, norm, dst, src)
         linear(f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
         fused(f"{dst}.encoder_attn", f"{src}/attention/linear_1", ("k_proj", "v_proj"))
         linear(f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
         norm(f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
         _ffn(linear, norm, dst, src)
     return state
+
+
+def _self_attention(fused, linear, norm, dst: str, src: str) -> None:
+    fused(f"{dst}.self_attn", f"{src}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
+    linear(f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
+    norm(f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
 
 
 def _ffn(linear, norm, dst: str, src: str) -> None:
