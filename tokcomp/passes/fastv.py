@@ -7,16 +7,20 @@ before that layer's MLP equals dropping after it: the MLP is per token, and the 
 tokens' outputs are never read again.
 
 The reducible span is every prompt token but the first `sink` (attention sinks) and the
-last `question` ones. Kept tokens keep their original positions (rotary, masks) and order.
+last `question` ones, or (`span: call`) only the tokens each call marks with
+`reducible_span`. Kept tokens keep their original positions (rotary, masks) and order.
 The budget is a rate (reducers/rate.py): `keep` of each prompt's own reducible tokens, so a
 prompt of any length (and every sample of a padded batch) loses the same share; one
 shorter than sink + question loses nothing.
+
+The helpers below (the decoder site, the span settings, installing drops) are shared by
+every decoder prefill pass (`pyramid_drop`, `snapkv`, `streaming_llm`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -28,11 +32,74 @@ from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.adapters.decoder import DecoderAdapter
 
 
-class FastVConfig(PassConfig):
-    keep: float = Field(0.5, gt=0, le=1, description="share of each prompt's reducible tokens kept")
-    layer: int = Field(2, ge=1, description="layers that see the whole prompt (FastV's K)")
+class DecoderSpanConfig(PassConfig):
+    """The reducible span of a decoder prompt, shared by every decoder prefill pass."""
+
     sink: int = Field(4, ge=0, description="first prompt tokens never dropped (attention sinks)")
     question: int = Field(32, ge=0, description="last prompt tokens never dropped (the question)")
+    span: Literal["prompt", "call"] = Field(
+        "prompt",
+        description="prompt: every prompt token but sinks and question is reducible; call: only the tokens "
+        "each call marks with reducible_span (a prefill without one is refused)",
+    )
+
+
+class FastVConfig(DecoderSpanConfig):
+    keep: float = Field(0.5, gt=0, le=1, description="share of each prompt's reducible tokens kept")
+    layer: int = Field(2, ge=1, description="layers that see the whole prompt (FastV's K)")
+
+
+def decoder_site(model, pass_name: str) -> BlockSite:
+    """The model's rewritten decoder blocks; refuses other families and a second decoder pass."""
+    site = BlockSite.prepare(model, pass_name)
+    if not isinstance(site.adapter, DecoderAdapter):
+        raise RecipeError(
+            f"{pass_name} reduces prompt tokens of decoder LLMs; {type(model).__name__} is a "
+            f"{site.adapter.family} model",
+            hint="use it with a decoder LLM (Gemma-3, Llama, Qwen2, Mistral), or prune / tome here",
+        )
+    if any(block.kv_selector is not None for block in site.blocks):
+        raise RecipeError(
+            f"pass '{pass_name}' found KV-cache compression already installed by an earlier pass",
+            hint="use one token-reduction pass per recipe",
+        )
+    return site
+
+
+def reference_reducible(model, ctx, config: DecoderSpanConfig, pass_name: str, question: int | None = None):
+    """(geometry, reducible tokens of the reference prompt); refuses a span that leaves none."""
+    geometry = geometry_of(model, ctx.input_spec)
+    question = config.question if question is None else question
+    reducible = geometry.input_tokens - config.sink - question
+    if reducible <= 0:
+        raise RecipeError(
+            f"{pass_name}: sink {config.sink} + question {question} tokens leave nothing reducible "
+            f"in the {geometry.input_tokens}-token reference prompt",
+            hint="lower sink / question, or raise sequence_length",
+        )
+    return geometry, reducible
+
+
+def keep_rate(keep: float, reducible: int) -> Rate:
+    """Keep the share `keep` of `reducible` tokens: remove the rest, halves rounded up."""
+    return Rate(math.floor((1 - keep) * reducible + 0.5), reducible)
+
+
+def set_span(site: BlockSite, config: DecoderSpanConfig, question: int | None = None) -> None:
+    """Every block learns the span settings; the first block builds the protected flags from them."""
+    site.protected = config.sink + (config.question if question is None else question)
+    for block in site.blocks:
+        block.sink, block.question = config.sink, config.question if question is None else question
+        block.span_from_call = config.span == "call"
+
+
+def install_drops(site: BlockSite, config: DecoderSpanConfig, rates: dict[int, Rate]) -> list:
+    """Attention drops at the given layers (index -> rate); installed even at keep 1.0: same path, nothing removed."""
+    reducers = [None] * len(site.blocks)
+    for index, rate in rates.items():
+        reducers[index] = LastQueryAttentionDrop(rate, site.protected)
+    site.install(reducers, proportional_attention=False)
+    return reducers
 
 
 @register_pass
@@ -44,16 +111,8 @@ class FastVPass(Pass):
 
     def apply(self, model, config: FastVConfig, ctx) -> dict[str, Any]:
         site = self._site(model, config)
-        geometry = geometry_of(model, ctx.input_spec)
-        protected = config.sink + config.question
-        reducible = geometry.input_tokens - protected
-        if reducible <= 0:
-            raise RecipeError(
-                f"fastv: sink {config.sink} + question {config.question} tokens leave nothing reducible "
-                f"in the {geometry.input_tokens}-token reference prompt",
-                hint="lower sink / question, or raise sequence_length",
-            )
-        rate = Rate(math.floor((1 - config.keep) * reducible + 0.5), reducible)  # halves round up
+        geometry, reducible = reference_reducible(model, ctx, config, self.name)
+        rate = keep_rate(config.keep, reducible)
         reducers = self._install(site, config, rate)
         return {**token_metadata(site, geometry, reducers), "rate": rate.to_json()}
 
@@ -61,26 +120,15 @@ class FastVPass(Pass):
         self._install(self._site(model, config), config, Rate(*metadata["rate"]))
 
     def _site(self, model, config: FastVConfig) -> BlockSite:
-        site = BlockSite.prepare(model, self.name)
-        if not isinstance(site.adapter, DecoderAdapter):
-            raise RecipeError(
-                f"fastv drops prompt tokens of decoder LLMs; {type(model).__name__} is a {site.adapter.family} model",
-                hint="use fastv with a decoder LLM (Gemma-3, Llama, Qwen2, Mistral), or prune / tome here",
-            )
+        site = decoder_site(model, self.name)
         if config.layer >= len(site.blocks):
             raise RecipeError(
                 f"fastv layer {config.layer}: the model has {len(site.blocks)} layers",
                 hint=f"choose a layer from 1 to {len(site.blocks) - 1}",
             )
-        site.protected = config.sink + config.question
+        set_span(site, config)
         return site
 
     @staticmethod
     def _install(site: BlockSite, config: FastVConfig, rate: Rate) -> list:
-        reducers = [None] * len(site.blocks)
-        # Installed even at keep 1.0: the same path runs, and removes nothing.
-        reducers[config.layer - 1] = LastQueryAttentionDrop(rate, config.sink + config.question)
-        site.install(reducers, proportional_attention=False)
-        for block in site.blocks:
-            block.sink, block.question = config.sink, config.question
-        return reducers
+        return install_drops(site, config, {config.layer - 1: rate})

@@ -4,8 +4,10 @@ Importance is the attention the last real token of each sample pays every token,
 averaged over heads, recomputed for that one query row from q and k (fused kernels
 return no probabilities). In a decoder the last token is the end of the question, so
 this asks which context tokens the question reads. As X' = T X it is a row selection
-(reducers/prune.py): protected tokens (sinks, question) always stay, kept tokens stay
-in input order, and unlike merging it may drop the whole reducible span.
+(as reducers/prune.py): protected tokens (sinks, question, whatever a call's span leaves
+out) always stay, kept tokens stay in input order, and unlike merging it may drop the
+whole reducible span. Runs in decoder prefill (eager, never exported), so the output is
+sized by what each sample keeps.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tokcomp.reducers.apply import select
 from tokcomp.reducers.base import Reducer
-from tokcomp.reducers.prune import prune_to_most_important
+from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.reducers.rate import Count
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState
+from tokcomp.surgery.state import TokenState, real_count
 
 
 def last_query_attention(attn: AttentionInfo, state: TokenState) -> Tensor:
@@ -45,4 +48,10 @@ class LastQueryAttentionDrop(Reducer):
         return tokens_in - self.removal(max(tokens_in - self.protected, 0))  # a short prompt: nothing reducible
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
-        return prune_to_most_important(self, x, state, last_query_attention(attn, state))
+        tokens = x.shape[1]
+        keep = real_count(state, tokens) - self.per_sample_removal(state, tokens)
+        # A call's own span (reducible_span) may protect more than the recipe's sink + question, so the
+        # output is as long as the sample keeping most needs, not the static `kept_tokens(tokens)`.
+        length = int(keep.max()) if isinstance(keep, Tensor) else keep
+        kept, _ = keep_most_important(last_query_attention(attn, state), state, keep, length, by_position=True)
+        return select(x, state, kept, null=state.real is not None)

@@ -25,6 +25,7 @@ cache, are not.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokcomp.errors import UnsupportedModelError
+from tokcomp.errors import TokcompError, UnsupportedModelError
 from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
 from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
 from tokcomp.surgery.attention import AttentionInfo, split_heads
@@ -42,26 +43,62 @@ from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, real_f
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
 
 
+class SpanError(TokcompError):
+    """A call's reducible span does not fit its prompt (or a call that must mark one did not)."""
+
+
 @dataclass
 class CallInputs:
-    """What the layer loop's owner was called with that its layers are not given: the 2-D padding mask."""
+    """What the layers need that the model does not hand them: the 2-D padding mask the layer loop's owner
+    was called with, and the reducible span the caller marked (`reducible_span`), if any."""
 
     attention_mask: Tensor | None = None
+    span: Tensor | tuple[int, int] | None = None
 
 
 @dataclass
 class CachedTokens:
-    """Beside one KV cache: original positions and padding flags of each layer's cached keys."""
+    """Beside one KV cache: original positions and padding flags of each layer's cached keys.
+
+    Per layer [B, Hs, L]: Hs = 1 when every KV head caches the same tokens (token drops, sliding
+    layers), Hs = the KV heads when a cache compression chose tokens per head (SnapKV).
+    """
 
     length: int = 0  # input tokens seen so far (prompt + generated): the next token's input index
     start: int = 0  # input index of the first token of the current call
     prefill: bool = True  # the current call is the first one (the only one that reduces)
-    position: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, L] int64
-    real: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, L] bool
+    position: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, Hs, L] int64
+    real: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, Hs, L] bool
 
 
 # Keyed by the cache object itself: a cache that is dropped takes its record with it.
 _CACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def reducible_span(model: nn.Module, span: Tensor | tuple[int, int]):
+    """Within the block, `model`'s prefill reduces only the tokens `span` marks (and never sinks or question).
+
+    `span`: a [batch, prompt tokens] bool mask aligned with input_ids (True: reducible), or
+    (start, end) input columns for every sample. A VLM passes its image-token span here.
+    """
+    call = next((block.call for block in model.modules() if isinstance(block, DecoderTokenBlock)), None)
+    if call is None:
+        raise SpanError(
+            f"{type(model).__name__} has no tokcomp decoder layers to mark a span for",
+            hint="apply a decoder pass (fastv, pyramid_drop, snapkv, streaming_llm) or load its checkpoint first",
+        )
+    if isinstance(span, tuple | list):
+        span = tuple(int(i) for i in span)
+        if len(span) != 2:
+            raise SpanError(f"reducible span {span} is not (start, end)", hint="give two input columns")
+    elif not isinstance(span, Tensor):
+        raise SpanError(f"reducible span of type {type(span).__name__}", hint="give a bool mask or (start, end)")
+    previous, call.span = call.span, span
+    try:
+        yield model
+    finally:
+        call.span = previous
 
 
 def cached_tokens(cache) -> CachedTokens | None:
@@ -97,8 +134,45 @@ def gather_rows(table: Tensor, index: Tensor) -> Tensor:
     return table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]))
 
 
-def _gather_heads(t: Tensor, order: Tensor) -> Tensor:
-    return t.gather(2, order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1]))
+def _gather_heads(t: Tensor, index: Tensor) -> Tensor:
+    """t [B, H, N, d] read at index [B, 1 or H, L] (one row of tokens for every head, or one per head)."""
+    return t.gather(2, index[..., None].expand(-1, t.shape[1], -1, t.shape[-1]))
+
+
+def stored_tokens(k: Tensor, v: Tensor, state: TokenState, index: Tensor | None = None):
+    """This call's tokens `index` [B, Hs, L] (N: an empty slot; default: all), left-aligned (padding first)
+    in every row: keys and values [B, Hkv, L, d], positions and real flags [B, Hs, L]."""
+    batch, tokens = state.position.shape
+    position, real = state.position[:, None], state.real[:, None]
+    if index is None:
+        index = torch.arange(tokens, device=k.device).expand(batch, 1, tokens)
+    else:
+        k, v = _with_null(k), _with_null(v)
+        position, real = _with_null(position), _with_null(real)
+    heads = index.shape[1]
+    position = position.expand(-1, heads, -1).gather(-1, index)
+    real = real.expand(-1, heads, -1).gather(-1, index)
+    order = left_aligned(real)
+    index, position, real = index.gather(-1, order), position.gather(-1, order), real.gather(-1, order)
+    return _gather_heads(k, index), _gather_heads(v, index), position, real
+
+
+def heads_bias(query_position: Tensor, key_position: Tensor, key_real: Tensor, dtype: torch.dtype, window):
+    """[B, Hs, Q, K] additive bias of queries [B, Q] over keys [B, Hs, K] (one key row per KV head, or one for all)."""
+    batch, heads, keys = key_position.shape
+    flat = causal_bias(
+        query_position.repeat_interleave(heads, dim=0),
+        key_position.reshape(batch * heads, keys),
+        padding_bias(key_real.reshape(batch * heads, keys), dtype),
+        dtype,
+        window,
+    )
+    return flat.view(batch, heads, query_position.shape[1], keys)
+
+
+def _with_null(t: Tensor) -> Tensor:
+    """t [B, H, N, ...] with a zero (False) token appended: what index N (an empty slot) reads."""
+    return torch.cat([t, torch.zeros_like(t[:, :, :1])], dim=2)
 
 
 class DecoderTokenBlock(TokenBlock):
@@ -123,7 +197,10 @@ class DecoderTokenBlock(TokenBlock):
         # The reducible span: everything but the first `sink` and the last `question` real tokens.
         self.sink = 0
         self.question = 0
+        self.span_from_call = False  # only the tokens the call marks (reducible_span) are reducible
         self.preserve_order = True  # causality: kept tokens stay in input order
+        # Cache compression after prefill (SnapKV, StreamingLLM): which tokens each KV head stores.
+        self.kv_selector: nn.Module | None = None
 
     def forward(
         self,
@@ -165,6 +242,16 @@ class DecoderTokenBlock(TokenBlock):
                 hint="pass attention_mask as the tokenizer returns it, not a prepared 4-D mask",
             )
         self.call.attention_mask = mask
+        # A plain call after a compressed prefill: the next positions follow the tokens seen, not the
+        # cache's length (a compressed layer 0 holds fewer entries than tokens were seen).
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        record = None if cache is None else _CACHED.get(cache)
+        if record is not None and record.length and kwargs.get("position_ids") is None and len(args) <= 2:
+            tokens = kwargs.get("input_ids", args[0] if args else None)
+            tokens = (tokens if tokens is not None else kwargs["inputs_embeds"]).shape[1]
+            kwargs["position_ids"] = (record.length + torch.arange(tokens, device=cache.layers[0].keys.device))[None]
+            return args, kwargs
+        return None
 
     def _start(self, hidden_states: Tensor, record: CachedTokens | None) -> tuple[Tensor, TokenState]:
         """The state of this call's tokens: input indices after what the cache holds, padding, the span."""
@@ -181,16 +268,51 @@ class DecoderTokenBlock(TokenBlock):
         prefill = record is None or record.prefill
         position = (start + torch.arange(tokens, device=hidden_states.device)).expand(batch, tokens)
         protected = torch.zeros_like(real)
-        if prefill:  # sinks: the first real tokens; the question: the last ones
+        if prefill:  # sinks: the first real tokens; the question: the last ones; and what the call did not mark
             from_start = real.cumsum(dim=-1)
             from_end = real.flip(-1).cumsum(dim=-1).flip(-1)
-            protected = real & ((from_start <= self.sink) | (from_end <= self.question))
+            protected = real & ((from_start <= self.sink) | (from_end <= self.question) | ~self._call_span(real))
         size = torch.ones(batch, tokens, dtype=carrier_dtype(hidden_states.dtype), device=hidden_states.device)
         state = TokenState(size=size, real=real, protected=protected, position=position)
         order = real_first(state) if self.compact_padding and prefill else None
         if order is None:
             return hidden_states, state
         return hidden_states.gather(1, order[..., None].expand(-1, -1, hidden_states.shape[-1])), state.gather(order)
+
+    def _call_span(self, real: Tensor) -> Tensor:
+        """[B, N] tokens the call marked reducible (every token without a mark, unless the recipe requires one)."""
+        span = self.call.span
+        if span is None:
+            if self.span_from_call:
+                raise SpanError(
+                    "this compressed model reduces only the span each call marks, and the call marked none",
+                    hint="wrap the call in tokcomp.reducible_span(model, mask), or compile with span: prompt",
+                )
+            return torch.ones_like(real)
+        batch, tokens = real.shape
+        if isinstance(span, tuple):
+            start, end = span
+            if not 0 <= start <= end <= tokens:
+                raise SpanError(
+                    f"reducible span ({start}, {end}) lies outside the {tokens}-token prompt",
+                    hint=f"give 0 <= start <= end <= {tokens} (input columns, padding included)",
+                )
+            column = torch.arange(tokens, device=real.device)
+            marked = ((column >= start) & (column < end)).expand(batch, tokens)
+        else:
+            if span.dim() != 2 or span.shape[0] != batch or span.shape[1] > tokens:
+                raise SpanError(
+                    f"reducible span of shape {tuple(span.shape)} does not fit the {batch} x {tokens} prompt",
+                    hint="mark the span with a [batch, prompt tokens] mask aligned with input_ids",
+                )
+            # A mask shorter than the call covers its first columns (generate without a cache appends tokens).
+            marked = F.pad(span.to(device=real.device, dtype=torch.bool), (0, tokens - span.shape[1]))
+        if (marked & ~real).any():
+            raise SpanError(
+                "the reducible span marks padding, outside the prompt",
+                hint="mark only real prompt tokens (where attention_mask is 1)",
+            )
+        return marked
 
     def attention_residual(
         self,
@@ -213,11 +335,13 @@ class DecoderTokenBlock(TokenBlock):
         rows = (state.position - start).clamp(min=0, max=rotary[0].shape[1] - 1)
         cos, sin = gather_rows(rotary[0], rows).to(q.dtype), gather_rows(rotary[1], rows).to(q.dtype)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        key_position, key_real, keys, values = state.position, state.real, k, v
+        key_position, key_real, keys, values = state.position[:, None], state.real[:, None], k, v
         if cache is not None:
-            keys, values, key_position, key_real = self._cache_update(cache, record, k, v, state)
-        bias = causal_bias(state.position, key_position, padding_bias(key_real, q.dtype), q.dtype, self.window)
+            keys, values, key_position, key_real = self._cache_update(cache, record, q, k, v, state, attn.scaling)
         groups = q.shape[1] // keys.shape[1]
+        bias = heads_bias(state.position, key_position, key_real, q.dtype, self.window)
+        if bias.shape[1] > 1:  # keys chosen per KV head: each query head reads its group's
+            bias = bias.repeat_interleave(groups, dim=1)
         keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
         dropout = attn.attention_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, dropout_p=dropout, scale=attn.scaling)
@@ -235,31 +359,45 @@ class DecoderTokenBlock(TokenBlock):
             query=q, key=k.repeat_interleave(groups, dim=1), bias=own_bias, scale=attn.scaling
         )
 
-    def _cache_update(self, cache, record: CachedTokens, k: Tensor, v: Tensor, state: TokenState):
-        """Append this call's keys / values (left-aligned) to the cache; keys, values, positions, flags to attend to."""
-        position, real = state.position, state.real
+    def _cache_update(self, cache, record: CachedTokens, q: Tensor, k: Tensor, v: Tensor, state: TokenState, scale):
+        """Append this call's keys / values (left-aligned) to the cache; keys, values, positions, flags to attend to.
+
+        Prefill with a KV selector (full-attention layers only: a sliding layer's cache is bounded by its
+        window already) attends to every prompt token but stores only the tokens selected per KV head.
+        """
+        position, real = state.position[:, None], state.real[:, None]
         if record.prefill:
-            order = left_aligned(real)
-            k, v, position, real = (
-                _gather_heads(k, order),
-                _gather_heads(v, order),
-                position.gather(1, order),
-                real.gather(1, order),
-            )
-        previous_position = record.position.get(self.layer_index, position[:, :0])
-        previous_real = record.real.get(self.layer_index, real[:, :0])
+            k_all, v_all, position, real = stored_tokens(k, v, state)
+            if self.kv_selector is not None and self.window is None:
+                kept = stored_tokens(k, v, state, self.kv_selector(q, k, state, scale))
+                self._store(cache, record, *kept)
+                return k_all, v_all, position, real
+            k, v = k_all, v_all
+        previous_position = record.position.get(self.layer_index, position[..., :0])
+        previous_real = record.real.get(self.layer_index, real[..., :0])
         keys, values = cache.update(k, v, self.layer_index)
-        key_position = torch.cat([previous_position, position], dim=1)
-        key_real = torch.cat([previous_real, real], dim=1)
-        if keys.shape[2] != key_position.shape[1]:
+        heads = max(previous_position.shape[1], position.shape[1])  # a new token is cached by every head
+        key_position = torch.cat([previous_position, position.expand(-1, heads, -1)], dim=-1)
+        key_real = torch.cat([previous_real, real.expand(-1, heads, -1)], dim=-1)
+        if keys.shape[2] != key_position.shape[-1]:
             raise UnsupportedModelError(
-                f"the KV cache returned {keys.shape[2]} keys where {key_position.shape[1]} were expected",
+                f"the KV cache returned {keys.shape[2]} keys where {key_position.shape[-1]} were expected",
                 hint="use transformers' DynamicCache (generate's default) with the compressed model",
             )
         stored = cache.layers[self.layer_index].keys.shape[2]  # a sliding-window layer keeps only the newest
-        record.position[self.layer_index] = key_position[:, -stored:] if stored else key_position[:, :0]
-        record.real[self.layer_index] = key_real[:, -stored:] if stored else key_real[:, :0]
+        record.position[self.layer_index] = key_position[..., -stored:] if stored else key_position[..., :0]
+        record.real[self.layer_index] = key_real[..., -stored:] if stored else key_real[..., :0]
         return keys, values, key_position, key_real
+
+    def _store(self, cache, record: CachedTokens, k: Tensor, v: Tensor, position: Tensor, real: Tensor) -> None:
+        """Prefill of a compressed layer: the cache holds only the selected entries."""
+        cache.update(k, v, self.layer_index)
+        if cache.layers[self.layer_index].keys.shape[2] != position.shape[-1]:
+            raise UnsupportedModelError(
+                "the KV cache trimmed a compressed layer's entries",
+                hint="use transformers' DynamicCache (generate's default) with the compressed model",
+            )
+        record.position[self.layer_index], record.real[self.layer_index] = position, real
 
     def mlp_residual(self, x: Tensor) -> Tensor:
         if self.sandwich:
