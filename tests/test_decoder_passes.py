@@ -276,3 +276,21 @@ def test_one_decoder_pass_per_recipe():
     model = compressed(tiny("llama"), "snapkv")
     with pytest.raises(RecipeError, match="already installed"):
         apply_passes(model, [{"type": "fastv", **SPAN}], sequence_length=64)
+
+
+@pytest.mark.parametrize("name", ["pyramid_drop", "snapkv"])
+def test_compiled_checkpoint_rebuilds_the_pass(tmp_path, name):
+    import tokcomp
+
+    base = tiny("qwen2")
+    base.save_pretrained(tmp_path / "model")
+    recipe = {
+        "model": {"source": str(tmp_path / "model"), "sequence_length": 64},
+        "passes": [{**PASSES[name], "keep": 0.5}],
+        "evaluation": False,
+    }
+    tokcomp.compile(recipe, tmp_path / "out")
+    loaded = tokcomp.load(tmp_path / "out")
+    ids = prompt()
+    ours, theirs = greedy(loaded, input_ids=ids), greedy(compressed(base, name, keep=0.5), input_ids=ids)
+    assert torch.equal(ours.sequences, theirs.sequences)

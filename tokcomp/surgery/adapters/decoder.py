@@ -15,7 +15,12 @@ three ways that keep it exact when tokens are dropped:
   sliding-window trimming keeps the newest tokens. The original positions and padding
   flags of the cached keys are kept beside the cache (`cached_tokens`), so a decoding
   step's new token (at its original next position, from the model's position_ids)
-  attends to exactly the kept entries, with the right causal and window masks.
+  attends to exactly the kept entries, with the right causal and window masks. A KV
+  selector (SnapKV, StreamingLLM) may instead leave prefill whole and store, in each
+  full-attention layer, only the entries it chose per KV head; the record then holds one
+  row of positions per KV head, and each query head reads its group's row.
+
+A caller may narrow the reducible span of one call (`reducible_span`: a VLM's image tokens).
 
 Reduction runs in prefill only (a call whose cache is still empty, or a call without a
 cache); decoding steps never drop tokens. Supported caches: transformers' DynamicCache
