@@ -1,5 +1,6 @@
-"""Decoder prefill passes beyond FastV: PyramidDrop (staged drops), per-call reducible spans, and KV-cache
-compression after prefill (SnapKV, StreamingLLM), on tiny random Llama / Qwen2 / Mistral configs.
+"""Decoder prefill passes beyond FastV: PyramidDrop (staged drops), per-call reducible spans, KV-cache
+compression after prefill (SnapKV, StreamingLLM) and GemFilter (select, then re-run), on tiny random
+Llama / Qwen2 / Mistral configs.
 
 Exactness: keep 1.0 is the original model (logits and greedy generation through the cache). Drops:
 cached decoding equals a no-cache recompute with the same tokens kept. Cache compression: decoding
@@ -294,3 +295,68 @@ def test_compiled_checkpoint_rebuilds_the_pass(tmp_path, name):
     ids = prompt()
     ours, theirs = greedy(loaded, input_ids=ids), greedy(compressed(base, name, keep=0.5), input_ids=ids)
     assert torch.equal(ours.sequences, theirs.sequences)
+
+
+# --------------------------------------------------------------------------- GemFilter
+
+
+def gemfilter(base, keep: float, positions: str):
+    model = copy.deepcopy(base)
+    settings = {"type": "gemfilter", "keep": keep, "layer": 2, "positions": positions, **SPAN}
+    apply_passes(model, [settings], sequence_length=64)
+    return model
+
+
+@pytest.mark.parametrize("positions", ["original", "contiguous"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_gemfilter_keep_all_is_the_original_model(family, positions):
+    base = tiny(family)
+    model = gemfilter(base, 1.0, positions)
+    ids = prompt()
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, base(ids).logits, atol=1e-5)
+    ours, theirs = greedy(model, input_ids=ids), greedy(base, input_ids=ids)
+    assert torch.equal(ours.sequences, theirs.sequences)
+    for a, b in zip(ours.logits, theirs.logits, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["original", "contiguous"])
+def test_gemfilter_is_the_original_model_run_on_the_selected_tokens(positions):
+    base = tiny("qwen2")  # a sliding window on layers 2-3: the re-run's masks follow its own tokens
+    model = gemfilter(base, 0.5, positions)
+    ids = prompt()
+    # The selection: FastV at the same layer and budget keeps the same tokens (same first layers, same ranking).
+    fastv = copy.deepcopy(base)
+    apply_passes(fastv, [{"type": "fastv", "keep": 0.5, "layer": 2, **SPAN}], sequence_length=64)
+    selected = sorted(kept_positions(fastv, ids))
+    assert len(selected) < PROMPT and set(range(SINK)) | set(range(PROMPT - QUESTION, PROMPT)) <= set(selected)
+    result = greedy(model, input_ids=ids)
+    generated = result.sequences[:, PROMPT:-1]
+    sequence = torch.cat([ids[:, selected], generated], dim=1)
+    first = selected if positions == "original" else list(range(len(selected)))
+    after = first[-1] + 1
+    position_ids = torch.tensor([first + list(range(after, after + generated.shape[1]))])
+    with torch.no_grad():
+        reference = base(sequence, position_ids=position_ids).logits
+        prefill = model(ids, use_cache=True)
+    assert torch.allclose(prefill.logits, reference[:, : len(selected)], atol=1e-4)  # one row per selected token
+    steps = torch.stack(result.logits, dim=1)
+    assert torch.allclose(reference[:, len(selected) - 1 :], steps, atol=1e-4)
+    assert [layer.keys.shape[2] for layer in prefill.cache.layers] == [len(selected)] * 2 + [11, 11]
+
+
+@pytest.mark.parametrize("positions", ["original", "contiguous"])
+def test_gemfilter_left_padded_batch_equals_each_prompt_alone(positions):
+    model = gemfilter(tiny("llama"), 0.5, positions)
+    short, long = prompt(28, seed=2), prompt(PROMPT, seed=3)
+    ids = torch.zeros(2, PROMPT, dtype=torch.long)
+    mask = torch.zeros(2, PROMPT, dtype=torch.long)
+    ids[0], mask[0] = long[0], 1
+    ids[1, PROMPT - 28 :], mask[1, PROMPT - 28 :] = short[0], 1
+    batch = greedy(model, input_ids=ids, attention_mask=mask)
+    for row, alone in ((0, long), (1, short)):
+        single = greedy(model, input_ids=alone, attention_mask=torch.ones_like(alone))
+        assert torch.equal(batch.sequences[row, PROMPT:], single.sequences[0, alone.shape[1] :])
+        for a, b in zip(batch.logits, single.logits, strict=True):
+            assert torch.allclose(a[row], b[0], atol=1e-4)

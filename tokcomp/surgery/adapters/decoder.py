@@ -59,6 +59,15 @@ class CallInputs:
 
     attention_mask: Tensor | None = None
     span: Tensor | tuple[int, int] | None = None
+    selecting: bool = False  # GemFilter's first, partial run (stops at the selecting layer)
+
+
+class _Selected(Exception):  # control flow, not an error
+    """Ends GemFilter's selecting run at its layer, carrying the tokens kept there."""
+
+    def __init__(self, state: TokenState):
+        super().__init__()
+        self.state = state
 
 
 @dataclass
@@ -74,6 +83,7 @@ class CachedTokens:
     prefill: bool = True  # the current call is the first one (the only one that reduces)
     position: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, Hs, L] int64
     real: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, Hs, L] bool
+    next_position: Tensor | None = None  # [B] rotary position of the next token, after a GemFilter prefill
 
 
 # Keyed by the cache object itself: a cache that is dropped takes its record with it.
@@ -206,6 +216,11 @@ class DecoderTokenBlock(TokenBlock):
         self.preserve_order = True  # causality: kept tokens stay in input order
         # Cache compression after prefill (SnapKV, StreamingLLM): which tokens each KV head stores.
         self.kv_selector: nn.Module | None = None
+        # GemFilter: the first block re-runs the model on the tokens a first, partial run selected (None: off;
+        # True / False: the selected tokens take contiguous / their original positions); the selecting
+        # layer's reducer acts only in that partial run.
+        self.filter_contiguous: bool | None = None
+        self.select_only = False
 
     def forward(
         self,
@@ -225,12 +240,14 @@ class DecoderTokenBlock(TokenBlock):
         prefill = record is None or record.prefill
         start = 0 if record is None else record.start
         x, info = self.attention_residual(x, state, position_embeddings, cache, record, start)
-        if self.reducer is not None and prefill:
+        if self.reducer is not None and prefill and (self.call.selecting or not self.select_only):
             x, state = self.reducer(x, state, info)
             if self.preserve_order:
                 from tokcomp.reducers.apply import in_input_order  # reducers import surgery: import late
 
                 x, state = in_input_order(x, state)
+            if self.call.selecting:
+                raise _Selected(state)
         x = self.mlp_residual(x)
         if self.is_last:
             # Back to the caller's layout (left padding): the last row is every sample's last token.
@@ -247,6 +264,10 @@ class DecoderTokenBlock(TokenBlock):
                 hint="pass attention_mask as the tokenizer returns it, not a prepared 4-D mask",
             )
         self.call.attention_mask = mask
+        if self.call.selecting:
+            return None
+        if self.filter_contiguous is not None:
+            return self._filtered_call(module, args, kwargs, mask)
         # A plain call after a compressed prefill: the next positions follow the tokens seen, not the
         # cache's length (a compressed layer 0 holds fewer entries than tokens were seen).
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -257,6 +278,46 @@ class DecoderTokenBlock(TokenBlock):
             kwargs["position_ids"] = (record.length + torch.arange(tokens, device=cache.layers[0].keys.device))[None]
             return args, kwargs
         return None
+
+    def _filtered_call(self, module: nn.Module, args: tuple, kwargs: dict, mask: Tensor | None):
+        """GemFilter: in prefill, run the model up to the selecting layer, then hand the model only the selected
+        tokens (input order, original or contiguous positions); in decoding, continue those positions."""
+        kwargs = {**dict(zip(("input_ids", "attention_mask"), args, strict=False)), **kwargs}
+        cache_key = "past_key_values" if "past_key_values" in kwargs else "cache"
+        cache = kwargs.get(cache_key)
+        record = cached_tokens(cache)
+        name = "input_ids" if kwargs.get("input_ids") is not None else "inputs_embeds"
+        batch, tokens = kwargs[name].shape[:2]
+        device = kwargs[name].device
+        if record is not None and record.length:
+            kwargs["position_ids"] = record.next_position[:, None] + torch.arange(tokens, device=device)
+            record.next_position = record.next_position + tokens
+            return (), kwargs
+        self.call.selecting = True
+        try:
+            module(**{**kwargs, cache_key: None, "use_cache": False})
+            raise AssertionError("the selecting layer was not reached")  # a bug, not a user error
+        except _Selected as selected:
+            state = selected.state
+        finally:
+            self.call.selecting = False
+            self.call.attention_mask = mask
+        order = left_aligned(state.real)
+        real = state.real.gather(1, order)
+        index = torch.where(real, state.position.gather(1, order), 0)
+        picked = kwargs[name].gather(
+            1, index if name == "input_ids" else index[..., None].expand(-1, -1, kwargs[name].shape[-1])
+        )
+        positions = kwargs.get("position_ids")
+        positions = torch.arange(tokens, device=device).expand(batch, tokens) if positions is None else positions
+        positions = positions.expand(batch, tokens).gather(1, index)
+        if self.filter_contiguous:  # as if the selected tokens were the prompt (left padding as generate counts it)
+            positions = (real.long().cumsum(dim=-1) - 1).masked_fill(~real, 1)
+        kwargs.update({name: picked, "position_ids": positions, "attention_mask": real.long()})
+        self.call.attention_mask = kwargs["attention_mask"]
+        if record is not None:
+            record.next_position = torch.where(real, positions, -1).max(dim=-1).values + 1
+        return (), kwargs
 
     def _start(self, hidden_states: Tensor, record: CachedTokens | None) -> tuple[Tensor, TokenState]:
         """The state of this call's tokens: input indices after what the cache holds, padding, the span."""
@@ -273,7 +334,8 @@ class DecoderTokenBlock(TokenBlock):
         prefill = record is None or record.prefill
         position = (start + torch.arange(tokens, device=hidden_states.device)).expand(batch, tokens)
         protected = torch.zeros_like(real)
-        if prefill:  # sinks: the first real tokens; the question: the last ones; and what the call did not mark
+        if prefill and (self.filter_contiguous is None or self.call.selecting):  # GemFilter's re-run reduces nothing
+            # sinks: the first real tokens; the question: the last ones; and what the call did not mark
             from_start = real.cumsum(dim=-1)
             from_end = real.flip(-1).cumsum(dim=-1).flip(-1)
             protected = real & ((from_start <= self.sink) | (from_end <= self.question) | ~self._call_span(real))
