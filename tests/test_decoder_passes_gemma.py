@@ -67,7 +67,7 @@ def held_out(gemma):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(RECIPE_PASSES))
+@pytest.mark.parametrize("name", ["pyramid_drop", "snapkv", "streaming_llm"])  # GemFilter: not measured yet
 def test_gemma_continuation_fidelity_at_half_and_quarter(gemma, held_out, name):
     """The pass at keep 0.5 and 0.25 on 4 held-out passages x 32 continuation tokens."""
     _, original = gemma
