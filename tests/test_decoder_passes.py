@@ -360,3 +360,15 @@ def test_gemfilter_left_padded_batch_equals_each_prompt_alone(positions):
         assert torch.equal(batch.sequences[row, PROMPT:], single.sequences[0, alone.shape[1] :])
         for a, b in zip(batch.logits, single.logits, strict=True):
             assert torch.allclose(a[row], b[0], atol=1e-4)
+
+
+def test_gemfilter_continues_through_a_cache_the_model_built_itself():
+    base = tiny("llama")
+    model = gemfilter(base, 0.5, "original")
+    ids = prompt()
+    result = greedy(model, input_ids=ids)
+    with torch.no_grad():
+        prefill = model(ids, use_cache=True)  # no cache passed: the model builds one
+        chunk = model(result.sequences[:, PROMPT:-1], cache=prefill.cache, use_cache=True).logits
+    steps = torch.stack(result.logits, dim=1)
+    assert torch.allclose(chunk, steps[:, 1:], atol=1e-4)

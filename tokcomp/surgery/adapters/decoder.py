@@ -285,6 +285,13 @@ class DecoderTokenBlock(TokenBlock):
         kwargs = {**dict(zip(("input_ids", "attention_mask"), args, strict=False)), **kwargs}
         cache_key = "past_key_values" if "past_key_values" in kwargs else "cache"
         cache = kwargs.get(cache_key)
+        use_cache = kwargs.get("use_cache")
+        if cache is None and (getattr(module.config, "use_cache", False) if use_cache is None else use_cache):
+            # The model would build its cache only after this hook: build it now, so its record is kept from
+            # the start and a later call through it continues the selected tokens' positions.
+            from transformers import DynamicCache
+
+            cache = kwargs[cache_key] = DynamicCache(config=module.config)
         record = cached_tokens(cache)
         name = "input_ids" if kwargs.get("input_ids") is not None else "inputs_embeds"
         batch, tokens = kwargs[name].shape[:2]
