@@ -3,8 +3,8 @@
 In prefill the model first runs its first `layer` layers over the whole prompt; at layer
 `layer` - 1 each sample keeps the share `keep` of its reducible tokens that its last token
 attends to most (reducers/attention_drop.py, the FastV ranking). That partial run is then
-discarded and the whole model runs on the selected tokens alone, in input order, at their
-original positions (`positions: original`) or as a contiguous prompt (`contiguous`), so
+discarded and the whole model runs on the selected tokens alone, in input order, as a
+contiguous prompt (`positions: contiguous`, the default) or at their original positions, so
 every layer and its KV cache hold only the selected tokens. Decoding continues the chosen
 positions. Span settings (sink, question, per-call spans) are the ones of `fastv`.
 """
@@ -33,7 +33,7 @@ class GemFilterConfig(DecoderSpanConfig):
     keep: float = Field(0.5, gt=0, le=1, description="share of each prompt's reducible tokens selected")
     layer: int = Field(6, ge=1, description="layers the selecting run goes through (GemFilter's r)")
     positions: Literal["original", "contiguous"] = Field(
-        "original", description="positions of the selected tokens in the re-run: their own, or 0 .. k-1"
+        "contiguous", description="positions of the selected tokens in the re-run: 0 .. k-1 (GemFilter's), or their own"
     )
 
 
