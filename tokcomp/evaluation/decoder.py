@@ -137,7 +137,8 @@ def prefill(model: nn.Module, ids: Tensor):
     """(last-row logits [V], filled cache) for one prompt [1, N]."""
     cache = _cache(model)
     mask = torch.ones_like(ids)
-    out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+    # Only the last row's logits: a 262k-token vocabulary makes every row's cost more than the layers'.
+    out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[0, -1], cache
 
 
