@@ -262,7 +262,28 @@ def run(args) -> None:
         return _row(label, samples, [r["correct"] for r in runs], [r["continuation"] for r in runs],
                     [f["kl"] for f in fid], [f["top1_agreement"] for f in fid], decoder.kv_cache_bytes(cache))  # fmt: skip
 
+    def write(rows: list, partial: bool) -> None:
+        """The JSON and markdown so far (after every row, so a stopped run keeps what it measured)."""
+        result = {
+            "model": args.model, "partial": partial,
+            "lengths": lengths, "depths": depths, "samples_per_cell": args.samples, "keys": args.keys,
+            "keeps": keeps, "passes": specs, "presses": presses, "haystack": needle.HAYSTACK_SOURCE,
+            "fidelity": {"prompt_tokens": [int(i.shape[1]) for i in prose_ids], "continuation": args.continuation},
+            "kvpress": kvpress_info, "note": args.note,
+            "machine_before": machine_before, "machine_after": machine(),
+            "rows": rows, "seconds": round(time.perf_counter() - started, 1),
+        }  # fmt: skip
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_json(output.with_suffix(".json"), result)
+        markdown = to_markdown(result)
+        output.with_suffix(".md").write_text(markdown)
+        if not partial:
+            print(markdown)
+
+    kvpress_info = None
     rows = [score_model(original, "original") | {"method": "original", "keep": 1.0}]
+    write(rows, partial=True)
     for spec in specs:
         spec = dict(spec)
         field = spec.pop("keep_field", "keep")
@@ -271,9 +292,9 @@ def run(args) -> None:
             apply_passes(model, [{**spec, field: keep}], sequence_length=args.fidelity_length)
             label = f"tokcomp {spec['type']}"
             rows.append(score_model(model, f"{label} keep {keep}") | {"method": label, "keep": keep})
+            write(rows, partial=True)
             del model
 
-    kvpress_info = None
     if presses:
         request = {
             "model": folder, "threads": torch.get_num_threads(), "presses": presses,
@@ -291,21 +312,7 @@ def run(args) -> None:
             row = _row(label, samples, correct, r["continuations"], r["kl"], r["top1_agreement"],
                        r["prose_cache_bytes"][0])  # fmt: skip
             rows.append(row | {"method": f"kvpress {name}", "keep": keep})
-    result = {
-        "model": args.model,
-        "lengths": lengths, "depths": depths, "samples_per_cell": args.samples, "keys": args.keys,
-        "keeps": keeps, "passes": specs, "presses": presses, "haystack": needle.HAYSTACK_SOURCE,
-        "fidelity": {"prompt_tokens": [int(i.shape[1]) for i in prose_ids], "continuation": args.continuation},
-        "kvpress": kvpress_info, "note": args.note,
-        "machine_before": machine_before, "machine_after": machine(),
-        "rows": rows, "seconds": round(time.perf_counter() - started, 1),
-    }  # fmt: skip
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output.with_suffix(".json"), result)
-    markdown = to_markdown(result)
-    output.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write(rows, partial=False)
 
 
 def _split_ids(tokenizer, sample) -> dict:
@@ -351,6 +358,8 @@ def to_markdown(result: dict) -> str:
     ]
     if result["note"]:
         lines += ["", f"**{result['note']}**"]
+    if result.get("partial"):
+        lines += ["", "**Partial: written while the run was still going.**"]
     header = ["method", "keep", "needle (all)"] + [f"{n} tok @ {d}" for n, d in cells] + ["KL", "top-1", "KV MiB"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     original = {(c["length"], c["depth"]): c["correct"] for c in result["rows"][0]["cells"]}

@@ -247,6 +247,38 @@ def test_whole_evaluation_on_a_tiny_model(tiny_llama, tokenizer, sentences, monk
     assert len(decoder.table_rows(result)) == 1 + 1 + 3 + 4
 
 
+@pytest.mark.slow  # a tiny model, but compile + the CLI's full default run take tens of seconds on a busy CPU
+def test_tokcomp_eval_on_a_decoder_checkpoint_writes_json_and_flags(
+    tiny_llama, tokenizer, sentences, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    import tokcomp
+    from tokcomp.cli import app
+    from tokcomp.fileio import read_json
+
+    tiny_llama.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    passes = [{"type": "fastv", "keep": 0.1, "layer": 2, "sink": 2, "question": 8}]
+    recipe = {
+        "model": {"source": str(tmp_path / "model"), "sequence_length": 128},
+        "passes": passes,
+        "evaluation": False,
+    }
+    tokcomp.compile(recipe, tmp_path / "out")
+    monkeypatch.setattr(needle, "held_out_sentences", lambda: sentences)
+    args = ["eval", str(tmp_path / "out"), "--lengths", "128", "--depths", "0.5", "--samples", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = read_json(tmp_path / "out" / "eval.json")
+    assert written["kind"] == "tokcomp-eval" and written["task"] == "decoder-long-prompt"
+    assert written["passes"] == ["fastv"] and written["config"]["lengths"] == [128]
+    assert written["fidelity"]["samples"] == 1 and written["cost"]["compressed"]["repeats"] == 3
+    assert "needle 128 tok, depth 0.5 (n=1)" in result.output and "KV cache after prefill" in result.output
+    refused = CliRunner().invoke(app, [*args, "--force", "--lengths", "many"])
+    assert "--lengths" in str(refused.exception) and "\n" not in str(refused.exception)
+
+
 # ------------------------------------------------------------------ real model: zoo:gemma-3-270m
 
 
