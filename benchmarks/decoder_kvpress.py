@@ -27,8 +27,9 @@ How each side compresses, which is not the same thing:
 kvpress 0.5.5 requires transformers < 5.3 (and its hooks read the attention call's `past_key_values`,
 which transformers 5.25 renamed), so the presses run in a second interpreter: .venv-kvpress (created on
 first use, git-ignored) with transformers 5.2 and kvpress 0.5.5, sharing this interpreter's torch and
-other packages through a .pth file. It receives the prompts as token ids (JSON in, JSON out) and also
-runs the unpressed model, a check that both transformers versions agree on the original. No timing.
+other packages through a .pth file. It runs in the background while this process scores the tokcomp
+passes, receives the prompts as token ids (JSON in, JSON out) and also runs the unpressed model, a check
+that both transformers versions agree on the original. No timing.
 Writes benchmarks/results/decoder_kvpress.{json,md} (or --output).
 """
 
@@ -189,13 +190,19 @@ def ensure_kvpress_venv(python: str | None) -> str:
     return str(target)
 
 
-def run_kvpress(python: str, request: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        request_path, response_path = Path(tmp) / "request.json", Path(tmp) / "response.json"
-        request_path.write_text(json.dumps(request))
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the worker never imports tokcomp
-        subprocess.run([python, __file__, "--worker", str(request_path), str(response_path)], check=True, env=env)
-        return json.loads(response_path.read_text())
+def start_kvpress(python: str, request: dict, folder: Path) -> tuple[subprocess.Popen, Path]:
+    """The kvpress worker, started in the background: it runs while this process scores the tokcomp passes."""
+    request_path, response_path = folder / "request.json", folder / "response.json"
+    request_path.write_text(json.dumps(request))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the worker never imports tokcomp
+    worker = subprocess.Popen([python, __file__, "--worker", str(request_path), str(response_path)], env=env)
+    return worker, response_path
+
+
+def finish_kvpress(worker: subprocess.Popen, response_path: Path) -> dict:
+    if worker.wait() != 0:
+        raise RuntimeError(f"the kvpress worker failed (exit {worker.returncode}); its error is printed above")
+    return json.loads(response_path.read_text())
 
 
 def main() -> None:
@@ -213,6 +220,7 @@ def main() -> None:
     parser.add_argument("--continuation", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kvpress-python", default=None, help="an interpreter with kvpress (default: .venv-kvpress)")
+    parser.add_argument("--kvpress-threads", type=int, default=1, help="torch threads of the kvpress worker")
     parser.add_argument("--note", default="", help="a line for the table header (e.g. reduced sizes)")
     parser.add_argument("--output", default=str(RESULTS / "decoder_kvpress"), help="path without suffix")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -281,7 +289,15 @@ def run(args) -> None:
         if not partial:
             print(markdown)
 
-    kvpress_info = None
+    kvpress_info, worker, scratch = None, None, tempfile.TemporaryDirectory()
+    if presses:
+        request = {
+            "model": folder, "threads": args.kvpress_threads, "presses": presses,
+            "ratios": [round(1 - k, 6) for k in keeps], "new_tokens": needle.ANSWER_TOKENS,
+            "needles": [_split_ids(tokenizer, s) for s in samples],
+            "prose": [{"ids": ids[0].tolist(), "reference": ref} for ids, ref in zip(prose_ids, references)],
+        }  # fmt: skip
+        worker = start_kvpress(ensure_kvpress_venv(args.kvpress_python), request, Path(scratch.name))
     rows = [score_model(original, "original") | {"method": "original", "keep": 1.0}]
     write(rows, partial=True)
     for spec in specs:
@@ -295,14 +311,9 @@ def run(args) -> None:
             write(rows, partial=True)
             del model
 
-    if presses:
-        request = {
-            "model": folder, "threads": torch.get_num_threads(), "presses": presses,
-            "ratios": [round(1 - k, 6) for k in keeps], "new_tokens": needle.ANSWER_TOKENS,
-            "needles": [_split_ids(tokenizer, s) for s in samples],
-            "prose": [{"ids": ids[0].tolist(), "reference": ref} for ids, ref in zip(prose_ids, references)],
-        }  # fmt: skip
-        response = run_kvpress(ensure_kvpress_venv(args.kvpress_python), request)
+    if worker is not None:
+        response = finish_kvpress(*worker)
+        scratch.cleanup()
         kvpress_info = response["versions"]
         for r in response["rows"]:
             correct = [needle.is_correct(s, text) for s, text in zip(samples, r["continuations"], strict=True)]
