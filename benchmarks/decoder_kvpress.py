@@ -132,6 +132,7 @@ def worker(request_path: str, response_path: str) -> None:
         kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0).mean().item()
         return kl, (p_logits.argmax(-1) == q_logits.argmax(-1)).float().mean().item()
 
+    versions = {"transformers": transformers.__version__, "kvpress": _version("kvpress"), "torch": torch.__version__}
     rows = []
     settings = [(None, None)] + [(name, ratio) for name in request["presses"] for ratio in request["ratios"]]
     baseline = {}
@@ -154,8 +155,8 @@ def worker(request_path: str, response_path: str) -> None:
             "seconds": round(time.perf_counter() - started, 1),
         })  # fmt: skip
         print(f"kvpress {name} {ratio}: {rows[-1]['seconds']} s", file=sys.stderr, flush=True)
-    versions = {"transformers": transformers.__version__, "kvpress": _version("kvpress"), "torch": torch.__version__}
-    Path(response_path).write_text(json.dumps({"rows": rows, "versions": versions}))
+        # After every row: a stopped run leaves what it measured.
+        Path(response_path).write_text(json.dumps({"rows": rows, "versions": versions}))
 
 
 def _version(package: str) -> str:
