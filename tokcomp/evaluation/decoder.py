@@ -46,10 +46,10 @@ class DecoderEvalError(TokcompError):
 class DecoderEvalConfig:
     lengths: Sequence[int] = (1024, 2048)  # needle prompt lengths (tokens)
     depths: Sequence[float] = needle.DEFAULT_DEPTHS
-    samples: int = 4  # needle prompts per (length, depth)
+    samples: int = 2  # needle prompts per (length, depth)
     keys: int = 1  # facts planted per needle prompt
     fidelity_length: int = 1024  # prose prompt tokens before the scored continuation
-    fidelity_samples: int = 4
+    fidelity_samples: int = 2
     continuation: int = 32  # tokens scored after the prompt
     timing_repeats: int = 3  # 0: no timing
     seed: int = 0
