@@ -124,8 +124,9 @@ def worker(request_path: str, response_path: str) -> None:
     @torch.no_grad()
     def forced(press, ids, reference):
         first, cache = prefill(press, ids)
+        size = cache_bytes(cache)  # after prefill, before the continuation adds its own entries
         rest = through_cache(cache, torch.tensor([reference[:-1]]), ids.shape[1])
-        return torch.cat([first[None], rest]), cache_bytes(cache)
+        return torch.cat([first[None], rest]), size
 
     def fidelity(p_logits, q_logits):
         log_p, log_q = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
