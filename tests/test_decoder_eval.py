@@ -229,6 +229,7 @@ def test_poor_results_are_flagged_cell_by_cell():
     }
     flags = decoder.flags(result)
     assert any("compressed 2/4 vs original 4/4" in f for f in flags) and any("top-1 agreement" in f for f in flags)
+    assert any("greedy generation follows the original for only 40%" in f for f in flags)
     rows = decoder.table_rows(result)
     assert [r[3] for r in rows] == [True, True, False, True, True]
 

@@ -384,6 +384,8 @@ def flags(result: dict[str, Any]) -> list[str]:
     fidelity = result.get("fidelity")
     if fidelity and fidelity["top1_agreement"] < 0.9:
         out.append(f"continuation top-1 agreement {fidelity['top1_agreement']:.3f} < 0.9 (KL {fidelity['kl']:.3f})")
+    if fidelity and fidelity["greedy_agreement"] < 0.5:
+        out.append(f"greedy generation follows the original for only {fidelity['greedy_agreement']:.0%} of the tokens")
     return out
 
 
