@@ -37,6 +37,12 @@ def eval_cmd(
         Path | None, typer.Option("-o", "--output", help=f"JSON to write; default CHECKPOINT/{DEFAULT_NAME}")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an earlier eval result (never another file)")] = False,
+    lengths: Annotated[
+        str | None, typer.Option("--lengths", help="decoder LLMs: needle prompt lengths in tokens, e.g. 1024,2048")
+    ] = None,
+    depths: Annotated[
+        str | None, typer.Option("--depths", help="decoder LLMs: needle depths, e.g. 0.1,0.5,0.9")
+    ] = None,
 ) -> None:
     """Top-1/top-5 accuracy (classifiers on labeled data) and fidelity to the original; prints the JSON path last."""
     from tokcomp.checkpoint import read_state
@@ -47,6 +53,12 @@ def eval_cmd(
 
     read_state(checkpoint)  # a clear error for a wrong folder before anything loads
     output = check_output_file(output or checkpoint / DEFAULT_NAME, force=force, kind=RESULT_KIND)  # before the work
+    from tokcomp.evaluation.decoder import is_decoder_checkpoint
+
+    if is_decoder_checkpoint(checkpoint):  # long-prompt tasks: needle retrieval, continuation fidelity, cost
+        from tokcomp.evaluation.decoder_command import eval_decoder
+
+        return eval_decoder(checkpoint, output, data, samples, seed, fidelity, lengths, depths)
     result = evaluate_checkpoint(checkpoint, data, samples, batch_size, seed, fidelity)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json(output, result)
