@@ -27,6 +27,7 @@ from transformers import (
 
 import tokcomp
 from tests.test_vocab_tokenizers import prose
+from tokcomp.errors import ZooError
 from tokcomp.fileio import read_json
 from tokcomp.vocab import load_vocab_map
 from tokcomp.vocab.checks import _KeepOnly
@@ -67,7 +68,10 @@ def _model(tokenizer: WhisperTokenizer, folder: Path) -> WhisperForConditionalGe
     model = WhisperForConditionalGeneration(config).eval()
     space = tokenizer.convert_tokens_to_ids("Ġ")
     # Suppress a few ordinary tokens (the real lists hold symbols and a few words) and two specials.
-    suppress = [tokenizer.convert_tokens_to_ids(t) for t in ("(", ")", "Ġthe")] + [tokens["translate"], tokens["sot_lm"]]
+    suppress = [tokenizer.convert_tokens_to_ids(t) for t in ("(", ")", "Ġthe")] + [
+        tokens["translate"],
+        tokens["sot_lm"],
+    ]
     ct2 = {"suppress_ids": suppress, "suppress_ids_begin": [space, eot], "alignment_heads": [[1, 0]]}
     model.generation_config = zoo_whisper.generation_config(tokens, ct2, config)
     model.generation_config.max_length = 24
@@ -221,4 +225,33 @@ def test_real_whisper_base_trimmed_to_english_transcribes_the_same(tmp_path):
     old2new = load_vocab_map(out).old_to_new
     ids = processor.tokenizer(before, add_special_tokens=False)["input_ids"]
     assert all((old2new[np.asarray(x)] >= 0).all() for x in ids)  # every token of the transcripts was kept
-    assert json.loads((out / "generation_config.json").read_text())["lang_to_id"]["<|en|>"] == trimmed.generation_config.lang_to_id["<|en|>"]
+    assert (
+        json.loads((out / "generation_config.json").read_text())["lang_to_id"]["<|en|>"]
+        == trimmed.generation_config.lang_to_id["<|en|>"]
+    )
+
+
+def test_a_missing_first_merge_is_restored_in_rank_order():
+    # tiktoken layout: merge k makes token 256 + k. faster-whisper-base's tokenizer.json lacks merge 0.
+    vocab = {chr(0x100 + i): i for i in range(256)} | {"Ġt": 256, "Ġa": 257, "Ġth": 258, "Ġthe": 259, "": 260}
+    vocab |= {"Ġ": vocab.pop(chr(0x100 + 32)), "t": vocab.pop(chr(0x100 + 116)), "a": vocab.pop(chr(0x100 + 97))}
+    vocab |= {"h": vocab.pop(chr(0x100 + 104)), "e": vocab.pop(chr(0x100 + 101))}
+    merges = ["Ġ a", "Ġt h", "Ġth e"]
+    restored = zoo_whisper.restore_missing_merges(vocab, merges, special=set())
+    assert restored == [["Ġ", "t"], ["Ġ", "a"], ["Ġt", "h"], ["Ġth", "e"]]
+    # Ranks follow the ids, whatever order the file lists them in.
+    assert zoo_whisper.restore_missing_merges(vocab, ["Ġt h", "Ġ t", "Ġth e", "Ġ a"], special=set()) == restored
+    # A lost merge with two possible splits cannot be rebuilt: refused, not guessed.
+    ambiguous = dict(vocab, th=255, Ġ=254)
+    with pytest.raises(ZooError, match="cannot rebuild the BPE merge of token 'Ġth'"):
+        zoo_whisper.restore_missing_merges(ambiguous, ["Ġ t", "Ġ a", "Ġth e"], special=set())
+
+
+@pytest.mark.slow
+def test_zoo_whisper_base_tokenizer_encodes_like_the_model_writes():
+    from tokenizers import Tokenizer
+
+    if not ZOO_BASE.is_dir():
+        pytest.skip("zoo:whisper-base is not built")
+    tokenizer = Tokenizer.from_file(str(ZOO_BASE / "tokenizer.json"))
+    assert tokenizer.encode(" to the", add_special_tokens=False).tokens == ["Ġto", "Ġthe"]

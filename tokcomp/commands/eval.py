@@ -45,7 +45,11 @@ def eval_cmd(
     from tokcomp.evaluation.runner import RESULT_KIND
     from tokcomp.fileio import check_output_file, write_json
 
-    read_state(checkpoint)  # a clear error for a wrong folder before anything loads
+    if read_state(checkpoint).input.modality == "audio":  # a clear error for a wrong folder before anything loads
+        from tokcomp.evaluation import speech_eval  # Whisper: transcripts, WER / CER per language
+
+        print(speech_eval.run(checkpoint, data, samples, batch_size, seed, fidelity, output, force))
+        return
     output = check_output_file(output or checkpoint / DEFAULT_NAME, force=force, kind=RESULT_KIND)  # before the work
     result = evaluate_checkpoint(checkpoint, data, samples, batch_size, seed, fidelity)
     output.parent.mkdir(parents=True, exist_ok=True)

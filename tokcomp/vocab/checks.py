@@ -259,7 +259,8 @@ def _generate(model: nn.Module, prompts: dict[str, torch.Tensor], pad_id: int, s
 
         # Whisper's own generate builds its prompt from language and task; the generic one continues
         # the given decoder prompt (suppress lists of the generation config still apply).
-        prompts = {"input_features": check_features(model, len(prompts["input_ids"])), "decoder_input_ids": prompts["input_ids"]}
+        features = check_features(model, len(prompts["input_ids"]))
+        prompts = {"input_features": features, "decoder_input_ids": prompts["input_ids"]}
         generate = functools.partial(GenerationMixin.generate, model)
     out = generate(
         **prompts,
