@@ -130,6 +130,7 @@ def test_eval_cli_on_a_whisper_checkpoint(tiny, tmp_path):
     result = CliRunner().invoke(app, ["eval", str(out), "--data", str(manifest), "-o", str(target)])
     assert result.exit_code == 0, result.output
     assert str(target.resolve()) in result.output
+    assert "WER vs reference (fr)" in result.output and "encoder GMACs per 30 s window" in result.output
     saved = json.loads(target.read_text())
     assert saved["task"] == "speech-recognition" and saved["samples"] == 3
     assert set(saved["languages"]) == {"en", "fr"}

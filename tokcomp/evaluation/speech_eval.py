@@ -215,33 +215,9 @@ def _original(path: Path, state):
     return loaded.model.eval(), loaded.processor, state.base.source
 
 
-def result_table(result: dict[str, Any]):
-    """The speech eval JSON as a terminal table: one row per language and one for all clips."""
-    from rich.table import Table
-
-    def pct(score: dict | None, key: str = "wer") -> str:
-        return "-" if not score else f"{100 * score[key]:.1f}%"
-
-    encoder = result["encoder"]
-    table = Table(
-        "language", "clips", "WER original", "WER compressed", "CER compressed", "WER vs original", "same text",
-        title=f"{result['model']} on {result['samples']} clips of {result['data']}",
-        caption=f"encoder {encoder['per_window']['compressed']:.2f} / {encoder['per_window']['original']:.2f} "
-        f"GMACs per 30 s window ({100 * encoder['ratio']:.0f}%), {encoder['windows']} windows",
-    )  # fmt: skip
-    rows = [*result["languages"].items(), ("all", result["overall"])]
-    for name, group in rows:
-        same = group.get("identical_transcripts")
-        table.add_row(
-            name, str(group["clips"]), pct(group.get("original_vs_reference")), pct(group["compressed_vs_reference"]),
-            pct(group["compressed_vs_reference"], "cer"), pct(group.get("compressed_vs_original")),
-            "-" if same is None else f"{same}/{group['clips']}",
-        )  # fmt: skip
-    return table
-
-
 def run(checkpoint: Path, data, samples, batch_size, seed, fidelity, output: Path | None, force: bool) -> Path:
     """`tokcomp eval` for a speech checkpoint: evaluate, write the JSON, print the table and warnings."""
+    from tokcomp.commands.eval import result_table  # the rows of tokcomp.evaluation.table, as for every eval
     from tokcomp.fileio import check_output_file, write_json
     from tokcomp.progress import console, warn
 
