@@ -148,6 +148,25 @@ def test_eval_cli_on_a_whisper_checkpoint(tiny, tmp_path):
     assert any(f.startswith("all clips") for f in saved["flagged"]) == (changed > speech_eval.MAX_WER_VS_ORIGINAL)
 
 
+def test_report_draws_speech_merge_maps(tiny, tmp_path):
+    from tokcomp.visual.page import write_report
+    from tokcomp.visual.speech_map import STRIP_ROWS, trace_speech_maps
+
+    _, out, processor, manifest = tiny
+    page = write_report(out, tmp_path / "report", images=2, data=str(manifest))
+    text = page.read_text()
+    assert "Merge maps" in text and text.count("50 positions") == 2
+    assert (page.parent / "speech_merge_map_02.png").is_file()
+    clips = speech_eval.load_speech_data(str(manifest))[1][:1]
+    (merge_map,) = trace_speech_maps(tokcomp.load(out).eval(), clips, processor)
+    # Every position is owned by exactly one final token; merging left fewer regions than positions.
+    assert merge_map.owners.shape == (1, 50) and merge_map.dropped == 0
+    assert merge_map.regions == merge_map.final_tokens < 50
+    from tokcomp.visual.speech_map import render_speech
+
+    assert render_speech(merge_map).shape[0] == 16 * 3 + 3 + STRIP_ROWS
+
+
 def test_poor_results_are_flagged_per_language():
     clips = [SpeechClip("a", np.zeros(16000, np.float32), "one two three four", "en"),
              SpeechClip("b", np.zeros(16000, np.float32), "un deux trois quatre", "fr")]  # fmt: skip
