@@ -167,6 +167,34 @@ def test_report_draws_speech_merge_maps(tiny, tmp_path):
     assert render_speech(merge_map).shape[0] == 16 * 3 + 3 + STRIP_ROWS
 
 
+def test_after_vocab_trim_the_original_is_the_base_model(tiny, tmp_path):
+    from tests.test_vocab_tokenizers import prose
+
+    folder, _, _, manifest = tiny
+    corpus, held_out = prose()
+    (tmp_path / "corpus.txt").write_text("\n".join(corpus[:300]))
+    (tmp_path / "held_out.txt").write_text("\n".join(held_out[:40]))
+    trim = {
+        "type": "vocab_trim",
+        "languages": ["en"],
+        "corpus": [str(tmp_path / "corpus.txt")],
+        "rule": {"top_n": 300},
+        "checks": {
+            "held_out": [str(tmp_path / "held_out.txt")],
+            "off_target": [str(tmp_path / "held_out.txt")],
+            "logits_texts": 2,
+            "generate_prompts": 2,
+            "max_new_tokens": 4,
+        },
+    }
+    out = tokcomp.compile({"model": str(folder), "passes": [trim]}, tmp_path / "trimmed")
+    result = speech_eval.evaluate_speech_checkpoint(out, str(manifest))
+    # Not the trimmed weights again: the model the recipe named, so dropped tokens count as changes.
+    assert result["original"] == str(folder)
+    assert result["encoder"]["ratio"] == 1.0 and result["passes"] == ["vocab_trim"]
+    assert all(clip["original"] is not None for clip in result["clips"])
+
+
 def test_poor_results_are_flagged_per_language():
     clips = [SpeechClip("a", np.zeros(16000, np.float32), "one two three four", "en"),
              SpeechClip("b", np.zeros(16000, np.float32), "un deux trois quatre", "fr")]  # fmt: skip
