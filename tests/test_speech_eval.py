@@ -60,7 +60,7 @@ TINY_WINDOW = 1.0  # seconds: the tiny model's whole window
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """(model folder, tokcomp checkpoint with adjacent_merge, processor, manifest of 3 clips)."""
+    """(model folder, tokcomp checkpoint with adjacent_merge, processor)."""
     from transformers import WhisperFeatureExtractor, WhisperProcessor
 
     from tests.test_vocab_tokenizers import prose
@@ -77,13 +77,14 @@ def tiny(tmp_path_factory):
     out = tokcomp.compile(
         {"model": str(folder), "passes": [{"type": "adjacent_merge", "target_flops": "-25%"}]}, root / "out"
     )
-    manifest = _manifest(root)
-    return folder, out, processor, manifest
+    return folder, out, processor
 
 
-def _manifest(root: Path) -> Path:
-    import soundfile
-
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    """3 clips of noise (2 English, 1 French) with transcripts, as a .tsv manifest."""
+    soundfile = pytest.importorskip("soundfile")  # tokcomp[audio]
+    root = tmp_path_factory.mktemp("clips")
     rng = np.random.default_rng(0)
     lines = ["path\ttranscript\tlanguage"]
     for index, (text, language) in enumerate(
@@ -100,7 +101,7 @@ def _manifest(root: Path) -> Path:
 def test_long_form_joins_the_windows_own_transcripts(tiny):
     from transformers import WhisperForConditionalGeneration
 
-    folder, _, processor, _ = tiny
+    folder, _, processor = tiny
     model = WhisperForConditionalGeneration.from_pretrained(folder).eval()
     rng = np.random.default_rng(1)
     clip = SpeechClip("long", (0.1 * rng.standard_normal(int(2.5 * SAMPLE_RATE))).astype(np.float32), None, "en")
@@ -122,10 +123,10 @@ def test_long_form_joins_the_windows_own_transcripts(tiny):
     )
 
 
-def test_eval_cli_on_a_whisper_checkpoint(tiny, tmp_path):
+def test_eval_cli_on_a_whisper_checkpoint(tiny, manifest, tmp_path):
     from tokcomp.cli import app
 
-    _, out, _, manifest = tiny
+    _, out, _ = tiny
     target = tmp_path / "speech-eval.json"
     result = CliRunner().invoke(app, ["eval", str(out), "--data", str(manifest), "-o", str(target)])
     assert result.exit_code == 0, result.output
@@ -148,11 +149,11 @@ def test_eval_cli_on_a_whisper_checkpoint(tiny, tmp_path):
     assert any(f.startswith("all clips") for f in saved["flagged"]) == (changed > speech_eval.MAX_WER_VS_ORIGINAL)
 
 
-def test_report_draws_speech_merge_maps(tiny, tmp_path):
+def test_report_draws_speech_merge_maps(tiny, manifest, tmp_path):
     from tokcomp.visual.page import write_report
     from tokcomp.visual.speech_map import STRIP_ROWS, trace_speech_maps
 
-    _, out, processor, manifest = tiny
+    _, out, processor = tiny
     page = write_report(out, tmp_path / "report", images=2, data=str(manifest))
     text = page.read_text()
     assert "Merge maps" in text and text.count("50 positions") == 2
@@ -167,10 +168,10 @@ def test_report_draws_speech_merge_maps(tiny, tmp_path):
     assert render_speech(merge_map).shape[0] == 16 * 3 + 3 + STRIP_ROWS
 
 
-def test_after_vocab_trim_the_original_is_the_base_model(tiny, tmp_path):
+def test_after_vocab_trim_the_original_is_the_base_model(tiny, manifest, tmp_path):
     from tests.test_vocab_tokenizers import prose
 
-    folder, _, _, manifest = tiny
+    folder, _, _ = tiny
     corpus, held_out = prose()
     (tmp_path / "corpus.txt").write_text("\n".join(corpus[:300]))
     (tmp_path / "held_out.txt").write_text("\n".join(held_out[:40]))
