@@ -83,8 +83,8 @@ CASES = [
     ("model-is-a-file", recipe("model: {root}/data.csv\npasses: [{type: tome, r: 1}]\n"), COMPILE, ["data.csv' is a file", "config.json"]),
     ("model-zoo-unknown", recipe("model: zoo:nope\npasses: [{type: tome, r: 1}]\nevaluation: false\n"), COMPILE, ["unknown zoo model 'zoo:nope'", "zoo:dinov2-small"]),
     ("model-is-a-checkpoint", recipe("model: {root}/ckpt\npasses: [{type: tome, r: 1}]\n"), COMPILE, ["is a tokcomp checkpoint", "vit + tome", "tokcomp.apply()"]),
-    ("vocab-trim-image-model", recipe(VOCAB_TRIM + "    corpus: [zoo:wordfreq]\n"), COMPILE, ["passes[0].type", "vocab_trim applies to text models", "a model for image", "tokcomp zoo list"]),
-    ("vocab-trim-image-model-no-corpus", recipe(VOCAB_TRIM), COMPILE, ["vocab_trim applies to text models", "a model for image"]),
+    ("vocab-trim-image-model", recipe(VOCAB_TRIM + "    corpus: [zoo:wordfreq]\n"), COMPILE, ["passes[0].type", "vocab_trim applies to text / audio models", "a model for image", "tokcomp zoo list"]),
+    ("vocab-trim-image-model-no-corpus", recipe(VOCAB_TRIM), COMPILE, ["vocab_trim applies to text / audio models", "a model for image"]),
     # --- data files (compile measures fidelity on them; eval scores on them)
     ("data-missing", with_eval("{root}/nothing"), COMPILE, ["data '", "nothing' not found", "zoo:images"]),
     ("data-corrupt-jpg", with_eval("{root}/bad_imgs"), COMPILE, ["broken.jpg: not a readable image", "replace the file"]),
@@ -271,5 +271,5 @@ def test_vocab_trim_refuses_an_image_model_the_recipe_could_not_recognise(tiny_v
 
     loaded = load_model(str(tiny_vit_dir))
     config = VocabTrimPass.Config.model_validate({"languages": ["en"], "corpus": ["/no/such/corpus.txt"]})
-    with pytest.raises(TokcompError, match="vocab_trim applies to text models; .* is a model for image"):
+    with pytest.raises(TokcompError, match="vocab_trim applies to text / audio models; .* is a model for image"):
         VocabTrimPass().apply(loaded.model, config, SimpleNamespace(loaded=loaded))

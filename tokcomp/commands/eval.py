@@ -51,7 +51,11 @@ def eval_cmd(
     from tokcomp.evaluation.runner import RESULT_KIND
     from tokcomp.fileio import check_output_file, write_json
 
-    read_state(checkpoint)  # a clear error for a wrong folder before anything loads
+    if read_state(checkpoint).input.modality == "audio":  # a clear error for a wrong folder before anything loads
+        from tokcomp.evaluation import speech_eval  # Whisper: transcripts, WER / CER per language
+
+        print(speech_eval.run(checkpoint, data, samples, batch_size, seed, fidelity, output, force))
+        return
     output = check_output_file(output or checkpoint / DEFAULT_NAME, force=force, kind=RESULT_KIND)  # before the work
     from tokcomp.evaluation.decoder import is_decoder_checkpoint
 

@@ -15,7 +15,8 @@ class VocabTrimPass(Pass):
     version = 1
     Config = VocabTrimConfig
     summary = "trim the vocabulary (embeddings, head, tokenizer) to the tokens of the served languages"
-    modalities = ("text",)  # the recipe refuses it early on a model known to be another modality
+    # Text models, and speech models whose decoder writes text (Whisper); the recipe refuses it early on images.
+    modalities = ("text", "audio")
 
     def apply(self, model, config: VocabTrimConfig, ctx) -> dict[str, Any]:
         from tokcomp.vocab import trim_vocabulary
@@ -24,8 +25,8 @@ class VocabTrimPass(Pass):
         loaded = getattr(ctx, "loaded", None)
         if loaded is not None and loaded.input_spec.modality not in self.modalities:
             raise TokcompError(
-                f"vocab_trim applies to text models; {loaded.source} is a model for {loaded.input_spec.modality}",
-                hint="remove the vocab_trim pass, or use a text model (see `tokcomp zoo list`)",
+                f"vocab_trim applies to text / audio models; {loaded.source} is a model for {loaded.input_spec.modality}",
+                hint="remove the vocab_trim pass, or use a text or speech model (see `tokcomp zoo list`)",
             )
         if loaded is None or loaded.processor is None:
             raise TokcompError(

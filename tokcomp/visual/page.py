@@ -40,6 +40,10 @@ def build_page(folder: str | Path, images: int = 4, data: str | None = None, see
     maps_section, maps = None, []
     if state.input.modality == "image":
         maps_section, maps = _merge_maps(folder, state, report, images, data, seed, pngs)
+    elif state.input.modality == "audio":  # Whisper: positions merged, over the spectrogram
+        from tokcomp.visual import speech_map
+
+        maps_section = speech_map.section(folder, images, data, seed, pngs)
     sections = [
         _summary(state, report),
         _tokens(report, pngs),

@@ -11,6 +11,9 @@
     vocab_map.py               the old -> new id map saved with the checkpoint
 """
 
+# The pass registry first: tokcomp.passes imports the vocab_trim pass, which imports this package's
+# config; entering here first would otherwise meet a half-initialised config module.
+import tokcomp.passes  # noqa: F401
 from tokcomp.vocab.config import VocabTrimConfig
 
 # The rest imports torch and transformers: loaded on first use, so registering the pass

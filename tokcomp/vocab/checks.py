@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from tokcomp.errors import TokcompError
 from tokcomp.vocab.config import CheckSettings
 from tokcomp.vocab.ids import config_token_ids
 from tokcomp.vocab.model_surgery import leftover_vocab_tensors
+from tokcomp.vocab.speech import check_features, reads_features
 from tokcomp.vocab.tokenizer_json import TokenizerJson
 
 EMBEDDING_MIN_COSINE = 0.99999
@@ -232,6 +234,9 @@ def _to_new(batch: dict[str, torch.Tensor], old2new: np.ndarray) -> dict[str, to
 
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor]):
     inputs = dict(batch)
+    if reads_features(model):
+        # Speech: fixed features for the encoder, the text (special prefix included) for the decoder.
+        inputs = {"input_features": check_features(model, len(batch["input_ids"]))}
     if model.config.is_encoder_decoder:
         # Any valid decoder input exercises the head; the text itself is one.
         inputs["decoder_input_ids"] = batch["input_ids"]
@@ -248,7 +253,16 @@ def _generate(model: nn.Module, prompts: dict[str, torch.Tensor], pad_id: int, s
     from transformers import LogitsProcessorList
 
     processors = LogitsProcessorList([keep_only]) if keep_only is not None else LogitsProcessorList()
-    out = model.generate(
+    generate = model.generate
+    if reads_features(model):
+        from transformers import GenerationMixin
+
+        # Whisper's own generate builds its prompt from language and task; the generic one continues
+        # the given decoder prompt (suppress lists of the generation config still apply).
+        features = check_features(model, len(prompts["input_ids"]))
+        prompts = {"input_features": features, "decoder_input_ids": prompts["input_ids"]}
+        generate = functools.partial(GenerationMixin.generate, model)
+    out = generate(
         **prompts,
         do_sample=False,
         num_beams=1,

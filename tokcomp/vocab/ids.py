@@ -18,12 +18,14 @@ _ID_FIELD = re.compile(r".*_(token_id|token_ids|token_index|token_indices)$")
 _ID_LISTS = {"suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "eos_token_id", "bos_token_id"}
 # forced_decoder_ids holds [position, token id] pairs: only the second item is an id.
 _PAIR_LISTS = {"forced_decoder_ids"}
+# Whisper's generation config maps token strings to ids: {"<|en|>": 50259}, {"transcribe": 50360}.
+_ID_MAPS = re.compile(r".*_to_id$")
 # Generation settings that name tokens in a form this module does not rewrite.
 _UNSUPPORTED = {"sequence_bias", "watermarking_config"}
 
 
 def is_id_field(name: str) -> bool:
-    return bool(_ID_FIELD.fullmatch(name)) or name in _ID_LISTS or name in _PAIR_LISTS
+    return bool(_ID_FIELD.fullmatch(name)) or name in _ID_LISTS or name in _PAIR_LISTS or bool(_ID_MAPS.fullmatch(name))
 
 
 def _configs(model) -> Iterator[tuple[str, Any]]:
@@ -46,6 +48,9 @@ def _ids_in(value: Any, pairs: bool = False) -> Iterator[int]:
         return
     if isinstance(value, int):
         yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _ids_in(item)
     elif isinstance(value, (list, tuple)):
         if pairs:
             for item in value:
@@ -90,6 +95,8 @@ def remap_config_ids(model, remap: Callable[[str, int], int]) -> dict[str, Any]:
 def _map_value(value: Any, fn: Callable[[int], int], pairs: bool) -> Any:
     if isinstance(value, int):
         return fn(value)
+    if isinstance(value, dict):
+        return {key: _map_value(item, fn, False) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         if pairs:
             out = [[item[0], _map_value(item[1], fn, False)] for item in value]

@@ -22,13 +22,14 @@ from tokcomp.vocab.corpus import SHARED, CorpusPart, load_corpus
 from tokcomp.vocab.ids import config_token_ids
 from tokcomp.vocab.model_surgery import slice_model, vocab_rows
 from tokcomp.vocab.selection import count_tokens, select
+from tokcomp.vocab.speech import tokenizer_of, with_tokenizer
 from tokcomp.vocab.tokenizer_json import TokenizerJson
 from tokcomp.vocab.tokenizer_surgery import load_checked, old_to_new, rebuild_processor, rewrite
 
 
 @dataclass
 class TrimResult:
-    tokenizer: Any  # the trimmed transformers tokenizer
+    tokenizer: Any  # the trimmed transformers tokenizer (a processor of the same class when given one)
     old_ids: np.ndarray  # new id -> old id
     old_size: int  # ids of the original tokenizer
     report: dict[str, Any]
@@ -49,6 +50,7 @@ def trim_vocabulary(model: nn.Module, processor, config: VocabTrimConfig) -> Tri
     started = time.perf_counter()
     params_before = _count_params(model)
     old_rows = vocab_rows(model)
+    outer, processor = processor, tokenizer_of(processor)  # Whisper: the tokenizer inside its processor
     spec = TokenizerJson.parse(tokenizer_json(processor))
     with step("vocab_trim: reading the corpus and counting its tokens"):
         corpus = load_corpus(config)
@@ -117,7 +119,7 @@ def trim_vocabulary(model: nn.Module, processor, config: VocabTrimConfig) -> Tri
             "total": round(time.perf_counter() - started, 2),
         },
     }
-    return TrimResult(new_processor, kept, spec.size, report)
+    return TrimResult(with_tokenizer(outer, new_processor), kept, spec.size, report)
 
 
 def _pad_ids(model: nn.Module, spec: TokenizerJson, old2new: np.ndarray) -> tuple[int, int]:

