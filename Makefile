@@ -5,7 +5,7 @@ STAMP := $(VENV)/.tokcomp-installed
 # On a CUDA machine, point this at an empty file to keep the machine's own torch.
 TORCH_CONSTRAINTS ?= constraints/cpu.txt
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-heavy bench clean
 
 $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 			|| echo "warning: could not install chromium; the HTML report test will be skipped"; \
 	fi
 	$(PY) -m pytest -q tests
+
+# Real-model end-to-end checks that take minutes each on a 2-core CPU (Whisper transcripts, Gemma long
+# prompts, sentence-transformers and ONNX on real encoders): opt-in, and run before a release.
+test-heavy: $(STAMP)
+	$(PY) -m pytest -q -m heavy tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/throughput_cpu.py

@@ -15,7 +15,7 @@ a row name) and at least one number below; keys are matched by the first alias f
 
     reducer      reducer | method | pass_type | pass | pass.type   ("none"/"original"/"baseline"/"dense" = the
                  uncompressed model); a row that names a `recipe` instead gets that recipe's token pass
-    budget       budget | target_flops | target | setting | r    (or the enclosing `budgets` key, or the recipe's)
+    budget       budget | target_flops | target | setting | r, or `keep` (a kept share, shown "keep 0.5")    (or the enclosing `budgets` key, or the recipe's)
     model        model | source                                 (or the enclosing `models` key / `model` field)
     gmacs        gmacs | compressed_gmacs | flops_gmacs | gflops | flops (a number) | flops.compressed
     flops_ratio  flops_ratio | ratio | flops.ratio   (compressed / original; a value > 1 is read as original /
@@ -209,6 +209,8 @@ def _identity(row: dict, context: dict, root: Path) -> tuple[str, str, Any]:
     model = _first(row, "model", False) or context.get("model")
     reducer, budget = _first(row, "reducer", False), _first(row, "budget", False)
     budget = budget if budget is not None else context.get("budget")
+    if budget is None and isinstance(row.get("keep"), (int, float)):
+        budget = f"keep {row['keep']:g}"  # decoder passes: a kept share of the prompt, not a FLOPs target
     recipe = row.get("recipe") or context.get("recipe")
     if reducer is None and isinstance(recipe, str):
         reducer, from_recipe, recipe_model = _recipe_setting(recipe, root)

@@ -249,6 +249,7 @@ def test_whole_evaluation_on_a_tiny_model(tiny_llama, tokenizer, sentences, monk
 
 
 @pytest.mark.slow  # a tiny model, but compile + the CLI's full default run take tens of seconds on a busy CPU
+@pytest.mark.heavy
 def test_tokcomp_eval_on_a_decoder_checkpoint_writes_json_and_flags(
     tiny_llama, tokenizer, sentences, tmp_path, monkeypatch
 ):
@@ -294,6 +295,7 @@ def gemma():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_gemma_retrieves_the_needle_at_1k_tokens(gemma):
     tokenizer, model = gemma
     samples = needle.build_samples(tokenizer, (1024,), (0.1, 0.5, 0.9), samples=1, keys=1, seed=0)

@@ -36,6 +36,7 @@ def with_keep(original, name: str, keep: float):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", list(RECIPE_PASSES))
 def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path, name):
     import tokcomp
@@ -67,6 +68,7 @@ def held_out(gemma):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["pyramid_drop", "snapkv", "streaming_llm"])  # GemFilter: not measured yet
 def test_gemma_continuation_fidelity_at_half_and_quarter(gemma, held_out, name):
     """The pass at keep 0.5 and 0.25 on 4 held-out passages x 32 continuation tokens."""

@@ -247,6 +247,7 @@ def compile_gemma(tmp_path, keep: float):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path):
     tokenizer, original = gemma
     model = compile_gemma(tmp_path, keep=1.0)
@@ -261,6 +262,7 @@ def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_gemma_fastv_half_keeps_the_continuation(gemma, tmp_path):
     """keep 0.5 after layer 2: the next 32 tokens' distributions stay close to the original's."""
     tokenizer, original = gemma

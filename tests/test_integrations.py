@@ -245,6 +245,7 @@ def _held_out_sentences(count: int) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["minilm-l6", "multilingual-e5-small"])
 def test_real_sentence_transformers_checkpoint(name, tmp_path):
     st = pytest.importorskip("sentence_transformers")
@@ -267,6 +268,7 @@ def test_real_sentence_transformers_checkpoint(name, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_onnx_sentence_embeddings(tmp_path):
     from tokcomp.export import export_checkpoint
     from tokcomp.runtime import OnnxSentenceEncoder
@@ -281,6 +283,7 @@ def test_real_onnx_sentence_embeddings(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_vocab_trimmed_sentence_transformers_checkpoint_stays_plain(tmp_path):
     """vocab_trim changes weights, not the forward pass: a plain folder every tool loads, ST files kept."""
     st = pytest.importorskip("sentence_transformers")

@@ -220,6 +220,7 @@ ZOO_BASE = Path.home() / ".cache" / "tokcomp" / "zoo" / "whisper-base"
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_long_recordings_transcribe_in_windows(tmp_path):
     from transformers import AutoProcessor
 

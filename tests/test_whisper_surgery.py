@@ -204,6 +204,7 @@ def test_adjacent_merge_is_deterministic(original):
 
 
 @pytest.mark.slow  # torch.export tracing takes tens of seconds on a shared CPU
+@pytest.mark.heavy
 def test_encoder_and_decoder_export_with_sizes_in_the_tensor(original):
     """No side channel: the reduced encoder and the size-reading decoder trace as plain graphs."""
     model = reduced(original, [{"type": "adjacent_merge", "r": 8}])
@@ -441,6 +442,7 @@ def test_real_zero_reduction_is_exact(real):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_adjacent_merge_compiles_and_transcribes(real, tmp_path):
     from tokcomp.pipeline import compile_recipe
     from tokcomp.recipe import load_recipe

@@ -205,6 +205,7 @@ RECIPE = Path(__file__).parent.parent / "recipes" / "vocab_trim_whisper_en.yaml"
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_real_whisper_base_trimmed_to_english_transcribes_the_same(tmp_path):
     from tokcomp.evaluation.speech import transcribe
     from tokcomp.zoo.speech import speech_clips
@@ -248,6 +249,7 @@ def test_a_missing_first_merge_is_restored_in_rank_order():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_zoo_whisper_base_tokenizer_encodes_like_the_model_writes():
     from tokenizers import Tokenizer
 

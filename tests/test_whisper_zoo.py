@@ -273,6 +273,7 @@ def _clips(source: str, count: int):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("fixture, end_of_text, vocab", [("tiny_en", 50256, 51864), ("base", 50257, 51865)])
 def test_english_speech_is_transcribed_and_generation_stops_at_end_of_text(request, fixture, end_of_text, vocab):
     from tokcomp.evaluation.speech import error_rates
@@ -295,6 +296,7 @@ def test_english_speech_is_transcribed_and_generation_stops_at_end_of_text(reque
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("language", ["fr", "es", "ru"])
 def test_base_transcribes_other_languages_with_the_forced_language(base, language):
     from tokcomp.evaluation.speech import error_rates, transcribe
@@ -310,6 +312,7 @@ def test_base_transcribes_other_languages_with_the_forced_language(base, languag
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_encoders_match_ctranslate2_on_real_speech(tiny_en, base):
     ctranslate2 = pytest.importorskip("ctranslate2")
     clips = _clips("librivox", 2)
