@@ -17,10 +17,10 @@ import pytest
 import torch
 from test_decoder_prefill import FAMILIES, PROMPT, QUESTION, SINK, KeepPositions, greedy, prompt, tiny
 
-from tokcomp.errors import RecipeError, TokcompError
+from tokcomp.errors import RecipeError, SpanError, TokcompError
 from tokcomp.pipeline import apply_passes
 from tokcomp.surgery import capture_final_state
-from tokcomp.surgery.adapters.decoder import SpanError, cached_tokens, reducible_span
+from tokcomp.surgery.adapters.decoder import cached_tokens, reducible_span
 
 SPAN = {"sink": SINK, "question": QUESTION}
 PASSES = {

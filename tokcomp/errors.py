@@ -44,6 +44,10 @@ class ZooError(TokcompError):
     """A zoo model or data set cannot be found or materialised."""
 
 
+class SpanError(TokcompError):
+    """A call's reducible span does not fit its prompt (or a call that must mark one did not)."""
+
+
 class Interrupted(BaseException):
     """Ctrl-C (SIGINT) or SIGTERM. A BaseException of its own, not KeyboardInterrupt: typer turns
     KeyboardInterrupt into a silent exit code, and nothing may swallow it as an `Exception`."""

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokcomp.errors import TokcompError, UnsupportedModelError
+from tokcomp.errors import SpanError, UnsupportedModelError
 from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
 from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
 from tokcomp.surgery.attention import AttentionInfo, split_heads
@@ -46,10 +46,6 @@ from tokcomp.surgery.block import TokenBlock
 from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, real_first, unpack
 
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
-
-
-class SpanError(TokcompError):
-    """A call's reducible span does not fit its prompt (or a call that must mark one did not)."""
 
 
 @dataclass
