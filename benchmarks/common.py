@@ -66,13 +66,15 @@ def bootstrap_mean(values, resamples: int = 10_000, seed: int = 0) -> dict:
     }
 
 
-def write_results(results_dir, name: str, result: dict, markdown: str) -> None:
-    """benchmarks/results/<name>.json (the data) and .md (the table), and print the table."""
-    import json
+def write_results(results_dir, name: str, result: dict, markdown: str, show: bool = True) -> None:
+    """benchmarks/results/<name>.json (the data) and .md (the table), written atomically; print the table."""
     from pathlib import Path
+
+    from tokcomp.fileio import atomic_write_text, write_json
 
     folder = Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (folder / f"{name}.md").write_text(markdown)
-    print(markdown)
+    write_json(folder / f"{name}.json", result)
+    atomic_write_text(folder / f"{name}.md", markdown)
+    if show:
+        print(markdown)

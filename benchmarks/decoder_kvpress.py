@@ -238,9 +238,8 @@ def run(args) -> None:
     import torch
     import transformers
 
-    from benchmarks.common import machine
+    from benchmarks.common import machine, write_results
     from tokcomp.evaluation import decoder, needle
-    from tokcomp.fileio import write_json
     from tokcomp.pipeline import apply_passes
     from tokcomp.zoo import pull
 
@@ -284,12 +283,7 @@ def run(args) -> None:
             "rows": rows, "seconds": round(time.perf_counter() - started, 1),
         }  # fmt: skip
         output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_json(output.with_suffix(".json"), result)
-        markdown = to_markdown(result)
-        output.with_suffix(".md").write_text(markdown)
-        if not partial:
-            print(markdown)
+        write_results(output.parent, output.stem, result, to_markdown(result), show=not partial)
 
     kvpress_info, worker, scratch = None, None, tempfile.TemporaryDirectory()
     if presses:

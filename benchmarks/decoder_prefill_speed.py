@@ -44,9 +44,8 @@ def main() -> None:
     import torch
     import transformers
 
-    from benchmarks.common import machine
+    from benchmarks.common import machine, write_results
     from tokcomp.evaluation import decoder
-    from tokcomp.fileio import write_json
     from tokcomp.pipeline import apply_passes
     from tokcomp.zoo import pull
 
@@ -76,11 +75,7 @@ def main() -> None:
         "rows": rows, "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json(output.with_suffix(".json"), result)
-    markdown = to_markdown(result)
-    output.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write_results(output.parent, output.stem, result, to_markdown(result))
 
 
 def to_markdown(result: dict) -> str:

@@ -14,7 +14,16 @@ import pytest
 import torch
 import transformers
 import yaml
-from test_decoder_prefill import CONTEXT, CONTINUATION, RECIPES, continuation_logits, fidelity, gemma, passages
+from test_decoder_prefill import (
+    CONTEXT,
+    CONTINUATION,
+    RECIPES,
+    assert_exact_on_gemma,
+    continuation_logits,
+    fidelity,
+    gemma,
+    passages,
+)
 
 from tokcomp.pipeline import apply_passes
 from tokcomp.surgery.adapters.decoder import cached_tokens
@@ -50,13 +59,7 @@ def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path, nam
         tokcomp.compile(recipe, tmp_path / name)
         model = tokcomp.load(tmp_path / name)
         assert isinstance(model, transformers.Gemma3ForCausalLM)
-    ids = passages(tokenizer, 1)[0]
-    with torch.no_grad():
-        assert torch.allclose(model(ids).logits, original(ids).logits, atol=1e-5)
-    assert torch.allclose(continuation_logits(model, ids), continuation_logits(original, ids), atol=1e-5)
-    prompt = {"input_ids": ids[:, :CONTEXT], "attention_mask": torch.ones(1, CONTEXT, dtype=torch.long)}
-    ours = model.generate(**prompt, max_new_tokens=16, do_sample=False)
-    assert torch.equal(ours, original.generate(**prompt, max_new_tokens=16, do_sample=False))
+    assert_exact_on_gemma(model, original, tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -246,12 +246,8 @@ def compile_gemma(tmp_path, keep: float):
     return tokcomp.load(tmp_path / f"fastv_{keep}")
 
 
-@pytest.mark.slow
-@pytest.mark.heavy
-def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path):
-    tokenizer, original = gemma
-    model = compile_gemma(tmp_path, keep=1.0)
-    assert isinstance(model, transformers.Gemma3ForCausalLM)
+def assert_exact_on_gemma(model, original, tokenizer) -> None:
+    """Logits (full prompt and continuation) within 1e-5 and identical greedy generations with the KV cache."""
     ids = passages(tokenizer, 1)[0]
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, original(ids).logits, atol=1e-5)
@@ -259,6 +255,15 @@ def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path):
     prompt = {"input_ids": ids[:, :CONTEXT], "attention_mask": torch.ones(1, CONTEXT, dtype=torch.long)}
     ours = model.generate(**prompt, max_new_tokens=16, do_sample=False)
     assert torch.equal(ours, original.generate(**prompt, max_new_tokens=16, do_sample=False))
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path):
+    tokenizer, original = gemma
+    model = compile_gemma(tmp_path, keep=1.0)
+    assert isinstance(model, transformers.Gemma3ForCausalLM)
+    assert_exact_on_gemma(model, original, tokenizer)
 
 
 @pytest.mark.slow
