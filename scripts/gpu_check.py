@@ -35,9 +35,20 @@ def pinned() -> list[str]:
     return [line for line in lines if line]
 
 
+def always() -> set[str]:
+    """Distributions installed even where the image has them (lines marked `# always`)."""
+    lines = (line.split("#", 1) for line in REQUIREMENTS.read_text().splitlines() if "#" in line)
+    return {normalised(spec.split("==")[0]) for spec, note in lines if spec.strip() and note.strip() == "always"}
+
+
+def normalised(name: str) -> str:
+    """PEP 503 form of a distribution name."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
 def distribution(wheel: Path) -> str:
     """Normalised distribution name of a wheel file (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", wheel.name.split("-", 1)[0]).lower()
+    return normalised(wheel.name.split("-", 1)[0])
 
 
 def wheels_download(dest: Path) -> int:
@@ -47,7 +58,7 @@ def wheels_download(dest: Path) -> int:
     result = subprocess.run([*command, "-d", str(dest), *pinned()])
     if result.returncode:
         return result.returncode
-    wanted = {re.sub(r"[-_.]+", "-", line.split("==")[0]).lower() for line in pinned()}
+    wanted = {normalised(line.split("==")[0]) for line in pinned()}
     for stale in (w for w in dest.glob("*.whl") if distribution(w) not in wanted):
         stale.unlink()  # a wheel dropped from the list
     size = sum(w.stat().st_size for w in dest.glob("*.whl"))
@@ -66,16 +77,21 @@ def _installed(name: str) -> str | None:
 
 
 def wheels_install(wheels: Path, target: Path) -> int:
-    """Install into `target` the carried wheels whose distribution this interpreter lacks (no index, no deps)."""
+    """Install into `target` the carried wheels whose distribution this interpreter lacks, and those marked
+    `# always` (no index, no deps; `target` comes first on PYTHONPATH)."""
     found = sorted(wheels.glob("*.whl"))
     if not found:
         print(f"no wheels in {wheels}: run `make gpu-wheels` on a machine with network and carry the folder")
         return 1
-    missing = []
+    missing, forced = [], always()
     for wheel in found:
-        present = _installed(distribution(wheel))
-        print(f"{distribution(wheel):24} {'present ' + present if present else 'installing ' + wheel.name}")
-        if not present:
+        name = distribution(wheel)
+        present = _installed(name)
+        if present and name in forced:
+            print(f"{name:24} present {present}, installing {wheel.name} ahead of it (marked always)")
+        else:
+            print(f"{name:24} {'present ' + present if present else 'installing ' + wheel.name}")
+        if not present or name in forced:
             missing.append(str(wheel))
     if not missing:
         print("nothing to install: every carried distribution is already here")

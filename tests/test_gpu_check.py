@@ -43,7 +43,21 @@ def test_carried_wheel_names_are_normalised_and_pinned():
     assert check.distribution(Path("markdown_it_py-4.3.0-py3-none-any.whl")) == "markdown-it-py"
     pins = check.pinned()
     assert all("==" in line for line in pins) and "optimum==2.3.0" in pins
-    assert not any(line.split("==")[0] in ("torch", "triton", "transformers", "numpy") for line in pins)
+    assert not any(line.split("==")[0] in ("torch", "triton", "numpy") for line in pins)  # the image's own builds
+    # transformers replaces the image's copy: the adapters follow its module layout from 5.25 on
+    assert {"transformers", "huggingface-hub"} <= check.always() and "optimum" not in check.always()
+
+
+def test_wheels_marked_always_install_even_where_the_image_has_them(tmp_path, monkeypatch, capsys):
+    check = _gpu_check()
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    wheels.mkdir()
+    _wheel(wheels, "pytest-9.2.0-py3-none-any.whl", {"pytest/__init__.py": "MARK = 1\n"})  # installed here
+    monkeypatch.setattr(check, "always", lambda: {"pytest"})
+    monkeypatch.setattr(check.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 1})())  # no pip
+    assert check.wheels_install(wheels, target) == 0
+    assert "ahead of it (marked always)" in capsys.readouterr().out
+    assert (target / "pytest" / "__init__.py").read_text() == "MARK = 1\n"
 
 
 def test_summary_lists_every_step_with_test_counts_and_fails_on_a_failed_step(tmp_path):

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from tokcomp.errors import TokcompError
 from tokcomp.evaluation import needle
+from tokcomp.surgery.adapters.decoder import cache_keyword
 
 RESULT_KIND = "tokcomp-eval"
 DECODER_CLASSES = ("Gemma3ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -138,7 +139,7 @@ def prefill(model: nn.Module, ids: Tensor):
     cache = _cache(model)
     mask = torch.ones_like(ids)
     # Only the last row's logits: a 262k-token vocabulary makes every row's cost more than the layers'.
-    out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True, logits_to_keep=1)
     return out.logits[0, -1], cache
 
 
@@ -151,7 +152,7 @@ def greedy_tokens(model: nn.Module, ids: Tensor, new_tokens: int) -> list[int]:
     for step in range(new_tokens - 1):
         mask = torch.ones(1, length + step + 1, dtype=torch.long, device=ids.device)
         token = torch.tensor([[tokens[-1]]], device=ids.device)
-        out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+        out = model(input_ids=token, attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True)
         tokens.append(int(out.logits[0, -1].argmax()))
     return tokens
 
@@ -164,7 +165,7 @@ def teacher_forced_logits(model: nn.Module, ids: Tensor, continuation: Sequence[
         return first[None]
     rest = torch.tensor([list(continuation[:-1])], device=ids.device)
     mask = torch.ones(1, ids.shape[1] + rest.shape[1], dtype=torch.long, device=ids.device)
-    out = model(input_ids=rest, attention_mask=mask, cache=cache, use_cache=True)
+    out = model(input_ids=rest, attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True)
     return torch.cat([first[None], out.logits[0]])
 
 
@@ -282,7 +283,7 @@ def _timed_once(model: nn.Module, ids: Tensor, new_tokens: int, record: CostSamp
     started = time.perf_counter()
     for step in range(new_tokens):
         mask = torch.ones(1, length + step + 1, dtype=torch.long, device=device)
-        out = model(input_ids=torch.tensor([[token]], device=device), attention_mask=mask, cache=cache, use_cache=True)
+        out = model(input_ids=torch.tensor([[token]], device=device), attention_mask=mask, **{cache_keyword(model): cache}, use_cache=True)
         token = int(out.logits[0, -1].argmax())
     _sync(device)
     record.decode_tokens_per_s.append(new_tokens / (time.perf_counter() - started))

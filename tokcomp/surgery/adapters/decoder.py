@@ -112,6 +112,14 @@ def reducible_span(model: nn.Module, span: Tensor | tuple[int, int]):
         call.span = previous
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The name a causal LM's forward takes its KV cache under: `cache` since transformers 5.2x, before
+    that `past_key_values` (both 5.x lines are supported)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def cached_tokens(cache) -> CachedTokens | None:
     """The record kept beside `cache` (None without a cache)."""
     if cache is None:
@@ -279,7 +287,7 @@ class DecoderTokenBlock(TokenBlock):
         """GemFilter: in prefill, run the model up to the selecting layer, then hand the model only the selected
         tokens (input order, original or contiguous positions); in decoding, continue those positions."""
         kwargs = {**dict(zip(("input_ids", "attention_mask"), args, strict=False)), **kwargs}
-        cache_key = "past_key_values" if "past_key_values" in kwargs else "cache"
+        cache_key = "past_key_values" if "past_key_values" in kwargs else cache_keyword(module)
         cache = kwargs.get(cache_key)
         use_cache = kwargs.get("use_cache")
         if cache is None and (getattr(module.config, "use_cache", False) if use_cache is None else use_cache):
