@@ -7,7 +7,7 @@ import torch
 
 import tokcomp
 from tokcomp.analysis.flops import model_macs
-from tokcomp.calibrate.budget import shape_weights, shaped_start, tokens_per_block
+from tokcomp.calibrate.budget import FIT_TOLERANCE, fit_to_macs, shape_weights, shaped_start, tokens_per_block
 from tokcomp.calibrate.rates import fixed_plan
 from tokcomp.calibrate.search import _Option, _best
 from tokcomp.calibrate.start import StartCandidate, choose_start, integer_counts, start_candidates
@@ -138,3 +138,25 @@ def test_a_fixed_start_power_scores_one_shape_and_still_keeps_the_best():
     assert [(c["power"], c["chosen"]) for c in result.start] == [(1.5, True)]
     assert result.kept in {"start", "epoch 1"}
     assert abs(result.achieved_macs - target) <= 0.02 * target
+
+
+@pytest.mark.parametrize("miss", [0.03, -0.03])
+def test_a_schedule_off_its_target_is_fitted_to_half_a_percent_of_its_macs(miss):
+    layers = list(range(12))
+    merge = [197 - 8 * (i + 1) for i in layers]  # ToMe-like, r = 8
+    prune = [197] * 12
+    target = round(model_macs(DEIT_S, tokens_per_block(merge, layers, DEIT_S)) * (1 + miss))
+    fitted = fit_to_macs(prune, merge, layers, DEIT_S, target, protected=1)
+    achieved = model_macs(DEIT_S, tokens_per_block(fitted, layers, DEIT_S))
+    assert abs(achieved - target) <= FIT_TOLERANCE * target
+    assert all(a >= b for a, b in zip(fitted, fitted[1:])) and fitted[-1] >= 2
+    moved = [abs(a - b) for a, b in zip(fitted, merge)]
+    assert max(moved) - min(moved) <= 1  # the correction is spread over the layers, not put in one
+
+
+def test_fitting_stops_at_the_closest_reachable_counts():
+    layers = [0]
+    prune, merge = [197], [100]
+    target = model_macs(DEIT_S, tokens_per_block([2], layers, DEIT_S)) // 2  # below what 1 kept token costs
+    fitted = fit_to_macs(prune, merge, layers, DEIT_S, target, protected=1)
+    assert fitted == [2]  # never below the protected token + 1

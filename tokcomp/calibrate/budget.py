@@ -16,6 +16,42 @@ def tokens_per_block(counts: list, layers: list[int], geometry: Geometry) -> lis
     return out
 
 
+# A schedule is fitted to this fraction of its FLOPs target, so reducers compared "at -50%" run at the same
+# compute (GMACs within 0.5% of each other's target).
+FIT_TOLERANCE = 0.005
+
+
+def fit_to_macs(
+    prune: list[int], merge: list[int], layers: list[int], geometry: Geometry, target_macs: int, protected: int
+) -> list[int]:
+    """`merge` (tokens after each searched layer) nudged one token at a time until the model's MACs are within
+    FIT_TOLERANCE of `target_macs`. Layers take turns from the last (the smallest FLOPs step) to the first, so
+    no single layer absorbs the correction; counts stay non-increasing, above the protected tokens and at most
+    the layer's pruned count. Returns the closest reachable counts if the band cannot be reached."""
+    merge = list(merge)
+
+    def macs(counts: list[int]) -> int:
+        return model_macs(geometry, tokens_per_block(counts, layers, geometry))
+
+    turn = len(merge) - 1
+    for _ in range(len(merge) * geometry.input_tokens):  # every count can move at most input_tokens times
+        current = macs(merge)
+        if abs(current - target_macs) <= FIT_TOLERANCE * target_macs:
+            break
+        step = -1 if current > target_macs else 1
+        for offset in range(len(merge)):
+            i = (turn - offset) % len(merge)
+            upper = min(prune[i], merge[i - 1] if i else geometry.input_tokens)
+            lower = max(protected + 1, merge[i + 1] if i + 1 < len(merge) else protected + 1)
+            if lower <= merge[i] + step <= upper:
+                merge[i] += step
+                turn = i - 1
+                break
+        else:
+            break  # no count can move further in this direction
+    return merge
+
+
 def per_block_lists(
     prune: list[int], merge: list[int], layers: list[int], geometry: Geometry
 ) -> tuple[list[int], list[int]]:

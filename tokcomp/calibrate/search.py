@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from tokcomp.analysis.flops import model_macs
 from tokcomp.calibrate import distributed
-from tokcomp.calibrate.budget import per_block_lists, tokens_per_block
+from tokcomp.calibrate.budget import fit_to_macs, per_block_lists, tokens_per_block
 from tokcomp.calibrate.loss import LossName, resolve_loss, task_loss, teacher_target
 from tokcomp.calibrate.rates import RateParameters, RatePlan, fixed_plan
 from tokcomp.calibrate.soft_reducer import SearchTrace, SoftDiffRate
@@ -91,7 +91,7 @@ def search_rates(
     candidates = start_candidates(
         geometry, layers, protected, settings.target_macs, settings.merge_rule, settings.start_powers
     )
-    search = _Search(model, layers, geometry, settings, pooling)
+    search = _Search(model, layers, geometry, settings, pooling, protected)
     data = [_Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")) for b in batches]
 
     with _search_mode(model, blocks, layers, search.trace, protected, settings, search.device):
@@ -104,11 +104,18 @@ def search_rates(
                 (start.prune, start.merge), settings.merge_rule,
             )
         )  # fmt: skip
-        options = [_Option("start", *start.counts, start.score, search.macs_of(start.counts[1]))]
+        # Equal compute for comparisons: every count the search could return is fitted to within 0.5% of the
+        # target FLOPs (calibrate/budget.py) before it is scored.
+        start_prune, start_merge = start.counts[0], search.fit(*start.counts)
+        start_score = start.score
+        if start_merge != list(start.counts[1]):
+            start_score = search.score_counts(start_prune, start_merge, scoring)
+        options = [_Option("start", start_prune, start_merge, start_score, search.macs_of(start_merge))]
         history = []
         for epoch in range(settings.epochs):
             history.append(search.epoch(data, epoch, seed))
             prune, merge = search.rates.read_out()
+            merge = search.fit(prune, merge)
             score = search.score_counts(prune, merge, scoring)
             option = _Option(f"epoch {epoch + 1}", prune, merge, score, search.macs_of(merge))
             history[-1].update(score=option.score, read_out_gmacs=option.macs / 1e9)
@@ -139,7 +146,7 @@ def search_rates(
             for c in candidates
         ],
         kept=kept,
-        start_schedule=dict(zip(("prune_kept", "merge_kept"), per_block_lists(*start.counts, layers, geometry))),
+        start_schedule=dict(zip(("prune_kept", "merge_kept"), per_block_lists(start_prune, start_merge, layers, geometry))),
     )
 
 
@@ -165,8 +172,11 @@ def _best(options: list[_Option], target_macs: int) -> _Option:
 class _Search:
     """One search's moving parts: trace, then (begin) rates (DDP-wrapped when distributed) and optimiser."""
 
-    def __init__(self, model, layers: list[int], geometry: Geometry, settings: SearchSettings, pooling: str):
+    def __init__(
+        self, model, layers: list[int], geometry: Geometry, settings: SearchSettings, pooling: str, protected: int
+    ):
         self.device = distributed.device()
+        self.protected = protected
         self.model, self.layers, self.geometry = model, layers, geometry
         self.settings, self.pooling = settings, pooling
         self.trace = SearchTrace()
@@ -196,6 +206,9 @@ class _Search:
         plan = RatePlan(*(t.to(self.device) for t in fixed_plan(prune, tokens, self.geometry.input_tokens)))
         losses = [self._task(plan, batch).item() for batch in data]
         return distributed.mean_across_ranks(sum(losses) / len(losses))
+
+    def fit(self, prune: list[int], merge: list[int]) -> list[int]:
+        return fit_to_macs(prune, list(merge), self.layers, self.geometry, self.settings.target_macs, self.protected)
 
     def macs_of(self, tokens: list) -> int | Tensor:
         """Model MACs with these tokens after the searched layers (ints, or tensors that carry a gradient)."""
