@@ -1,5 +1,7 @@
 """Recipe schema: strict keys, typed passes, errors with file, line, key path and valid choices."""
 
+from pathlib import Path
+
 import pytest
 
 from tokcomp.errors import RecipeError
@@ -49,3 +51,9 @@ def test_recipe_errors_name_where_and_what(text, expected):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_parses(path):
+    recipe = load_recipe(path)  # unknown keys, bad values and unknown pass types would raise here
+    assert recipe.passes
