@@ -372,3 +372,67 @@ def test_gemfilter_continues_through_a_cache_the_model_built_itself():
         chunk = model(result.sequences[:, PROMPT:-1], cache=prefill.cache, use_cache=True).logits
     steps = torch.stack(result.logits, dim=1)
     assert torch.allclose(chunk, steps[:, 1:], atol=1e-4)
+
+
+# --------------------------------------------------------------------------- PyramidKV
+
+
+def test_pyramid_budgets_shrink_with_depth_and_average_to_keep():
+    from tokcomp.passes.kv_cache import pyramid_keeps
+
+    keeps = pyramid_keeps(0.25, 3, 20.0)
+    assert keeps[0] > keeps[1] > keeps[2] == pytest.approx(0.25 / 20)
+    assert sum(keeps) / 3 == pytest.approx(0.25)
+    high = pyramid_keeps(0.8, 4, 20.0)  # the first would pass 1: capped, the mean still 0.8
+    assert high[0] == 1.0 and sum(high) / 4 == pytest.approx(0.8)
+    assert pyramid_keeps(0.5, 1, 20.0) == [0.5]
+
+
+def test_pyramidkv_caches_fewer_entries_in_deeper_full_attention_layers():
+    base = tiny("llama")  # every layer full attention
+    model = copy.deepcopy(base)
+    apply_passes(model, [{"type": "pyramidkv", "window": 8, "keep": 0.5, **SPAN}], sequence_length=64)
+    ids = prompt()
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        assert torch.allclose(out.logits, base(ids).logits, atol=1e-5)  # prefill itself is unchanged
+    lengths = [layer.keys.shape[2] for layer in out.cache.layers]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    snap = compressed(base, "snapkv", keep=0.5)
+    with torch.no_grad():
+        snap_lengths = [layer.keys.shape[2] for layer in snap(ids, use_cache=True).cache.layers]
+    assert abs(sum(lengths) - sum(snap_lengths)) <= len(lengths)  # the same cache size, spread differently
+    assert greedy(model, input_ids=ids).sequences.shape[1] > ids.shape[1]
+
+
+def test_pyramidkv_keep_all_is_the_original_model_and_rebuilds_from_its_checkpoint(tmp_path):
+    import tokcomp
+
+    base = tiny("qwen2")
+    spec = {"type": "pyramidkv", "window": 8, **SPAN}
+    model = copy.deepcopy(base)
+    apply_passes(model, [{**spec, "keep": 1.0}], sequence_length=64)
+    ids = prompt()
+    assert torch.equal(greedy(model, input_ids=ids).sequences, greedy(base, input_ids=ids).sequences)
+    base.save_pretrained(tmp_path / "model")
+    recipe = {"model": {"source": str(tmp_path / "model"), "sequence_length": 64},
+              "passes": [{**spec, "keep": 0.5}], "evaluation": False}  # fmt: skip
+    tokcomp.compile(recipe, tmp_path / "out")
+    reference = copy.deepcopy(base)
+    apply_passes(reference, [{**spec, "keep": 0.5}], sequence_length=64)
+    loaded = tokcomp.load(tmp_path / "out")
+    assert torch.equal(greedy(loaded, input_ids=ids).sequences, greedy(reference, input_ids=ids).sequences)
+
+
+def test_a_version_1_snapkv_record_one_shared_rate_still_restores():
+    from tokcomp.passes import PASSES as REGISTERED
+
+    base = tiny("llama")
+    current = compressed(base, "snapkv", keep=0.5)
+    rate = current.model.layers[0].kv_selector.rate
+    handler = REGISTERED["snapkv"]()
+    config = handler.Config(**{k: v for k, v in PASSES["snapkv"].items() if k != "type"}, keep=0.5)
+    restored = copy.deepcopy(base)
+    handler.restore(restored, config, {"rate": list(rate)})
+    ids = prompt()
+    assert torch.equal(greedy(restored, input_ids=ids).sequences, greedy(current, input_ids=ids).sequences)
