@@ -19,7 +19,7 @@ def bench_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="a tokcomp checkpoint folder")],
     runtimes: Annotated[
         list[str] | None,
-        typer.Option("--runtime", "-r", help="torch | onnxruntime | cuda-eager | cuda-kernels | cuda-compile | cuda-aoti"),
+        typer.Option("--runtime", "-r", help="torch | onnxruntime | cuda-eager | cuda-kernels | cuda-compile | cuda-graphs | cuda-aoti"),
     ] = None,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes")] = "1,16",
     warmup: Annotated[int, typer.Option(min=0)] = 3,

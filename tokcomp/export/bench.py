@@ -10,6 +10,8 @@ load and the run-to-run spread; a row where either is high is marked noisy. Runt
     cuda-eager        PyTorch eager on the GPU
     cuda-kernels      cuda-eager with the reduction steps on tokcomp's Triton kernels
     cuda-compile      torch.compile on the GPU
+    cuda-graphs       torch.compile with CUDA graphs (mode "reduce-overhead"): one launch per forward,
+                      for models small enough to be bound by kernel launches
     cuda-aoti         AOTInductor packages of both models on the GPU
 """
 
@@ -37,7 +39,7 @@ CPU_RUNTIMES = ("torch", "onnxruntime")
 NOISY_SPREAD = 0.10
 # ... or when the 1-minute load average was this much above the CPU count: other work took CPU time.
 NOISY_LOAD_ABOVE_CPUS = 1.0
-GPU_RUNTIMES = ("cuda-eager", "cuda-kernels", "cuda-compile", "cuda-aoti")
+GPU_RUNTIMES = ("cuda-eager", "cuda-kernels", "cuda-compile", "cuda-graphs", "cuda-aoti")
 
 Runner = Callable[[dict[str, Tensor]], Any]
 
@@ -175,8 +177,9 @@ def make_runners(runtime: str, pair: Pair, workdir: Path, threads: int, compress
         return _torch_runner(pair.original, "cuda", pair.spec), _torch_runner(pair.compressed, "cuda", pair.spec), "cuda"
     if runtime == "cuda-kernels":
         return _torch_runner(pair.original, "cuda", pair.spec), _kernel_runner(pair.compressed, pair.spec), "cuda"
-    if runtime == "cuda-compile":
-        compiled = [torch.compile(w.cuda()) for w in (pair.original, pair.compressed)]
+    if runtime in ("cuda-compile", "cuda-graphs"):
+        mode = "reduce-overhead" if runtime == "cuda-graphs" else None
+        compiled = [torch.compile(w.cuda(), mode=mode) for w in (pair.original, pair.compressed)]
         return _torch_runner(compiled[0], "cuda", pair.spec), _torch_runner(compiled[1], "cuda", pair.spec), "cuda"
     if runtime == "cuda-aoti":
         return (
