@@ -225,13 +225,20 @@ def error_rates(
 
 
 def transcribe(
-    model, processor, clips: Sequence[SpeechClip], language: str | None = None, batch_size: int = 8
+    model,
+    processor,
+    clips: Sequence[SpeechClip],
+    language: str | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
 ) -> list[str]:
     """Greedy transcripts of `clips` (one string each, in order) with a Whisper model.
 
     `language` forces one language for every clip; None uses each clip's own language
     where it has one and lets a multilingual model detect it otherwise. An English-only
-    model accepts only English (or None). Clips are at most MAX_SECONDS long.
+    model accepts only English (or None). Clips are at most MAX_SECONDS long. `max_new_tokens`
+    caps each transcript (None: the model's own limit, 448 tokens for Whisper); a cap keeps a
+    decoder caught in a repetition loop from costing its whole limit.
     """
     import torch
 
@@ -267,7 +274,8 @@ def transcribe(
                 [clips[i].audio for i in chunk], sampling_rate=SAMPLE_RATE, return_tensors="pt"
             ).input_features.to(model.device, model.dtype)
             with torch.inference_mode():
-                tokens = model.generate(features, do_sample=False, num_beams=1, **options)
+                cap = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+                tokens = model.generate(features, do_sample=False, num_beams=1, **options, **cap)
             for i, text in zip(chunk, processor.batch_decode(tokens, skip_special_tokens=True), strict=True):
                 texts[i] = text.strip()
     return texts
