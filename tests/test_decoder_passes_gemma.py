@@ -33,8 +33,9 @@ __all__ = ["gemma"]  # the module-scoped fixture, shared with the FastV tests
 RECIPE_PASSES = {
     "pyramid_drop": yaml.safe_load((RECIPES / "pyramid_drop_gemma.yaml").read_text())["passes"][0],
     "snapkv": yaml.safe_load((RECIPES / "snapkv_gemma.yaml").read_text())["passes"][0],
+    "pyramidkv": yaml.safe_load((RECIPES / "pyramidkv_gemma.yaml").read_text())["passes"][0],
     "streaming_llm": {"type": "streaming_llm", "keep": 0.5, "sink": 4, "question": 32},
-    "gemfilter": {"type": "gemfilter", "keep": 0.5, "layer": 6, "sink": 4, "question": 32},
+    "gemfilter": yaml.safe_load((RECIPES / "gemfilter_gemma.yaml").read_text())["passes"][0],
 }
 
 
@@ -51,7 +52,7 @@ def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path, nam
     import tokcomp
 
     tokenizer, original = gemma
-    if name in ("streaming_llm", "gemfilter"):
+    if name == "streaming_llm":
         model = with_keep(original, name, 1.0)
     else:  # the shipped recipe, compiled and reloaded from its checkpoint
         recipe = yaml.safe_load((RECIPES / f"{name}_gemma.yaml").read_text())
@@ -72,7 +73,7 @@ def held_out(gemma):
 
 @pytest.mark.slow
 @pytest.mark.heavy
-@pytest.mark.parametrize("name", ["pyramid_drop", "snapkv", "streaming_llm"])  # GemFilter: not measured yet
+@pytest.mark.parametrize("name", ["pyramid_drop", "snapkv", "pyramidkv", "streaming_llm", "gemfilter"])
 def test_gemma_continuation_fidelity_at_half_and_quarter(gemma, held_out, name):
     """The pass at keep 0.5 and 0.25 on 4 held-out passages x 32 continuation tokens."""
     _, original = gemma
@@ -86,7 +87,7 @@ def test_gemma_continuation_fidelity_at_half_and_quarter(gemma, held_out, name):
             if name in ("snapkv", "streaming_llm"):  # the full-attention layers cache the kept share of the span
                 with torch.no_grad():
                     cache = model(ids[:, :CONTEXT], use_cache=True).cache
-                kept = CONTEXT - model.model.layers[0].kv_selector.rate.of(CONTEXT - 4 - 32)
+                kept = CONTEXT - model.model.layers[full_layers[0]].kv_selector.rate.of(CONTEXT - 4 - 32)
                 assert all(cache.layers[i].keys.shape[2] == kept for i in full_layers)
                 assert cached_tokens(cache).position[full_layers[0]].shape[1] == 1  # one KV head
             scores.append(fidelity(expected, continuation_logits(model, ids)))
