@@ -1,7 +1,10 @@
 """Learned per-layer prefill keep rates (`learned_drop`) against FastV and PyramidDrop at the same prefill FLOPs.
 
-    python benchmarks/decoder_learned_rates.py [--cuts 50,70] [--calibration-prompts 8] [--calibration-length 512]
-        [--evaluations 24] [--samples 8] [--length 1000] [--continuation 32] [--seed 0]
+    python benchmarks/decoder_learned_rates.py [--cuts 50,70] [--calibration-prompts 3] [--calibration-length 512]
+        [--calibration-continuation 8] [--evaluations 12] [--samples 6] [--length 768] [--continuation 32] [--seed 0]
+
+The defaults fit about 15 minutes of a shared 2-core CPU (a 512-token gemma-3-270m prefill takes 4-9 s
+there); the recipe's search (8 prompts, more schedules) is the setting to use where time allows.
 
 For every prefill FLOPs cut: `learned_drop` searches its per-layer shares on zoo:prose-calib (calibration
 split; the time is recorded), then FastV (K = 2) and PyramidDrop (stage ends 2, 6, 12, `target_keep`) get
@@ -117,12 +120,12 @@ def paired(a: list[dict], b: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cuts", default="50,70", help="prefill FLOPs cuts in percent")
-    parser.add_argument("--calibration-prompts", type=int, default=8)
+    parser.add_argument("--calibration-prompts", type=int, default=3)
     parser.add_argument("--calibration-length", type=int, default=512)
-    parser.add_argument("--calibration-continuation", type=int, default=16)
-    parser.add_argument("--evaluations", type=int, default=24, help="schedules the search scores per cut")
-    parser.add_argument("--samples", type=int, default=8, help="held-out prose passages")
-    parser.add_argument("--length", type=int, default=1000, help="held-out passage tokens (at most)")
+    parser.add_argument("--calibration-continuation", type=int, default=8)
+    parser.add_argument("--evaluations", type=int, default=12, help="schedules the search scores per cut")
+    parser.add_argument("--samples", type=int, default=6, help="held-out prose passages")
+    parser.add_argument("--length", type=int, default=768, help="held-out passage tokens (at most)")
     parser.add_argument("--continuation", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
