@@ -66,7 +66,7 @@ def calibrate(base, tokenizer, cut: float, args) -> tuple[object, dict, float]:
     }])  # fmt: skip
     started = time.perf_counter()
     [record] = run_passes(model, passes, PassContext(spec, args.seed, loaded=loaded))
-    return model, record.metadata, time.perf_counter() - started
+    return model, record.metadata, round(time.perf_counter() - started, 1)
 
 
 def evaluation_macs(model, geometry) -> int:
@@ -105,6 +105,17 @@ def baseline_at(base, name: str, target_macs: int, geometry, length: int):
     model = copy.deepcopy(base)
     apply_passes(model, [spec], sequence_length=length)
     return model, keep
+
+
+def score_row(cut: float, name: str, keep: float | None, macs: int, original_macs: int, scores: list[dict]) -> dict:
+    """One method's row: its budget, prefill GMACs and cut at the evaluation length, KL and top-1 per passage."""
+    return {
+        "cut_target": cut / 100, "method": name, "keep": keep,
+        "gmacs_at_length": macs / 1e9, "cut_at_length": 1 - macs / original_macs,
+        "kl": statistics.fmean(r["kl"] for r in scores), "kl_per_prompt": [r["kl"] for r in scores],
+        "top1_agreement": statistics.fmean(r["top1_agreement"] for r in scores),
+        "top1_per_prompt": [r["top1_agreement"] for r in scores],
+    }  # fmt: skip
 
 
 def paired(a: list[dict], b: list[dict]) -> dict:
@@ -161,22 +172,15 @@ def main() -> None:
         scores = {}
         for name, (model, keep) in models.items():
             print(f"    scoring {name} on {len(prompts)} held-out passages", flush=True)
-            per_prompt = fidelity.scores(model)
-            scores[name] = per_prompt
-            macs = evaluation_macs(model, geometry)
-            rows.append({
-                "cut_target": cut / 100, "method": name, "keep": keep,
-                "gmacs_at_length": macs / 1e9, "cut_at_length": 1 - macs / original,
-                "kl": statistics.fmean(r["kl"] for r in per_prompt),
-                "kl_per_prompt": [r["kl"] for r in per_prompt],
-                "top1_agreement": statistics.fmean(r["top1_agreement"] for r in per_prompt),
-                "top1_per_prompt": [r["top1_agreement"] for r in per_prompt],
-                **({"shares": metadata["keep"], "calibration": metadata["report"] | {"wall_seconds": round(seconds, 1)}}
-                   if name == "learned_drop" else {}),
-            })  # fmt: skip
-            print(f"    {name}: {macs / 1e9:.2f} GMACs, KL {rows[-1]['kl']:.4f}, top-1 {rows[-1]['top1_agreement']:.3f}")
+            scores[name] = fidelity.scores(model)
+            rows.append(score_row(cut, name, keep, evaluation_macs(model, geometry), original, scores[name]))
+            if name == "learned_drop":
+                rows[-1] |= {"shares": metadata["keep"], "calibration": metadata["report"] | {"wall_seconds": seconds}}
+            print(f"    {name}: {rows[-1]['gmacs_at_length']:.2f} GMACs, KL {rows[-1]['kl']:.4f}, "
+                  f"top-1 {rows[-1]['top1_agreement']:.3f}")  # fmt: skip
         for name in ("fastv", "pyramid_drop"):
-            comparisons.append({"cut_target": cut / 100, "baseline": name, **paired(scores["learned_drop"], scores[name])})
+            comparison = paired(scores["learned_drop"], scores[name])
+            comparisons.append({"cut_target": cut / 100, "baseline": name, **comparison})
         del models, learned
     result = {
         "model": "zoo:gemma-3-270m",
@@ -215,7 +219,8 @@ def markdown(result: dict) -> str:
             f"| -{r['cut_target']:.0%} | {r['method']} | {budget} | {r['gmacs_at_length']:.2f} | "
             f"{r['cut_at_length']:.1%} | {r['kl']:.4f} | {r['top1_agreement']:.3f} | {calibration} |"
         )
-    lines += ["", "Paired, learned_drop minus baseline per passage (95% bootstrap interval; KL as -KL: + is better):", ""]
+    lines += ["", "Paired, learned_drop minus baseline per passage (95% bootstrap interval; KL as -KL: + is better):"]
+    lines += [""]
     lines += ["| target cut | baseline | -KL difference | top-1 difference |", "|---|---|---|---|"]
     for c in result["paired"]:
         lines.append(f"| -{c['cut_target']:.0%} | {c['baseline']} | {c['kl_summary']} | {c['top1_summary']} |")
