@@ -51,9 +51,15 @@ class PyramidDropConfig(DecoderSpanConfig):
 
 def stage_rates(share: float, stages: int, reducible: int) -> list[Rate]:
     """Per-stage rates at the reference prompt: stage s leaves round(reducible x share^s) tokens."""
+    return cumulative_rates([share**stage for stage in range(1, stages + 1)], reducible)
+
+
+def cumulative_rates(shares: list[float], reducible: int) -> list[Rate]:
+    """Rates of successive drops that leave round(reducible x share) of the span after each (shares
+    non-increasing): each rate is of the tokens still present, so the schedule is exact at the reference."""
     rates, present = [], reducible
-    for stage in range(1, stages + 1):
-        left = math.floor(reducible * share**stage + 0.5)
+    for share in shares:
+        left = math.floor(reducible * share + 0.5)
         rates.append(Rate(present - left, max(present, 1)))
         present = left
     return rates
