@@ -1,4 +1,5 @@
-"""Learned compression rates: DiffRate's differentiable search (see docs/diffrate.md).
+"""Learned compression rates: DiffRate's differentiable search (see docs/diffrate.md), and the
+decoder prefill search of `learned_drop` (docs/learned_prefill.md).
 
 rates.py          prune / merge logits -> soft masks and straight-through counts
 soft_reducer.py   search-time reducer: tokens stay in place, masks enter attention
@@ -9,6 +10,7 @@ search.py         the training loop over calibration batches (AdamW, cosine lr, 
 data.py           calibration batches: recipe data or a user forward_loop
 distributed.py    torchrun: process group, data shards, rank-0-only writes
 summary.py        the learned schedule as a table
+prefill.py        decoder prefill: per-layer keep shares searched for a FLOPs target, scored by KL (learned_drop)
 """
 
 from tokcomp.calibrate import distributed
