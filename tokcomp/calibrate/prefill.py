@@ -93,16 +93,10 @@ def project(weights: Sequence[float], macs_of: Callable[[list[float]], int], tar
 
 
 def calibration_sentences() -> list[str]:
-    """English prose of the calibration split (zoo:prose-calib), one sentence each, in document order;
-    a paragraph that repeats the sentence before it is left out, so no text repeats."""
-    from tokcomp.zoo.eval_sets import evaluation_texts
+    """English prose of the calibration split (zoo:prose-calib), one sentence each, in document order."""
+    from tokcomp.evaluation.needle import prose_sentences
 
-    out, previous = [], None
-    for text in evaluation_texts("en", "calib"):
-        if previous is None or previous not in text:
-            out.append(text)
-        previous = text
-    return out
+    return prose_sentences("calib", digits=True)
 
 
 def prose_calibration_prompts(tokenizer, length: int, count: int, seed: int) -> list[Tensor]:

@@ -77,22 +77,28 @@ class NeedleSample:
         return asdict(self)
 
 
-def held_out_sentences() -> list[str]:
-    """The haystack: English prose of the evaluation split, one sentence each, in document order.
+def prose_sentences(split: str = "eval", digits: bool = False) -> list[str]:
+    """English prose of zoo:prose's `split` ("eval" or "calib"), one sentence each, in document order.
 
     The split lists a paragraph's sentences and then the paragraph itself; the paragraph (which
-    contains the sentence just before it) is left out so no text repeats.
+    contains the sentence just before it) is left out so no text repeats. `digits=False` also
+    leaves out sentences with numbers (a needle haystack has no numbers beside the planted ones).
     """
     from tokcomp.zoo.eval_sets import evaluation_texts
 
     out: list[str] = []
     previous = None
-    for text in evaluation_texts("en", "eval"):
+    for text in evaluation_texts("en", split):
         paragraph = previous is not None and previous in text
         previous = text
-        if not paragraph and not any(ch.isdigit() for ch in text):  # no stray numbers beside the planted ones
+        if not paragraph and (digits or not any(ch.isdigit() for ch in text)):
             out.append(text)
     return out
+
+
+def held_out_sentences() -> list[str]:
+    """The haystack: the evaluation split's sentences without numbers (see `prose_sentences`)."""
+    return prose_sentences("eval")
 
 
 def build_samples(
