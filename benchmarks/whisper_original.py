@@ -60,7 +60,7 @@ def main() -> None:
     # so an interrupted run keeps what it measured.
     for runtime in runtimes:
         for name, sources in MODELS.items():
-            run = _runner(pull(f"zoo:{name}"), runtime)
+            run = speech_runner(pull(f"zoo:{name}"), runtime)
             for source in sources:
                 print(f"{name} {runtime} {source}: {len(clips[source])} clips", file=sys.stderr, flush=True)
                 result["rows"].append(_row(name, runtime, source, clips[source], run(clips[source])))
@@ -76,7 +76,8 @@ def _has_faster_whisper() -> bool:
     return True
 
 
-def _runner(folder: Path, runtime: str):
+def speech_runner(folder: Path, runtime: str):
+    """clips -> transcripts with the zoo folder's Whisper: transformers (batched), or faster-whisper (fw-int8 / fw-float32)."""
     if runtime == "transformers":
         from transformers import AutoProcessor, WhisperForConditionalGeneration
 

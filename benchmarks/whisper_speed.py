@@ -1,0 +1,163 @@
+"""End-to-end transcription time of real clips: Whisper original vs compressed (transformers) vs faster-whisper.
+
+    python benchmarks/whisper_speed.py [--model whisper-base] [--pass '{"type": "tome", "target_flops": "-50%"}']
+        [--sources librivox,commands,asterisk-en] [--per-source 6] [--repeats 3] [--threads 2]
+
+Clips: the English evaluation clips of the zoo speech sources (`--per-source` each, the fixed spread
+by name hash; never used in calibration). Every runner transcribes all of them greedily (English
+forced), in one interleaved run: original and compressed transformers models (eager, float32,
+batches of 8 as `tokcomp eval` runs them), and faster-whisper on the same CTranslate2 weights, int8
+and float32 (one clip at a time, beam 1, no timestamps, no VAD: the library's own loop). Reported:
+the median over `--repeats` of each runner's total seconds (one warm-up pass each first), the
+encoder alone (original vs compressed, one batch of every clip), WER against the references and
+against the original transformers model's transcripts, and the load average before / after.
+Writes benchmarks/results/whisper_speed.{json,md} (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, write_results  # noqa: E402
+from benchmarks.whisper_original import BATCH, speech_runner  # noqa: E402
+from benchmarks.whisper_reducers import encoder_gmacs  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_PASS = {"type": "tome", "target_flops": "-50%"}  # the best -50% row of benchmarks/whisper_reducers.py
+
+
+def timed(run, *args) -> float:
+    started = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="whisper-base", help="a zoo Whisper (its folder holds ctranslate2/)")
+    parser.add_argument("--pass", dest="spec", default=json.dumps(DEFAULT_PASS))
+    parser.add_argument("--sources", default="librivox,commands,asterisk-en")
+    parser.add_argument("--per-source", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=str(RESULTS / "whisper_speed"), help="path without suffix")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+    from tokcomp.evaluation.speech import error_rates, transcribe
+    from tokcomp.pipeline import apply_passes
+    from tokcomp.zoo import pull
+    from tokcomp.zoo.speech import speech_clips
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    folder = pull(f"zoo:{args.model}")
+    clips = [c for s in args.sources.split(",") for c in speech_clips(s, "evaluation", limit=args.per_source)]
+    processor = AutoProcessor.from_pretrained(folder)
+    original = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    compressed = copy.deepcopy(original)
+    spec = json.loads(args.spec)
+    record = apply_passes(compressed, [spec])[0]
+    window, layers = int(original.config.max_source_positions), original.config.encoder_layers
+    dense_gmacs = encoder_gmacs(original, [window] * layers, window)
+
+    def hf(model):
+        return lambda items: transcribe(model, processor, items, language="en", batch_size=BATCH)
+
+    runners = {
+        "transformers original": hf(original),
+        f"transformers {spec['type']} {spec.get('target_flops', '')}".strip(): hf(compressed),
+    }
+    for compute in ("int8", "float32"):
+        runners[f"faster-whisper {compute}"] = speech_runner(folder, f"fw-{compute}")
+
+    features = processor.feature_extractor([c.audio for c in clips], sampling_rate=16000, return_tensors="pt")
+    encoders = {"original": original.model.encoder, "compressed": compressed.model.encoder}
+
+    def encode(encoder):
+        with torch.inference_mode():
+            encoder(features.input_features)
+
+    before = machine()
+    texts = {name: run(clips) for name, run in runners.items()}  # warm-up, and the transcripts scored
+    for encoder in encoders.values():
+        encode(encoder)
+    seconds = {name: [] for name in runners}
+    encoder_seconds = {name: [] for name in encoders}
+    for repeat in range(args.repeats):
+        for name, run in runners.items():
+            seconds[name].append(timed(run, clips))
+        for name, encoder in encoders.items():
+            encoder_seconds[name].append(timed(encode, encoder))
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{n} {s[-1]:.1f} s" for n, s in seconds.items()), flush=True)
+    after = machine()
+
+    references = [c.transcript for c in clips]
+    baseline = texts["transformers original"]
+    rows = []
+    for name in runners:
+        vs_reference, _ = error_rates(references, texts[name], "en")
+        vs_original, _ = error_rates(baseline, texts[name], "en")
+        rows.append({
+            "runner": name, "seconds": round(statistics.median(seconds[name]), 3), "all_seconds": seconds[name],
+            "wer": round(vs_reference.wer, 4), "wer_vs_original": round(vs_original.wer, 4), "transcripts": texts[name],
+        })  # fmt: skip
+    encoder = {n: round(statistics.median(s), 3) for n, s in encoder_seconds.items()}
+    result = {
+        "model": f"zoo:{args.model}", "pass": spec, "flops_ratio": round(record.metadata["gmacs"] / dense_gmacs, 4),
+        "tokens_per_layer": record.metadata.get("tokens_per_layer"), "gmacs": record.metadata.get("gmacs"),
+        "clips": [c.name for c in clips], "audio_seconds": round(sum(c.seconds for c in clips), 1),
+        "repeats": args.repeats, "threads": args.threads, "batch": BATCH, "rows": rows,
+        "encoder_seconds": encoder, "machine_before": before, "machine_after": after,
+        "seconds": round(time.perf_counter() - started),
+    }  # fmt: skip
+    output = Path(args.output)
+    write_results(output.parent, output.stem, result, markdown(result))
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    base = rows[0]["seconds"]
+    fw_int8 = next(r["seconds"] for r in rows if r["runner"] == "faster-whisper int8")
+    enc = result["encoder_seconds"]
+    lines = [
+        f"# Whisper transcription time: {result['model']}, original vs compressed vs faster-whisper",
+        "",
+        (
+            f"{len(result['clips'])} English evaluation clips ({result['audio_seconds']} s of audio), greedy, CPU, "
+            f"{result['threads']} threads; median of {result['repeats']} interleaved repeats after a warm-up. "
+            f"Load average before / after: {result['machine_before']['load_average']} / "
+            f"{result['machine_after']['load_average']}. Compressed: `{json.dumps(result['pass'])}` "
+            f"({result['flops_ratio']:.3f} of the original's encoder FLOPs at the 30 s window: ideal encoder speed-up "
+            f"{1 / result['flops_ratio']:.2f}x)."
+        ),
+        "",
+        "| runner | total seconds | vs transformers original | vs faster-whisper int8 | WER | WER vs original |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['runner']} | {r['seconds']:.2f} | {base / r['seconds']:.2f}x | {fw_int8 / r['seconds']:.2f}x | "
+            f"{100 * r['wer']:.1f}% | {100 * r['wer_vs_original']:.1f}% |"
+        )
+    lines += [
+        "",
+        f"Encoder alone, one batch of every clip: original {enc['original']:.2f} s, compressed "
+        f"{enc['compressed']:.2f} s ({enc['original'] / enc['compressed']:.2f}x).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
