@@ -23,6 +23,19 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKCOMP_QUIET", "1")
 
 TOP_KINDS = 8
+# Ops that launch no kernel: views and metadata, allocations, and `to` (a real conversion also
+# records _to_copy / copy_, which are counted). "launching ops" = total minus these.
+NO_KERNEL = {
+    "aten::as_strided", "aten::view", "aten::_unsafe_view", "aten::unsqueeze", "aten::squeeze", "aten::expand",
+    "aten::slice", "aten::select", "aten::transpose", "aten::t", "aten::permute", "aten::reshape", "aten::alias",
+    "aten::detach", "aten::lift_fresh", "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::to",
+    "aten::split", "aten::chunk", "aten::unbind", "aten::narrow", "aten::expand_as", "aten::resolve_conj",
+    "aten::resolve_neg", "aten::result_type",
+}  # fmt: skip
+
+
+def launching(counts: Counter) -> int:
+    return sum(v for k, v in counts.items() if k not in NO_KERNEL)
 
 
 def count_ops(run) -> Counter:
@@ -97,7 +110,11 @@ def compare(runs: dict) -> dict:
         "original_ops": sum(original.values()),
         "compressed_ops": sum(compressed.values()),
         "ratio": round(sum(compressed.values()) / sum(original.values()), 3),
+        "original_launching": launching(original),
+        "compressed_launching": launching(compressed),
+        "launching_ratio": round(launching(compressed) / launching(original), 3),
         "top_extra": dict(extra.most_common(TOP_KINDS)),
+        "top_extra_launching": dict(Counter({k: v for k, v in extra.items() if k not in NO_KERNEL}).most_common(TOP_KINDS)),
     }
 
 
@@ -108,8 +125,10 @@ def decode_step(rows: dict, label: str) -> None:
         return
     original = both["original_ops"] - prefill["original_ops"]
     compressed = both["compressed_ops"] - prefill["compressed_ops"]
-    rows[f"{label} decode step"] = {"original_ops": original, "compressed_ops": compressed,
-                                    "ratio": round(compressed / original, 3), "top_extra": {}}  # fmt: skip
+    row = {"original_ops": original, "compressed_ops": compressed, "ratio": round(compressed / original, 3)}
+    launch = {k: both[k] - prefill[k] for k in ("original_launching", "compressed_launching")}
+    launch["launching_ratio"] = round(launch["compressed_launching"] / launch["original_launching"], 3)
+    rows[f"{label} decode step"] = {**row, **launch, "top_extra": {}, "top_extra_launching": {}}
 
 
 def main() -> None:
@@ -149,12 +168,17 @@ def to_markdown(result: dict) -> str:
         "",
         f"torch {result['torch']}. Op counts are deterministic (no timing): each aten op is roughly one kernel launch on a GPU.",
         "",
-        "| model | original ops | compressed ops | ratio | largest extra kinds (compressed - original) |",
-        "|---|---:|---:|---:|---|",
+        "Launching ops leave out views, allocations and no-op `to` calls, which start no GPU kernel.",
+        "",
+        "| model | original ops | compressed ops | ratio | launching ops, original -> compressed | launching ratio | largest extra launching kinds |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for label, row in result["rows"].items():
-        extra = ", ".join(f"{k.removeprefix('aten::')} +{v}" for k, v in row["top_extra"].items() if v > 0)
-        lines.append(f"| {label} | {row['original_ops']} | {row['compressed_ops']} | {row['ratio']}x | {extra} |")
+        extra = ", ".join(f"{k.removeprefix('aten::')} +{v}" for k, v in row["top_extra_launching"].items() if v > 0)
+        lines.append(
+            f"| {label} | {row['original_ops']} | {row['compressed_ops']} | {row['ratio']}x | "
+            f"{row['original_launching']} -> {row['compressed_launching']} | {row['launching_ratio']}x | {extra} |"
+        )
     return "\n".join(lines) + "\n"
 
 
