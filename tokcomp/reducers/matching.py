@@ -44,7 +44,12 @@ def alternate(t: Tensor, start: int) -> Tensor:
     A strided view (t[:, 0::2]) would make torch.compile guard on the parity of N (through
     stride checks in matmul), which multiplies recompiles with every reducing block.
     """
-    return t.index_select(1, torch.arange(start, t.shape[1], 2, device=t.device))
+    return t.index_select(1, alternate_index(t.shape[1], start, t.device))
+
+
+def alternate_index(tokens: int, start: int, device) -> Tensor:
+    """The indices alternate() selects: start, start + 2, ... below tokens."""
+    return torch.arange(start, tokens, 2, device=device)
 
 
 def similarity_metric(x: Tensor, attn: AttentionInfo, metric: str) -> Tensor:
@@ -54,9 +59,11 @@ def similarity_metric(x: Tensor, attn: AttentionInfo, metric: str) -> Tensor:
 
 def bipartite_matching(metric: Tensor, state: TokenState) -> Matching:
     """Scores and best partners of the alternating split; metric [B, N, d], L2-normalised."""
-    scores = alternate(metric, 0) @ alternate(metric, 1).transpose(-1, -2)
+    # One pair of index tensors for the metric and the free mask (each arange is a kernel launch).
+    a_index, b_index = (alternate_index(metric.shape[1], start, metric.device) for start in (0, 1))
+    scores = metric.index_select(1, a_index) @ metric.index_select(1, b_index).transpose(-1, -2)
     free = state.free()
-    allowed = alternate(free, 0)[:, :, None] & alternate(free, 1)[:, None, :]
+    allowed = free.index_select(1, a_index)[:, :, None] & free.index_select(1, b_index)[:, None, :]
     forbidden = torch.finfo(scores.dtype).min
     scores = torch.where(allowed, scores, torch.full_like(scores, forbidden))
     best, partner = scores.max(dim=-1)
