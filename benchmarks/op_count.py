@@ -109,7 +109,7 @@ def compare(runs: dict) -> dict:
     return {
         "original_ops": sum(original.values()),
         "compressed_ops": sum(compressed.values()),
-        "ratio": round(sum(compressed.values()) / sum(original.values()), 3),
+        "op_ratio": round(sum(compressed.values()) / sum(original.values()), 3),
         "original_launching": launching(original),
         "compressed_launching": launching(compressed),
         "launching_ratio": round(launching(compressed) / launching(original), 3),
@@ -125,7 +125,7 @@ def decode_step(rows: dict, label: str) -> None:
         return
     original = both["original_ops"] - prefill["original_ops"]
     compressed = both["compressed_ops"] - prefill["compressed_ops"]
-    row = {"original_ops": original, "compressed_ops": compressed, "ratio": round(compressed / original, 3)}
+    row = {"original_ops": original, "compressed_ops": compressed, "op_ratio": round(compressed / original, 3)}
     launch = {k: both[k] - prefill[k] for k in ("original_launching", "compressed_launching")}
     launch["launching_ratio"] = round(launch["compressed_launching"] / launch["original_launching"], 3)
     rows[f"{label} decode step"] = {**row, **launch, "top_extra": {}, "top_extra_launching": {}}
@@ -155,7 +155,7 @@ def main() -> None:
             continue
         for suffix, runs in build().items():
             rows[label + suffix] = compare(runs)
-            print(label + suffix, rows[label + suffix]["ratio"], flush=True)
+            print(label + suffix, rows[label + suffix]["op_ratio"], flush=True)
         decode_step(rows, label)
     result = {"torch": torch.__version__, "machine": machine(), "rows": rows}
     output = Path(args.output)
@@ -176,7 +176,7 @@ def to_markdown(result: dict) -> str:
     for label, row in result["rows"].items():
         extra = ", ".join(f"{k.removeprefix('aten::')} +{v}" for k, v in row["top_extra_launching"].items() if v > 0)
         lines.append(
-            f"| {label} | {row['original_ops']} | {row['compressed_ops']} | {row['ratio']}x | "
+            f"| {label} | {row['original_ops']} | {row['compressed_ops']} | {row['op_ratio']}x | "
             f"{row['original_launching']} -> {row['compressed_launching']} | {row['launching_ratio']}x | {extra} |"
         )
     return "\n".join(lines) + "\n"
