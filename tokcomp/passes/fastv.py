@@ -85,6 +85,17 @@ def keep_rate(keep: float, reducible: int) -> Rate:
     return Rate(math.floor((1 - keep) * reducible + 0.5), reducible)
 
 
+def cumulative_rates(shares: list[float], reducible: int) -> list[Rate]:
+    """Rates of successive drops that leave round(reducible x share) of the span after each (shares
+    non-increasing): each rate is of the tokens still present, so the schedule is exact at the reference."""
+    rates, present = [], reducible
+    for share in shares:
+        left = math.floor(reducible * share + 0.5)
+        rates.append(Rate(present - left, max(present, 1)))
+        present = left
+    return rates
+
+
 def set_span(site: BlockSite, config: DecoderSpanConfig, question: int | None = None) -> None:
     """Every block learns the span settings; the first block builds the protected flags from them."""
     site.protected = config.sink + (config.question if question is None else question)

@@ -82,7 +82,7 @@ class KVCachePass(Pass):
         site = self._site(model, config)
         question = self.protected_question(config)
         geometry, reducible = reference_reducible(model, ctx, config, self.name, question)
-        full = [i for i, window in enumerate(geometry.windows) if not window]
+        full = [i for i, block in enumerate(site.blocks) if block.window is None]  # the layers _install serves
         rates = [keep_rate(keep, reducible) for keep in self.layer_keeps(config, len(full))]
         by_layer = dict(zip(full, rates, strict=True))
         self._install(site, config, by_layer)
@@ -97,7 +97,7 @@ class KVCachePass(Pass):
     def restore(self, model, config: KVCacheConfig, metadata: dict[str, Any]) -> None:
         site = self._site(model, config)
         if "rate" in metadata:  # version 1 records: one rate shared by every layer
-            rates = {i: Rate(*metadata["rate"]) for i in range(len(site.blocks))}
+            rates = {i: Rate(*metadata["rate"]) for i, block in enumerate(site.blocks) if block.window is None}
         else:
             rates = {int(i): Rate(*r) for i, r in metadata["rates"].items()}
         self._install(site, config, rates)
@@ -108,13 +108,11 @@ class KVCachePass(Pass):
         return site
 
     def _install(self, site: BlockSite, config: KVCacheConfig, rates: dict[int, Rate]) -> None:
-        """A selector (parameter-free) on each compressed layer; sliding-window layers get none."""
+        """A selector (parameter-free, shared by the layers of one rate) on each layer `rates` names: the
+        full-attention ones; sliding-window layers get none."""
         shared: dict[tuple[int, int], KVSelector] = {}
-        for index, block in enumerate(site.blocks):
-            rate = rates.get(index)
-            if rate is not None and block.window is None:
-                key = tuple(rate)
-                block.kv_selector = shared.setdefault(key, self.make_selector(config, rate))
+        for index, rate in rates.items():
+            site.blocks[index].kv_selector = shared.setdefault(tuple(rate), self.make_selector(config, rate))
 
 
 @register_pass

@@ -35,8 +35,14 @@ from pydantic import Field, model_validator
 from tokcomp.analysis.flops import model_macs, resolve_flops_target
 from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.passes.base import Pass, register_pass
-from tokcomp.passes.fastv import DecoderSpanConfig, decoder_site, install_drops, reference_reducible, set_span
-from tokcomp.passes.pyramid_drop import cumulative_rates
+from tokcomp.passes.fastv import (
+    DecoderSpanConfig,
+    cumulative_rates,
+    decoder_site,
+    install_drops,
+    reference_reducible,
+    set_span,
+)
 from tokcomp.passes.token_reduction import BlockSite, token_metadata
 from tokcomp.reducers.attention_drop import LastQueryAttentionDrop
 from tokcomp.reducers.rate import Rate

@@ -17,14 +17,20 @@ cache behave as in `fastv`.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 from pydantic import Field, model_validator
 
 from tokcomp.errors import RecipeError
 from tokcomp.passes.base import Pass, register_pass
-from tokcomp.passes.fastv import DecoderSpanConfig, decoder_site, install_drops, reference_reducible, set_span
+from tokcomp.passes.fastv import (
+    DecoderSpanConfig,
+    cumulative_rates,
+    decoder_site,
+    install_drops,
+    reference_reducible,
+    set_span,
+)
 from tokcomp.passes.token_reduction import BlockSite, token_metadata
 from tokcomp.reducers.rate import Rate
 
@@ -52,17 +58,6 @@ class PyramidDropConfig(DecoderSpanConfig):
 def stage_rates(share: float, stages: int, reducible: int) -> list[Rate]:
     """Per-stage rates at the reference prompt: stage s leaves round(reducible x share^s) tokens."""
     return cumulative_rates([share**stage for stage in range(1, stages + 1)], reducible)
-
-
-def cumulative_rates(shares: list[float], reducible: int) -> list[Rate]:
-    """Rates of successive drops that leave round(reducible x share) of the span after each (shares
-    non-increasing): each rate is of the tokens still present, so the schedule is exact at the reference."""
-    rates, present = [], reducible
-    for share in shares:
-        left = math.floor(reducible * share + 0.5)
-        rates.append(Rate(present - left, max(present, 1)))
-        present = left
-    return rates
 
 
 @register_pass
