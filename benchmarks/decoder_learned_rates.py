@@ -78,7 +78,7 @@ def evaluation_macs(model, geometry) -> int:
 
 def baseline_at(base, name: str, target_macs: int, geometry, length: int):
     """(model, budget) of FastV / PyramidDrop whose prefill MACs at `length` meet `target_macs` (from below)."""
-    from tokcomp.calibrate.prefill import bisect_decreasing
+    from tokcomp.calibrate.share_search import bisect_decreasing
     from tokcomp.passes.fastv import keep_rate
     from tokcomp.passes.learned_drop import prefill_macs
     from tokcomp.passes.pyramid_drop import stage_rates

@@ -3,14 +3,17 @@
     python benchmarks/whisper_reducers.py [--model zoo:whisper-base] [--budgets=-30%,-50%]
         [--sources librivox,commands,asterisk-en,asterisk-fr,asterisk-es,asterisk-ru] [--per-source 12]
 
-Data: the evaluation split of tokcomp's zoo speech sources (tokcomp.zoo.speech; calibration clips
-are never used here, and no method here calibrates): LibriVox readings and spoken commands
-(pocketsphinx-testdata, English) and Asterisk's telephone prompts in English, French, Spanish
-and Russian. `--per-source N` keeps N clips per source (a fixed spread by name hash). Greedy
+Data: the evaluation split of tokcomp's zoo speech sources (tokcomp.zoo.speech; only the
+learned-rate rows calibrate, on the disjoint calibration split): LibriVox readings and spoken
+commands (pocketsphinx-testdata, English) and Asterisk's telephone prompts in English, French,
+Spanish and Russian. `--per-source N` keeps N clips per source (a fixed spread by name hash). Greedy
 decoding in each clip's own language (forced), at most MAX_NEW_TOKENS new tokens per clip.
 
 Rows, at every encoder FLOPs cut (resolved by each pass at the 1,500-token window):
 - reducers: adjacent_merge (A-ToMe, the default for audio), tome, token_transform;
+- adjacent_merge and tome with learned per-block rates (`rates: learned`: searched at the target
+  FLOPs by KL to the original's teacher-forced transcripts of the zoo's calibration clips, which are
+  disjoint from the evaluation clips; `--learn-clips`, `--learn-evaluations`);
 - uniform pooling inside the encoder at the adjacent-merge counts (same FLOPs, merges that ignore
   the content);
 - uniform pooling of the encoder output to the same final token count (the encoder runs whole:
@@ -56,6 +59,7 @@ from tokcomp.surgery.adapters.base import InputSpec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 REDUCERS = ("adjacent_merge", "tome", "token_transform")
+LEARNED = ("adjacent_merge", "tome")  # the reducers whose per-block rates are also learned
 SOURCES = "librivox,commands,asterisk-en,asterisk-fr,asterisk-es,asterisk-ru"
 BOOTSTRAP = 1000
 MAX_NEW_TOKENS = 128  # the longest reference (a 30 s LibriVox reading) is under 100 tokens
@@ -122,6 +126,11 @@ def main() -> None:
     parser.add_argument("--budgets", default="-30%,-50%")
     parser.add_argument("--sources", default=SOURCES)
     parser.add_argument("--per-source", type=int, default=12, help="evaluation clips per source (fixed spread)")
+    parser.add_argument("--reducers", default=",".join(REDUCERS), help="reducers at constant r ('' for none)")
+    parser.add_argument("--learned", default=",".join(LEARNED), help="reducers with learned rates ('' for none)")
+    parser.add_argument("--no-baselines", action="store_true", help="leave out the pooling and truncation rows")
+    parser.add_argument("--learn-clips", type=int, default=16, help="calibration clips of the learned rates")
+    parser.add_argument("--learn-evaluations", type=int, default=30, help="schedules each learned search scores")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(RESULTS / "whisper_reducers"), help="path without suffix")
     args = parser.parse_args()
@@ -145,23 +154,40 @@ def main() -> None:
 
     for budget in args.budgets.split(","):
         adjacent = None
-        for kind in REDUCERS:
+        for kind in filter(None, args.reducers.split(",")):
             model = copy.deepcopy(original)
             record = apply_passes(model, [{"type": kind, "target_flops": budget}])[0]
             tokens = record.metadata["tokens_per_layer"]
             adjacent = tokens if kind == "adjacent_merge" else adjacent
             rows.append(scorer.row(kind, budget, model, record.metadata["gmacs"], dense, tokens))
+        for kind in filter(None, args.learned.split(",")):
+            model = copy.deepcopy(original)
+            search = {"clips": args.learn_clips, "evaluations": args.learn_evaluations}
+            passes = [{"type": kind, "target_flops": budget, "rates": "learned", "search": search}]
+            record = apply_passes(model, passes, processor=processor)[0]
+            row = scorer.row(f"{kind}, learned rates", budget, model, record.metadata["gmacs"], dense,
+                             record.metadata["tokens_per_layer"])  # fmt: skip
+            report = record.metadata["report"]
+            row["calibration"] = {key: report[key] for key in ("calibration", "kl", "kept", "search_seconds")}
+            row["calibration"]["constant_r_kl"] = next(c["kl"] for c in report["candidates"] if c["kind"] == "constant r")
+            rows.append(row)
+        if args.no_baselines:
+            continue
+        if adjacent is None:  # the baselines run at adjacent merging's counts
+            adjacent = apply_passes(copy.deepcopy(original), [{"type": "adjacent_merge", "target_flops": budget}])[0]
+            adjacent = adjacent.metadata["tokens_per_layer"]
         final = adjacent[-1]
         rows.append(scorer.row("uniform pooling in the encoder", budget, uniform_pooling_in_encoder(original, adjacent),
                                encoder_gmacs(original, adjacent, window), dense, adjacent))  # fmt: skip
         rows.append(scorer.row(f"uniform pooling of the output to {final}", budget, uniform_pooling(original, final),
                                dense, dense, [window] * layers))  # fmt: skip
 
-    lengths = audio_tokens(features).tolist()
-    gmacs = float(np.mean([encoder_gmacs(original, [n] * layers, n) for n in lengths]))
-    mean_tokens = [round(float(np.mean(lengths)), 1)] * layers
-    rows.append(scorer.row("window truncated to each clip's length", "clip", truncated_window(original), gmacs, dense,
-                           mean_tokens))  # fmt: skip
+    if not args.no_baselines:
+        lengths = audio_tokens(features).tolist()
+        gmacs = float(np.mean([encoder_gmacs(original, [n] * layers, n) for n in lengths]))
+        mean_tokens = [round(float(np.mean(lengths)), 1)] * layers
+        rows.append(scorer.row("window truncated to each clip's length", "clip", truncated_window(original), gmacs,
+                               dense, mean_tokens))  # fmt: skip
 
     result = {
         "model": args.model,
@@ -182,7 +208,8 @@ def markdown(result: dict) -> str:
         f"# Whisper encoder reduction: WER per source ({result['model']})",
         "",
         (
-            f"Evaluation clips (never used in calibration; no method here calibrates): {counts}. Greedy, each "
+            f"Evaluation clips (never used in calibration; only the learned-rate rows calibrate, on the disjoint "
+            f"calibration split): {counts}. Greedy, each "
             "clip's own language forced. Each cell: WER against the reference transcripts, then the change from "
             "the original model's WER with its paired bootstrap 95% interval over clips (WER points). Encoder "
             "FLOPs = convolutions + layers (MACs), relative to the original; data-dependent rows report means. "
@@ -202,6 +229,15 @@ def markdown(result: dict) -> str:
                 cell += f" ({100 * change['delta']:+.1f} [{100 * change['low']:+.1f}, {100 * change['high']:+.1f}])"
             cells.append(cell)
         lines.append(f"| {r['method']} | {r['budget']} | {r['flops_ratio']:.3f} | " + " | ".join(cells) + " |")
+    learned = [r for r in result["rows"] if "calibration" in r]
+    if learned:
+        data = learned[0]["calibration"]["calibration"]
+        lines += ["", f"Learned rates: calibrated on {data['clips']} clips of {data['data']}; calibration KL of the "
+                  "learned schedule vs the constant-r schedule (the search's first start):", ""]  # fmt: skip
+        for r in learned:
+            c = r["calibration"]
+            lines.append(f"- {r['method']} {r['budget']}: KL {c['kl']:.4f} vs {c['constant_r_kl']:.4f} "
+                         f"(kept: {c['kept']}; search {c['search_seconds']:.0f} s)")  # fmt: skip
     lines += ["", "Tokens per encoder layer at the 30 s window:", ""]
     for r in result["rows"]:
         lines.append(f"- {r['method']} {r['budget']}: {' '.join(str(t) for t in r['tokens_per_layer'])}")

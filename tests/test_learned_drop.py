@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_decoder_prefill import QUESTION, SINK, greedy, prompt, tiny
 
-from tokcomp.calibrate.prefill import CUT_TOLERANCE, project, shares_of, within_target
+from tokcomp.calibrate.share_search import CUT_TOLERANCE, project, shares_of, weights_of, within_target
 from tokcomp.errors import TokcompError
 from tokcomp.pipeline import apply_passes
 
@@ -67,9 +67,14 @@ def test_projection_reaches_any_reachable_target_and_refuses_the_rest():
 
     weights = [0.0, 1.0, 0.5]
     shares = project(weights, macs, 2000)
-    assert shares is not None and within_target(macs(shares), 2000, 4000)
-    assert project([0.0, 0.0, 1.0], macs, 1900) is None  # a drop after layer 3 of 4 leaves at least 2000
-    assert shares_of(weights, 0.0) == [1.0] * 4
+    assert shares is not None and within_target(macs(shares), 2000, 3000)
+    assert project([0.0, 0.0, 1.0], macs, 1900) is None  # a drop at the third of 3 slots leaves at least 2000
+    assert shares_of(weights, 0.0) == [1.0] * 3
+
+
+def test_weights_of_inverts_shares_of():
+    shares = [1.0, 0.8, 0.8, 0.3]
+    assert shares_of(weights_of(shares), 1.0) == pytest.approx(shares)
 
 
 def test_compiled_checkpoint_rebuilds_the_learned_rates(tmp_path):

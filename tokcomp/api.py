@@ -28,6 +28,7 @@ def apply(
     image_size: int | None = None,
     sequence_length: int | None = None,
     seed: int = 0,
+    processor=None,
 ) -> nn.Module:
     """In-memory surgery, e.g. tokcomp.apply(model, [{"type": "tome", "target_flops": "-35%"}], image_size=224).
 
@@ -35,9 +36,10 @@ def apply(
     for vision models and `sequence_length` for text models (default: the model config's image
     size, 128 tokens), and applied as a rate of each input's own tokens, so the model is right
     at every resolution and length. The tokens each block keeps at the reference input are
-    logged. Returns the model, rewritten in place.
+    logged. `processor` is for passes that calibrate on data (`rates: learned` on Whisper).
+    Returns the model, rewritten in place.
     """
-    apply_passes(model, passes, image_size=image_size, sequence_length=sequence_length, seed=seed)
+    apply_passes(model, passes, image_size=image_size, sequence_length=sequence_length, seed=seed, processor=processor)
     return model
 
 

@@ -118,6 +118,11 @@ def _numbers(report: dict[str, Any], bench: dict[str, Any] | None, exports: list
 def _fidelity_line(fidelity: dict[str, Any] | None) -> str:
     if not fidelity:
         return "- fidelity: not measured (compiled without evaluation); run `tokcomp eval` on this folder"
+    if "cosine_mean" not in fidelity:  # speech: scored on transcripts
+        from tokcomp.evaluation.metrics import transcript_fidelity_text
+
+        text = f"- fidelity on {fidelity['samples']} clips of {fidelity['data']}: {transcript_fidelity_text(fidelity)}"
+        return text + _below_threshold(fidelity)
     text = (
         f"- fidelity on {fidelity['samples']} samples of {fidelity['data']}: {fidelity['pooling']}-pooled cosine "
         f"to the original {fidelity['cosine_mean']:.4f} (min {fidelity['cosine_min']:.4f})"
@@ -127,10 +132,14 @@ def _fidelity_line(fidelity: dict[str, Any] | None) -> str:
     baseline = fidelity.get("random_drop_baseline")
     if baseline:
         text += f"; random token drop at the same counts: {baseline['cosine_mean']:.4f}"
+    return text + _below_threshold(fidelity)
+
+
+def _below_threshold(fidelity: dict[str, Any]) -> str:
     below = fidelity.get("below_threshold")
-    if below:
-        text += f"\n- **warning: below the fidelity threshold** ({', '.join(f'{k} {v:.4f}' for k, v in below.items())})"
-    return text
+    if not below:
+        return ""
+    return f"\n- **warning: below the fidelity threshold** ({', '.join(f'{k} {v:.4f}' for k, v in below.items())})"
 
 
 def _loading(state: dict[str, Any], sentence_transformers: bool, token_passes: list[dict[str, Any]]) -> str:

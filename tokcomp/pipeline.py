@@ -75,12 +75,15 @@ def apply_passes(
     sequence_length: int | None = None,
     input_spec: InputSpec | None = None,
     seed: int = 0,
+    processor=None,
 ) -> list[PassRecord]:
     """In-memory surgery: validate pass dicts like [{"type": "tome", "r": 8}] and apply them.
 
     Budgets are resolved at the reference input (`image_size` / `sequence_length`, default
     the model's own) and applied as rates of every input's own tokens. Returns the pass
     records (with each token pass's tokens per layer at the reference input), also logged.
+    `processor` (the model's processor or tokenizer) is for passes that calibrate on data
+    (`rates: learned` on Whisper: its WhisperProcessor).
     """
     from tokcomp.recipe import parse_pass_list
     from tokcomp.surgery import find_adapter
@@ -91,7 +94,13 @@ def apply_passes(
             input_spec = find_adapter(model).default_input(model, image_size, sequence_length)
         except UnsupportedModelError:  # passes that do not reduce tokens (vocabulary trimming)
             input_spec = InputSpec("text", sequence_length=sequence_length)
-    records = run_passes(model, specs, PassContext(input_spec, seed))
+    loaded = None
+    if processor is not None:
+        from tokcomp.sources import LoadedModel, default_pooling
+
+        pooling = default_pooling(model, input_spec.modality)
+        loaded = LoadedModel(model, "in-memory", "transformers", type(model).__name__, input_spec, processor, pooling)
+    records = run_passes(model, specs, PassContext(input_spec, seed, loaded=loaded))
     for record in records:
         if "tokens_per_layer" in record.metadata:
             tokens = record.metadata["tokens_per_layer"]

@@ -44,9 +44,9 @@ def build_report(
     # Token fidelity only means something after token reduction; other passes report their own checks.
     measure = token_pass is not None and evaluation is not None
     if measure and loaded.input_spec.modality == "audio":
-        info("fidelity: not measured at compile time for speech models yet (no audio evaluation data); skipped")
-        measure = False
-    report["fidelity"] = _fidelity(original, loaded, token_pass, evaluation, seed) if measure else None
+        report["fidelity"] = _speech_fidelity(original, loaded, evaluation, seed)
+    else:
+        report["fidelity"] = _fidelity(original, loaded, token_pass, evaluation, seed) if measure else None
     for record in records:
         if "report" in record.metadata:
             report[record.name] = record.metadata["report"]
@@ -95,6 +95,41 @@ def _fidelity(
             result["random_drop_baseline"] = compare_models(
                 original, baseline, _with_progress(batches, "random-drop baseline"), loaded.pooling
             )
+    return flag_low_fidelity(result, evaluation.warn_below.model_dump())
+
+
+def _speech_fidelity(original: nn.Module, loaded: LoadedModel, evaluation: EvaluationSpec, seed: int):
+    """Speech: KL and top-1 agreement with the original on its teacher-forced transcripts of evaluation clips
+    (calibrate/speech.py), never calibration clips; None, said once, when the model has no processor."""
+    from tokcomp.calibrate.speech import TranscriptFidelity, speech_clips_for
+
+    if loaded.processor is None or not hasattr(loaded.processor, "feature_extractor"):
+        info("fidelity: not measured at compile time: the speech model has no processor (feature extractor)")
+        return None
+    from tokcomp.errors import ZooError
+
+    try:
+        with step("reading speech evaluation clips"):
+            data, clips = speech_clips_for(original, evaluation.data, evaluation.samples, seed, split="evaluation")
+    except ZooError as error:  # the default clips come from Debian packages; a user's own data must load
+        if evaluation.data is not None:
+            raise
+        info(f"fidelity: not measured at compile time: the zoo's speech clips are unavailable ({error}); "
+             "set evaluation.data to your own clips")  # fmt: skip
+        return None
+    if not clips:
+        info("fidelity: not measured at compile time: no zoo evaluation clip is in this model's languages")
+        return None
+    with step(f"measuring fidelity on {len(clips)} clips of {data} (teacher-forced transcripts)"):
+        scores = TranscriptFidelity(original, loaded.processor, clips).per_clip(loaded.model)
+    result = {
+        "data": data,
+        "samples": len(clips),
+        "measure": "the original's greedy transcripts teacher-forced through both models",
+        "kl_mean": sum(s["kl"] for s in scores) / len(scores),
+        "top1_agreement": sum(s["top1_agreement"] for s in scores) / len(scores),
+        "top1_agreement_min": min(s["top1_agreement"] for s in scores),
+    }
     return flag_low_fidelity(result, evaluation.warn_below.model_dump())
 
 

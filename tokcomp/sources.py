@@ -75,8 +75,13 @@ def _load_transformers(location: str, spec: ModelSpec, source: str) -> LoadedMod
     model = model_cls.from_pretrained(location, dtype=torch.float32, trust_remote_code=spec.trust_remote_code)
     modality = modality_of_config(config)
     processor = _processor(location, modality, spec.trust_remote_code)
-    pooling = "mean" if modality == "text" and not _has_pooler(model) else "cls"
+    pooling = default_pooling(model, modality)
     return LoadedModel(model, source, "transformers", model_cls.__name__, InputSpec(modality), processor, pooling)
+
+
+def default_pooling(model: nn.Module, modality: str) -> Literal["cls", "mean"]:
+    """How a transformers model's output becomes one embedding: mean over tokens for text models without a pooler."""
+    return "mean" if modality == "text" and not _has_pooler(model) else "cls"
 
 
 def modality_of_config(config) -> Literal["image", "text", "audio"]:

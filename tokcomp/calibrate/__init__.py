@@ -1,5 +1,6 @@
 """Learned compression rates: DiffRate's differentiable search (see docs/diffrate.md), and the
-decoder prefill search of `learned_drop` (docs/learned_prefill.md).
+discrete share search behind `learned_drop` (docs/learned_prefill.md) and `rates: learned` on
+speech encoders (docs/speech_surgery.md).
 
 rates.py          prune / merge logits -> soft masks and straight-through counts
 soft_reducer.py   search-time reducer: tokens stay in place, masks enter attention
@@ -10,7 +11,10 @@ search.py         the training loop over calibration batches (AdamW, cosine lr, 
 data.py           calibration batches: recipe data or a user forward_loop
 distributed.py    torchrun: process group, data shards, rank-0-only writes
 summary.py        the learned schedule as a table
-prefill.py        decoder prefill: per-layer keep shares searched for a FLOPs target, scored by KL (learned_drop)
+share_search.py   discrete search over per-layer kept shares at a FLOPs target, scored by a black-box loss
+prefill.py        decoder prefill: calibration prompts and the continuation KL score (learned_drop)
+learned_rates.py  `rates: learned` on merging passes: per-block counts from the share search
+speech.py         calibration clips and the transcript KL score (Whisper)
 """
 
 from tokcomp.calibrate import distributed

@@ -1,10 +1,9 @@
 """Learned prefill keep rates for decoder LLMs: a discrete, KL-scored search under a FLOPs target.
 
 What is searched: the share of each prompt's reducible span kept after every layer (non-increasing;
-a drop is allowed after any layer but the last). A schedule is a shape, non-negative drop weights
-w_l over the layers, scaled by one number a: share_l = exp(-a x (w_0 + ... + w_l)). For every shape
-`a` is solved by bisection so that the prefill FLOPs meet the target (`project`), so every schedule
-the search scores costs the same, and the search only compares where and how steeply to drop.
+a drop is allowed after any layer but the last), by calibrate/share_search.py: shapes scaled to the
+FLOPs target, so every schedule scored costs the same and the search compares where and how steeply
+to drop.
 
 How it is scored, without labels: the original model's greedy continuation of each calibration
 prompt is teacher-forced through the original and the compressed model (the prompt prefilled,
@@ -12,12 +11,9 @@ and reduced, alone; the continuation read through the KV cache, as evaluation/de
 fidelity); the score is KL(original || compressed) of those next-token distributions, averaged over
 positions and prompts.
 
-How it searches (`search_keep_shares`), deterministic in the seed:
-1. named starts: FastV's shape (one drop after layer 2), PyramidDrop's (equal drops after layers
-   2, 6, 12 of 18, scaled to the depth), a uniform decay, one drop after layer 1; then a few random
-   sparse shapes;
-2. hill climbing from the best: move, rescale, add or remove one drop weight; keep the change when
-   the calibration KL falls.
+How it searches (`search_keep_shares`), deterministic in the seed: named starts, FastV's shape (one
+drop after layer 2), PyramidDrop's (equal drops after layers 2, 6, 12 of 18, scaled to the depth), a
+uniform decay and one drop after layer 1; then random shapes and hill climbing (share_search.py).
 It is a discrete search, not DiffRate's gradient: DiffRate's soft masks need a key bias inside the
 decoder's attention (the vision blocks' size channel), which the decoder block does not have; see
 docs/learned_prefill.md. Because the named starts include both baselines' shapes, the result never
@@ -26,68 +22,13 @@ scores worse than FastV or PyramidDrop at the same FLOPs on its own calibration 
 
 from __future__ import annotations
 
-import math
-import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from tokcomp.progress import info
-
-# The achieved FLOPs cut must be within this fraction of the target cut: |cut / target cut - 1| <= 0.02.
-CUT_TOLERANCE = 0.02
-# Named starts and random shapes scored before hill climbing (random ones: at most this many).
-RANDOM_STARTS = 4
-_MAX_SCALE = 1e4  # a shape that cannot reach the target below this scale never will (shares ~ 0)
-
-
-# ------------------------------------------------------------------ FLOPs target
-
-
-def achieved_cut(macs: int, original_macs: int) -> float:
-    return 1 - macs / original_macs
-
-
-def within_target(macs: int, target_macs: int, original_macs: int) -> bool:
-    """The cut meets the target cut within CUT_TOLERANCE (relative); a 0% target needs no cut at all."""
-    target = achieved_cut(target_macs, original_macs)
-    if target <= 0:
-        return macs >= original_macs
-    return abs(achieved_cut(macs, original_macs) / target - 1) <= CUT_TOLERANCE
-
-
-def bisect_decreasing(f: Callable[[float], float], target: float, low: float, high: float, steps: int = 60) -> float:
-    """The smallest x in [low, high] (to `steps` halvings) with f(x) <= target, for f non-increasing in x;
-    f(high) <= target is the caller's to ensure."""
-    for _ in range(steps):
-        middle = (low + high) / 2
-        low, high = (middle, high) if f(middle) > target else (low, middle)
-    return high
-
-
-def shares_of(weights: Sequence[float], scale: float) -> list[float]:
-    """Kept share after every layer: exp(-scale x cumulative weight); the last layer drops nothing."""
-    shares, total = [], 0.0
-    for weight in weights:
-        total += weight
-        shares.append(math.exp(-scale * total))
-    return [*shares, shares[-1]]
-
-
-def project(weights: Sequence[float], macs_of: Callable[[list[float]], int], target_macs: int) -> list[float] | None:
-    """The shares of this shape whose FLOPs are the target's (closest from below); None if it cannot reach it."""
-    if macs_of(shares_of(weights, 0.0)) <= target_macs:
-        return shares_of(weights, 0.0)
-    high = 1.0
-    while macs_of(shares_of(weights, high)) > target_macs:
-        high *= 2
-        if high > _MAX_SCALE:
-            return None
-    return shares_of(weights, bisect_decreasing(lambda a: macs_of(shares_of(weights, a)), target_macs, 0.0, high))
-
+from tokcomp.calibrate.share_search import search_shares
 
 # ------------------------------------------------------------------ calibration prompts and the KL score
 
@@ -179,32 +120,6 @@ def named_starts(layers: int) -> dict[str, list[float]]:
     }
 
 
-def _random_shape(slots: int, rng: random.Random) -> list[float]:
-    weights = [0.0] * slots
-    for block in rng.sample(range(slots), k=min(slots, rng.randint(1, 4))):
-        weights[block] += rng.expovariate(1.0)
-    return weights
-
-
-def _mutate(weights: list[float], rng: random.Random) -> list[float]:
-    """One change to a shape: move, rescale, add or remove a drop."""
-    out, slots = list(weights), len(weights)
-    used = [i for i, w in enumerate(out) if w > 0]
-    move = rng.choice(["move", "rescale", "add", "remove"] if len(used) > 1 else ["move", "rescale", "add"])
-    block = rng.choice(used)
-    if move == "move":
-        to = min(max(block + rng.choice([-2, -1, 1, 2]), 0), slots - 1)
-        if to != block:
-            out[to], out[block] = out[to] + out[block], 0.0
-    elif move == "rescale":
-        out[block] *= math.exp(rng.gauss(0.0, 0.5))
-    elif move == "add":
-        out[rng.randrange(slots)] += rng.uniform(0.1, 0.5) * sum(out)
-    else:
-        out[block] = 0.0
-    return out
-
-
 def search_keep_shares(
     layers: int,
     macs_of: Callable[[list[float]], int],
@@ -214,62 +129,35 @@ def search_keep_shares(
     evaluations: int,
     seed: int,
 ) -> PrefillSearchResult:
-    """Score `evaluations` schedules at the target FLOPs (named starts, random shapes, then hill climbing)."""
-    started = time.perf_counter()
-    rng = random.Random(seed)
-    slots = layers - 1
-    seen: dict[tuple, float] = {}
-    candidates: list[dict] = []
-    best: tuple[float, list[float], list[float], str] | None = None  # (KL, weights, shares, kind)
+    """Score `evaluations` per-layer share lists at the target FLOPs; a drop may follow any layer but the last."""
 
-    def try_shape(kind: str, weights: list[float]) -> bool:
-        nonlocal best
-        if not any(w > 0 for w in weights):
-            return False
-        shares = project(weights, macs_of, target_macs)
-        if shares is None or not within_target(macs_of(shares), target_macs, original_macs):
-            return False
-        key = tuple(round(s, 4) for s in shares)
-        if key in seen:
-            return False
-        kl = seen[key] = score(shares)
+    def every_layer(shares: list[float]) -> list[float]:
+        return [*shares, shares[-1]]
+
+    result = search_shares(
+        named_starts(layers),
+        lambda shares: macs_of(every_layer(shares)),
+        lambda shares: score(every_layer(shares)),
+        target_macs,
+        original_macs,
+        evaluations,
+        seed,
+        "learned_drop",
+    )
+    candidates = []
+    for candidate in result.candidates:
+        shares = every_layer(candidate["shares"])
         first = next((i for i, s in enumerate(shares) if s < 1.0), None)
-        candidates.append({"kind": kind, "kl": kl, "first_drop_after_layer": None if first is None else first + 1,
+        candidates.append({"kind": candidate["kind"], "kl": candidate["score"],
+                           "first_drop_after_layer": None if first is None else first + 1,
                            "last_share": shares[-1], "shares": shares})  # fmt: skip
-        if best is None or kl < best[0]:
-            best = (kl, weights, shares, kind)
-        info(
-            f"learned_drop search {len(candidates)}/{evaluations}: {kind}: KL {kl:.4f} (best {best[0]:.4f}, "
-            f"{best[3]}), {time.perf_counter() - started:.0f} s"
-        )
-        return True
-
-    starts = list(named_starts(layers).items())
-    starts += [(f"random {i + 1}", _random_shape(slots, rng)) for i in range(RANDOM_STARTS)]
-    for kind, weights in starts:
-        if len(candidates) >= evaluations:
-            break
-        try_shape(kind, weights)
-    if best is None:
-        from tokcomp.errors import RecipeError
-
-        raise RecipeError(
-            f"no drop schedule reaches {target_macs / 1e9:.3f} GMACs within {CUT_TOLERANCE:.0%} of the cut",
-            hint="choose a smaller target_flops cut",
-        )
-    attempts = 0
-    nothing_to_drop = target_macs >= original_macs  # every shape projects to keeping everything
-    while not nothing_to_drop and len(candidates) < evaluations and attempts < 50 * evaluations:
-        attempts += 1
-        try_shape(f"climb {len(candidates) + 1}", _mutate(best[1], rng))
-    kl, _, shares, kind = best
     return PrefillSearchResult(
-        shares=shares,
-        kl=kl,
-        achieved_macs=macs_of(shares),
+        shares=every_layer(result.shares),
+        kl=result.score,
+        achieved_macs=result.achieved_macs,
         target_macs=target_macs,
         original_macs=original_macs,
-        kept=kind,
-        seconds=time.perf_counter() - started,
+        kept=result.kept,
+        seconds=result.seconds,
         candidates=candidates,
     )

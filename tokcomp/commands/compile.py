@@ -77,6 +77,10 @@ def _layer_table(flops: dict, tokens: dict) -> Table:
 
 
 def _fidelity_line(fidelity: dict) -> str:
+    from tokcomp.evaluation.metrics import transcript_fidelity_text
+
+    if "cosine_mean" not in fidelity:  # speech: scored on transcripts
+        return f"fidelity on {fidelity['samples']} clips of {fidelity['data']}: {transcript_fidelity_text(fidelity)}"
     line = f"fidelity on {fidelity['samples']} samples of {fidelity['data']}: cosine {fidelity['cosine_mean']:.4f}"
     if "top1_agreement" in fidelity:
         line += f", top-1 agreement {fidelity['top1_agreement']:.3f}"

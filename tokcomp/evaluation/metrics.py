@@ -86,6 +86,14 @@ def flag_low_fidelity(fidelity: dict[str, Any], warn_below: dict[str, float | No
     return {**fidelity, "warn_below": warn_below, "below_threshold": below}
 
 
+def transcript_fidelity_text(fidelity: dict[str, Any]) -> str:
+    """How a speech model's compile-time fidelity reads (report.py's `_speech_fidelity`)."""
+    return (
+        f"top-1 agreement {fidelity['top1_agreement']:.3f} (min {fidelity['top1_agreement_min']:.3f}) and KL "
+        f"{fidelity['kl_mean']:.4f} nats on the original's teacher-forced transcripts"
+    )
+
+
 def low_fidelity_warning(fidelity: dict[str, Any] | None) -> str | None:
     """One line for a fidelity flagged by `flag_low_fidelity`, or None when nothing is below its threshold."""
     below = (fidelity or {}).get("below_threshold")

@@ -37,8 +37,11 @@ _SOURCES_HINT = (
 )
 
 
-def load_speech_data(data: str | None, samples: int | None = None, seed: int = 0) -> tuple[str, list[SpeechClip]]:
-    """(name, clips) of a speech source; `samples` keeps a seeded subset of that size, in source order."""
+def load_speech_data(
+    data: str | None, samples: int | None = None, seed: int = 0, split: str = "evaluation"
+) -> tuple[str, list[SpeechClip]]:
+    """(name, clips) of a speech source; `samples` keeps a seeded subset of that size, in source order.
+    Zoo sources give their `split` ("evaluation", or "calibration" for passes that learn)."""
     from tokcomp.zoo.speech import SOURCES, long_speech_clips, speech_clips
 
     data = data or DEFAULT_DATA
@@ -46,7 +49,12 @@ def load_speech_data(data: str | None, samples: int | None = None, seed: int = 0
         clips: list[SpeechClip] = []
         for part in data.removeprefix("zoo:").split("+"):
             if part in SOURCES:
-                clips += speech_clips(part, "evaluation")
+                clips += speech_clips(part, split)
+            elif part.endswith("-long") and part.removesuffix("-long") in SOURCES and split == "calibration":
+                raise TokcompError(
+                    f"zoo:{part} is held out for long-form evaluation and cannot calibrate",
+                    hint="calibrate on zoo:asterisk-en (or another source's calibration split) or your own clips",
+                )
             elif part.endswith("-long") and part.removesuffix("-long") in SOURCES:
                 clips += long_speech_clips(part.removesuffix("-long"))
             else:
@@ -54,7 +62,8 @@ def load_speech_data(data: str | None, samples: int | None = None, seed: int = 0
     else:
         clips = load_speech(data)
     if not clips:
-        raise TokcompError(f"speech data {data} holds no clips", hint=_SOURCES_HINT)
+        which = f" in its {split} split" if data.startswith("zoo:") else ""
+        raise TokcompError(f"speech data {data} holds no clips{which}", hint=_SOURCES_HINT)
     if samples is not None and samples < len(clips):
         chosen = sorted(random.Random(seed).sample(range(len(clips)), samples))
         clips = [clips[i] for i in chosen]

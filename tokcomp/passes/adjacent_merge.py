@@ -9,7 +9,7 @@ cap): the token counts then depend on the audio, and the recorded `tokens_per_la
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tokcomp.passes.base import register_pass
 from tokcomp.passes.budget import BudgetConfig
@@ -26,6 +26,12 @@ class AdjacentMergeConfig(BudgetConfig):
         description="merge every neighbour pair above this key cosine, up to the budget (default: by the budget alone)",
     )
     proportional_attention: bool = True
+
+    @model_validator(mode="after")
+    def _learned_rates_by_ratio(self):
+        if self.threshold is not None and self.rates == "learned":
+            raise ValueError("rates: learned searches merge ratios; leave out 'threshold' (it merges by similarity)")
+        return self
 
 
 @register_pass

@@ -6,15 +6,18 @@ applied as a rate of each input's own tokens (reducers/rate.py).
 `r` is how many tokens a block removes at the reference input (ToMe's convention): an
 int for every block, a per-block list, or ToMe's {r, inflect} schedule. `target_flops`
 instead picks the constant r whose FLOPs land closest to the target (a fraction 0.62, a
-cut "-38%", or absolute GMACs "2.9G"). Budgets the model cannot meet are refused with
-the range it can.
+cut "-38%", or absolute GMACs "2.9G"); with `rates: learned` the per-block counts are
+searched for that target on calibration data instead (calibrate/learned_rates.py).
+Budgets the model cannot meet are refused with the range it can.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pydantic import field_validator, model_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from tokcomp.analysis.flops import model_macs, resolve_flops_target
 from tokcomp.errors import RecipeError
@@ -32,9 +35,23 @@ class InflectSchedule(StrictModel):
     inflect: float
 
 
+class RateSearch(StrictModel):
+    """Settings of the `rates: learned` search (calibrate/learned_rates.py)."""
+
+    clips: int = Field(16, ge=1, description="calibration clips the candidates are scored on")
+    evaluations: int = Field(30, ge=1, description="schedules the search scores")
+    max_new_tokens: int = Field(64, ge=1, description="cap on each clip's teacher transcript")
+
+
 class BudgetConfig(PassConfig):
     r: int | list[int] | InflectSchedule | None = None
     target_flops: float | str | None = None
+    rates: Literal["constant", "learned"] = Field(
+        "constant",
+        description="with target_flops: the same r in every block (constant), or per-block counts searched on "
+        "calibration data (learned; speech encoders)",
+    )
+    search: RateSearch | None = Field(None, description="settings of the learned search (rates: learned only)")
 
     @field_validator("target_flops", mode="before")
     @classmethod
@@ -47,7 +64,15 @@ class BudgetConfig(PassConfig):
     def _one_budget(self):
         if (self.r is None) == (self.target_flops is None):
             raise ValueError("give exactly one of 'r' (int, per-layer list, or {r, inflect}) and 'target_flops'")
+        if self.rates == "learned" and self.target_flops is None:
+            raise ValueError("rates: learned searches per-block counts for a 'target_flops'; give one instead of 'r'")
+        if self.search is not None and self.rates != "learned":
+            raise ValueError("'search' settings apply to rates: learned only")
         return self
+
+    @property
+    def search_settings(self) -> RateSearch:
+        return self.search or RateSearch()
 
 
 def resolve_r_list(

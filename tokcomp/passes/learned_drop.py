@@ -156,11 +156,11 @@ def resolve_target(target: float | str, original_macs: int, geometry: Geometry, 
 def _search(model, site: BlockSite, geometry: Geometry, reducible: int, config: LearnedDropConfig, ctx):
     from tokcomp.calibrate.prefill import (
         ContinuationFidelity,
-        achieved_cut,
         prose_calibration_prompts,
         random_calibration_prompts,
         search_keep_shares,
     )
+    from tokcomp.calibrate.share_search import achieved_cut
 
     protected = site.protected
     original_macs = prefill_macs(geometry, [None] * geometry.num_layers)

@@ -2,10 +2,11 @@
 
 `ScheduledReductionPass` is the apply/restore of every pass whose reducers are fully
 described by their config and the tokens each block removes at the reference input
-(`tome`, `token_transform`, `prune`, `evit`, `zero_tprune`): the budget is resolved
-at the reference input (passes/budget.py), recorded as `r_per_layer` with the reference
-`input_tokens`, and turned into per-block rates (reducers/rate.py) by apply and by
-restore alike, so a checkpoint rebuilds exactly what was compiled.
+(`tome`, `token_transform`, `prune`, `evit`, `zero_tprune`, `adjacent_merge`): the budget
+is resolved at the reference input (passes/budget.py; `rates: learned` searches it,
+calibrate/learned_rates.py), recorded as `r_per_layer` with the reference `input_tokens`,
+and turned into per-block rates (reducers/rate.py) by apply and by restore alike, so a
+checkpoint rebuilds exactly what was compiled.
 """
 
 from __future__ import annotations
@@ -105,11 +106,22 @@ class ScheduledReductionPass(Pass):
 
         selected = select_blocks(site.names, config)
         r_list = resolve_r_list(config, selected, geometry, make, self.name, site.protected)
-        reducers = make(r_list)
-        if any(reducer is not None and reducer.uses_cls_attention for reducer in reducers):
+        if any(reducer is not None and reducer.uses_cls_attention for reducer in make(r_list)):
             site.require_cls(self.name)
+        search_report = None
+        if config.rates == "learned":
+            from tokcomp.calibrate.learned_rates import learn_removals
+
+            def install(reducers) -> None:
+                site.install(list(reducers), self.proportional_attention(config))
+
+            r_list, search_report = learn_removals(
+                model, config, selected, geometry, site.protected, make, install, r_list, ctx, self.name
+            )
+        reducers = make(r_list)
         site.install(reducers, self.proportional_attention(config))
-        return {**token_metadata(site, geometry, reducers), "r_per_layer": r_list}
+        metadata = {**token_metadata(site, geometry, reducers), "r_per_layer": r_list}
+        return metadata if search_report is None else {**metadata, "report": search_report}
 
     def restore(self, model, config: BudgetConfig, metadata: dict[str, Any]) -> None:
         site = BlockSite.prepare(model, self.name)

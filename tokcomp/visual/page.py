@@ -93,7 +93,11 @@ def _summary(state: CheckpointState, report: dict[str, Any]) -> html.Section:
         headline.append((f"{params['compressed'] / 1e6:.2f} M", f"parameters, from {params['original'] / 1e6:.2f} M"))
     if fidelity := report.get("fidelity"):
         samples = fidelity["samples"]
-        headline.append((f"{fidelity['cosine_mean']:.4f}", f"output cosine to the original ({samples} samples)"))
+        if "cosine_mean" in fidelity:
+            headline.append((f"{fidelity['cosine_mean']:.4f}", f"output cosine to the original ({samples} samples)"))
+        else:  # speech: the original's transcripts teacher-forced through the compressed model
+            headline.append((f"{fidelity['top1_agreement']:.3f}", f"top-1 agreement on the original's transcripts "
+                             f"({samples} clips)"))  # fmt: skip
     size = state.input.image_size or state.input.sequence_length
     unit = "px" if state.input.modality == "image" else "tokens"
     passes = html.table(
