@@ -307,6 +307,28 @@ def _ill_conditioned_line(batch, set_aside, tolerances) -> str:
     )
 
 
+def onnx_runtime_session(path: str | Path):
+    """A CPU ONNX Runtime session the way validation runs one (2 threads, no spinning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_onnx(path: str | Path, reference: nn.Module, spec, batch_sizes, atol) -> dict[str, Any]:
+    """compare_outputs with ONNX Runtime (CPU) running the graph at `path`."""
+    import onnxruntime as ort
+
+    session = onnx_runtime_session(path)
+
+    def run(inputs: dict[str, Tensor]) -> list[np.ndarray]:
+        return session.run(list(spec.output_names), {k: v.numpy() for k, v in inputs.items()})
+
+    return compare_outputs(run, reference, spec, batch_sizes, atol, runtime=f"onnxruntime {ort.__version__} CPU")
+
+
 def validate_onnx(
     path: str | Path,
     reference: nn.Module,
@@ -316,15 +338,5 @@ def validate_onnx(
     expected_shapes: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Signature check + ONNX Runtime (CPU) against PyTorch at each batch size."""
-    import onnxruntime as ort
-
     check_signature(onnx.load(str(path), load_external_data=False), spec, expected_shapes)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(inputs: dict[str, Tensor]) -> list[np.ndarray]:
-        return session.run(list(spec.output_names), {k: v.numpy() for k, v in inputs.items()})
-
-    return compare_outputs(run, reference, spec, batch_sizes, atol, runtime=f"onnxruntime {ort.__version__} CPU")
+    return compare_onnx(path, reference, spec, batch_sizes, atol)
