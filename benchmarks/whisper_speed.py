@@ -57,7 +57,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(RESULTS / "whisper_speed"), help="path without suffix")
     parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime runner")
-    parser.add_argument("--checkpoint", help="folder for the compiled + exported checkpoint (default: a temporary one)")
+    parser.add_argument(
+        "--checkpoint", help="folder of the compiled + exported checkpoint, reused if exported (default: a temporary one)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -95,7 +97,7 @@ def main() -> None:
     encoders = {"original": original.model.encoder, "compressed": compressed.model.encoder}
     if args.onnx:
         scratch = tempfile.TemporaryDirectory(prefix="whisper-speed-")
-        exported = export_compressed(folder, spec, Path(args.checkpoint or scratch.name) / "checkpoint")
+        exported = export_compressed(folder, spec, Path(args.checkpoint or Path(scratch.name) / "checkpoint"))
         whisper = OnnxWhisper(exported, threads=args.threads)
         runners[f"onnxruntime {spec['type']} {spec.get('target_flops', '')}".strip()] = onnx_runner(whisper, processor)
         encoders["compressed onnxruntime"] = lambda x: whisper.encode(x.numpy())

@@ -7,6 +7,9 @@ with real speech from the zoo's evaluation clips.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,14 +135,20 @@ def test_encoder_exports_and_validates(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
+    """`tokcomp export OUT` as a user runs it; returns the folder, the encoder's entry and what the command printed."""
     out = compile_tiny(tmp_path_factory.mktemp("whisper"), "  - type: tome\n    target_flops: '-30%'\n")
-    entry = export_checkpoint(out, "onnx")
-    return out, entry
+    env = {**os.environ, "TOKCOMP_QUIET": "1"}
+    run = subprocess.run([sys.executable, "-m", "tokcomp.cli", "export", str(out)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    entry = next(e for e in tokcomp.checkpoint.read_state(out).exports if e["file"] == "model.onnx")
+    return out, entry, run.stdout
 
 
 @pytest.mark.heavy  # traces three graphs: about a minute on a shared 2-core CPU
 def test_export_writes_encoder_and_cached_decoder(tiny_export):
-    out, entry = tiny_export
+    out, entry, printed = tiny_export
+    files = ["model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"]
+    assert [Path(line).name for line in printed.split()] == files  # the command prints every file it wrote
     assert entry["file"] == "model.onnx" and entry["component"] == "encoder"
     assert entry["inputs"] == {"input_features": ["batch_size", MEL_BINS, 2 * WINDOW]}
     tokens = entry["outputs"]["last_hidden_state"][1]
@@ -157,7 +166,7 @@ def test_export_writes_encoder_and_cached_decoder(tiny_export):
 
 @pytest.mark.heavy
 def test_onnx_runtime_transcribes_like_generate(tiny_export):
-    out, _ = tiny_export
+    out, _, _ = tiny_export
     model = tokcomp.load(out)
     x = features(4, audible=[100, 30, 70, 55], seed=3)
     expected = generated(model, x, max_new_tokens=12)

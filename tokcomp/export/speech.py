@@ -19,7 +19,7 @@ key logits while its keys and values come from the cache.
 Both graphs run the model's own decoder modules (the size-reading cross-attention included)
 on a transformers cache built from the graph's inputs, so there is one decoder implementation.
 Each is validated like every export (`validate.compare_outputs`: fresh seeds, per-output atol,
-the fp64 conditioning check) on encoder states of the compressed encoder for Optimum's dummy
+the fp64 conditioning check; logits at LOGITS_ATOL_FACTOR x atol) on encoder states of the compressed encoder for Optimum's dummy
 audio, random token ids, and (with past) a cache made by the first graph in PyTorch.
 """
 
@@ -41,6 +41,9 @@ FILES = {"decoder": "decoder_model.onnx", "decoder_with_past": "decoder_with_pas
 DECODER_AXIS = "decoder_sequence_length"
 PAST_AXIS = "past_sequence_length"
 PROMPT_LENGTH = 3  # traced and validated prompt length (Whisper's forced prompts are 1-4 tokens)
+# Logits are held to 10x the export's atol (1e-3 at the default): over a 51,865-token vocabulary fp32
+# rounding alone reaches 1e-4 (whisper-base: PyTorch fp32 9.3e-5 from fp64, ONNX Runtime 1.4e-4 from fp32).
+LOGITS_ATOL_FACTOR = 10
 _PARTS = [(part, kind) for part in ("decoder", "encoder") for kind in ("key", "value")]
 
 
@@ -215,7 +218,8 @@ def export_decoders(subject, atol, batch_sizes, stack: contextlib.ExitStack) -> 
         axes = check_decoder_signature(proto, spec)
         tmp = stack.enter_context(atomic_file(subject.path / FILES[component]))
         save_model(proto, tmp)
-        validation = compare_onnx(tmp, graph, spec, batch_sizes, atol)
+        tolerances = {name: atol for name in spec.output_names} | {"logits": atol * LOGITS_ATOL_FACTOR}
+        validation = compare_onnx(tmp, graph, spec, batch_sizes, tolerances)
         fields = entry_fields(spec, axes, graph.layers)
         entry = base_entry("onnx", FILES[component], subject, flavour="portable", opset=STANDARD_OPSET)
         entries.append(
