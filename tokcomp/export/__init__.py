@@ -11,6 +11,10 @@ Formats (files land in the checkpoint folder, each recorded in tokcomp.json "exp
     tensorrt       model.engine          engine built with the tokcomp plugins (needs TensorRT + GPU)
     aoti           model.pt2             AOTInductor package, loads with plain PyTorch
 
+A speech checkpoint (Whisper) exports as `onnx` only: model.onnx is its compressed encoder, and
+decoder_model.onnx + decoder_with_past_model.onnx its cached decoder (tokcomp.export.speech;
+transcribe with tokcomp.runtime.transcribe_onnx).
+
 Importing this package is cheap: torch, onnx and TensorRT load only when exporting.
 """
 

@@ -100,7 +100,9 @@ class OnnxWhisper:
             name: ort.InferenceSession(str(self.folder / file), options, providers=["CPUExecutionProvider"])
             for name, file in COMPONENTS.items()
         }
-        self.layers = int(files[COMPONENTS["decoder"]]["decoder_layers"])
+        # past_key_values.{i}.decoder.key/value, .encoder.key/value per layer, after input_ids and encoder_hidden_states
+        self.past_names = [i.name for i in self.sessions["decoder_with_past"].get_inputs()][2:]
+        self.layers = len(self.past_names) // 4
 
     def encode(self, input_features: np.ndarray) -> np.ndarray:
         """[batch, tokens, C + 1] encoder states, the last channel log(size)."""
@@ -141,10 +143,8 @@ class OnnxWhisper:
         return logits[:, -1], present
 
     def _step(self, ids: np.ndarray, states: np.ndarray, cache: list[np.ndarray]):
-        from tokcomp.export.speech import cache_names
-
         feeds = {"input_ids": ids[:, None], "encoder_hidden_states": states}
-        feeds |= dict(zip(cache_names("past_key_values", self.layers), cache, strict=True))
+        feeds |= dict(zip(self.past_names, cache, strict=True))
         logits, *own = self.sessions["decoder_with_past"].run(None, feeds)
         for i in range(self.layers):  # cross-attention keys and values stay; self-attention ones grow
             cache[4 * i : 4 * i + 2] = own[2 * i : 2 * i + 2]
