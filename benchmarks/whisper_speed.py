@@ -2,15 +2,20 @@
 
     python benchmarks/whisper_speed.py [--model whisper-base] [--pass '{"type": "tome", "target_flops": "-50%"}']
         [--sources librivox,commands,asterisk-en] [--per-source 6] [--repeats 3] [--threads 2]
+        [--no-onnx] [--checkpoint DIR]
 
 Clips: the English evaluation clips of the zoo speech sources (`--per-source` each, the fixed spread
 by name hash; never used in calibration). Every runner transcribes all of them greedily (English
 forced), in one interleaved run: original and compressed transformers models (eager, float32,
 batches of 8 as `tokcomp eval` runs them), and faster-whisper on the same CTranslate2 weights, int8
-and float32 (one clip at a time, beam 1, no timestamps, no VAD: the library's own loop). Reported:
+and float32 (one clip at a time, beam 1, no timestamps, no VAD: the library's own loop), and
+(unless --no-onnx) the compressed model's ONNX export on ONNX Runtime (`tokcomp export --format
+onnx`: encoder + cached decoder, tokcomp.runtime.transcribe_onnx, batches of 8; the checkpoint is
+compiled and exported into --checkpoint first, minutes for whisper-base). Reported:
 the median over `--repeats` of each runner's total seconds (one warm-up pass each first), the
-encoder alone (original vs compressed, one batch of every clip), WER against the references and
-against the original transformers model's transcripts, and the load average before / after.
+encoder alone (original vs compressed in PyTorch, and the compressed ONNX encoder; one batch of
+every clip), WER against the references and against the original transformers model's
+transcripts, and the load average before / after.
 Writes benchmarks/results/whisper_speed.{json,md} (or --output).
 """
 
@@ -21,6 +26,7 @@ import copy
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +56,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=str(RESULTS / "whisper_speed"), help="path without suffix")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip the ONNX Runtime runner")
+    parser.add_argument(
+        "--checkpoint", help="folder of the compiled + exported checkpoint, reused if exported (default: a temporary one)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -57,6 +67,7 @@ def main() -> None:
 
     from tokcomp.evaluation.speech import error_rates, transcribe
     from tokcomp.pipeline import apply_passes
+    from tokcomp.runtime.onnx_whisper import OnnxWhisper
     from tokcomp.zoo import pull
     from tokcomp.zoo.speech import speech_clips
 
@@ -84,6 +95,12 @@ def main() -> None:
 
     features = processor.feature_extractor([c.audio for c in clips], sampling_rate=16000, return_tensors="pt")
     encoders = {"original": original.model.encoder, "compressed": compressed.model.encoder}
+    if args.onnx:
+        scratch = tempfile.TemporaryDirectory(prefix="whisper-speed-")
+        exported = export_compressed(folder, spec, Path(args.checkpoint or Path(scratch.name) / "checkpoint"))
+        whisper = OnnxWhisper(exported, threads=args.threads)
+        runners[f"onnxruntime {spec['type']} {spec.get('target_flops', '')}".strip()] = onnx_runner(whisper, processor)
+        encoders["compressed onnxruntime"] = lambda x: whisper.encode(x.numpy())
 
     def encode(encoder):
         with torch.inference_mode():
@@ -126,6 +143,34 @@ def main() -> None:
     write_results(output.parent, output.stem, result, markdown(result))
 
 
+def export_compressed(folder: Path, spec: dict, checkpoint: Path) -> Path:
+    """The zoo model compiled with `spec` into `checkpoint` and exported as ONNX (reused when already there)."""
+    import tokcomp
+    from tokcomp.export import export_checkpoint
+
+    if not (checkpoint / "decoder_with_past_model.onnx").is_file():
+        tokcomp.compile({"model": str(folder), "passes": [spec]}, checkpoint, force=True)
+        export_checkpoint(checkpoint, "onnx")
+    return checkpoint
+
+
+def onnx_runner(whisper, processor):
+    """clips -> transcripts with the ONNX export, English forced, batches of BATCH (as the transformers runners)."""
+    multilingual = bool(whisper.generation.get("lang_to_id"))
+    options = {"language": "en", "task": "transcribe"} if multilingual else {}
+
+    def run(clips):
+        texts = []
+        for start in range(0, len(clips), BATCH):
+            audio = [c.audio for c in clips[start : start + BATCH]]
+            x = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="np").input_features
+            ids = whisper.generate(x, **options)
+            texts += [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+        return texts
+
+    return run
+
+
 def markdown(result: dict) -> str:
     rows = result["rows"]
     base = rows[0]["seconds"]
@@ -151,10 +196,16 @@ def markdown(result: dict) -> str:
             f"| {r['runner']} | {r['seconds']:.2f} | {base / r['seconds']:.2f}x | {fw_int8 / r['seconds']:.2f}x | "
             f"{100 * r['wer']:.1f}% | {100 * r['wer_vs_original']:.1f}% |"
         )
+    onnx = (
+        f"; compressed on ONNX Runtime {enc['compressed onnxruntime']:.2f} s "
+        f"({enc['original'] / enc['compressed onnxruntime']:.2f}x)"
+        if "compressed onnxruntime" in enc
+        else ""
+    )
     lines += [
         "",
         f"Encoder alone, one batch of every clip: original {enc['original']:.2f} s, compressed "
-        f"{enc['compressed']:.2f} s ({enc['original'] / enc['compressed']:.2f}x).",
+        f"{enc['compressed']:.2f} s ({enc['original'] / enc['compressed']:.2f}x){onnx}.",
     ]
     return "\n".join(lines) + "\n"
 

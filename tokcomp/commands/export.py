@@ -53,6 +53,18 @@ def export_cmd(
             entry = export_checkpoint(checkpoint, fmt, task=task, **options)
         console.print(f"[bold]{fmt}[/]: {entry['file']} {_validation_line(entry)}", highlight=False)
         print((checkpoint / entry["file"]).resolve())
+        for part in _decoder_entries(checkpoint, entry):  # a speech export: the decoder graphs beside the encoder
+            console.print(f"[bold]{fmt}[/] {part['component']}: {part['file']} {_validation_line(part)}", highlight=False)
+            print((checkpoint / part["file"]).resolve())
+
+
+def _decoder_entries(checkpoint: Path, entry: dict) -> list[dict]:
+    if entry.get("component") != "encoder":
+        return []
+    from tokcomp.checkpoint import read_state
+
+    exports = read_state(checkpoint).exports
+    return [e for e in exports if e.get("format") == entry["format"] and e.get("component", "encoder") != "encoder"]
 
 
 def _validation_line(entry: dict) -> str:

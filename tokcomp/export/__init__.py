@@ -11,6 +11,10 @@ Formats (files land in the checkpoint folder, each recorded in tokcomp.json "exp
     tensorrt       model.engine          engine built with the tokcomp plugins (needs TensorRT + GPU)
     aoti           model.pt2             AOTInductor package, loads with plain PyTorch
 
+A speech checkpoint (Whisper) exports as `onnx` only: model.onnx is its compressed encoder, and
+decoder_model.onnx + decoder_with_past_model.onnx its cached decoder (tokcomp.export.speech;
+transcribe with tokcomp.runtime.transcribe_onnx).
+
 Importing this package is cheap: torch, onnx and TensorRT load only when exporting.
 """
 
@@ -37,6 +41,8 @@ FORMATS: dict[str, tuple[str, str, str, str | None]] = {
 DEFAULT_FORMAT = "onnx"
 # Text exports of these formats take any sequence length (dynamic padding included).
 DYNAMIC_SEQUENCE_FORMATS = ("onnx", "onnx-tokcomp")
+# Speech checkpoints (encoder + decoder graphs, tokcomp.export.speech) export in these formats only.
+SPEECH_FORMATS = ("onnx",)
 
 
 def known_formats() -> list[str]:
@@ -61,7 +67,14 @@ def export_checkpoint(path: str | Path, fmt: str = DEFAULT_FORMAT, *, task: str 
     if fmt not in FORMATS:
         raise TokcompError(f"unknown export format '{fmt}'", hint=f"choose from {', '.join(FORMATS)}")
     module, function, _, _ = FORMATS[fmt]
+    from tokcomp.checkpoint import read_state
     from tokcomp.export.artifacts import open_subject
+
+    if read_state(path).input.modality == "audio" and fmt not in SPEECH_FORMATS:
+        raise TokcompError(
+            f"--format {fmt} is not supported for speech checkpoints",
+            hint="use --format onnx (encoder and cached decoder, validated; run with tokcomp.runtime.transcribe_onnx)",
+        )
 
     # ONNX Runtime takes any sequence length; TensorRT profiles and AOTInductor stay at the reference length.
     subject = open_subject(path, task, dynamic_sequence=fmt in DYNAMIC_SEQUENCE_FORMATS)

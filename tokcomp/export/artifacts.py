@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tokcomp.checkpoint import CheckpointState, open_checkpoint
+from tokcomp.errors import TokcompError
 from tokcomp.export.io_spec import BATCH_AXIS, SEQUENCE_AXIS, ExportWrapper, IOSpec, io_spec
 from tokcomp.fileio import FILE_MODE
 
@@ -48,6 +49,7 @@ def open_subject(path: str | Path, task: str | None = None, dynamic_sequence: bo
     """The checkpoint ready to export; `dynamic_sequence` (text models) exports any sequence length."""
     checkpoint = open_checkpoint(path)
     state = checkpoint.state
+    refuse_data_dependent_shapes(checkpoint.model)
     spec = io_spec(
         checkpoint.model,
         state.base.library,
@@ -62,6 +64,38 @@ def open_subject(path: str | Path, task: str | None = None, dynamic_sequence: bo
         outputs = wrapper(*spec.dummy_inputs(1, seed=0).values())
     shapes = {name: list(out.shape[1:]) for name, out in zip(spec.output_names, outputs, strict=True)}
     return ExportSubject(Path(path), state, wrapper, spec, shapes)
+
+
+def refuse_data_dependent_shapes(model: torch.nn.Module) -> None:
+    """An exported graph has static token counts; a reducer that merges by a threshold has none."""
+    from tokcomp.surgery import token_blocks
+
+    for index, block in enumerate(token_blocks(model)):
+        settings = block.reducer.describe() if block.reducer is not None else {}
+        if settings.get("threshold") is not None:
+            raise TokcompError(
+                f"block {index} reduces by a similarity threshold ({settings.get('kind', 'reducer')} threshold"
+                f" {settings['threshold']}): its token counts depend on the input, and an exported graph needs"
+                " static ones",
+                hint="compile with the ratio form (`r` or `target_flops`, no `threshold`) and export that checkpoint",
+            )
+
+
+def size_channel(subject: ExportSubject) -> dict[str, Any]:
+    """The tokcomp.json note on a speech encoder's extra output channel ({} when the output has none)."""
+    width = getattr(getattr(subject.wrapper.model, "config", None), "d_model", None)
+    shape = subject.output_shapes.get("last_hidden_state", [])
+    if subject.spec.modality != "audio" or not width or not shape or shape[-1] != width + 1:
+        return {}
+    return {
+        "size_channel": {
+            "output": "last_hidden_state",
+            "channel": width,
+            "meaning": "log(size) of each output token (encoder positions it stands for); the lowest float32"
+            " for an empty row; the decoder's cross-attention adds it to its key logits (channels 0..C-1 are"
+            " the states)",
+        }
+    }
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ padding). Names follow Optimum's ONNX configs and ORTModel classes:
 
     vision: pixel_values -> last_hidden_state (+ pooler_output) | logits
     text:   input_ids, attention_mask (+ token_type_ids) -> last_hidden_state (+ pooler_output) | logits
+    audio:  input_features -> last_hidden_state (the encoder of a speech model: automatic-speech-recognition)
 
 The batch axis is always dynamic. Text exports in ONNX also have a dynamic
 `sequence_length` axis (any length up to the model's maximum, dynamic padding
@@ -14,6 +15,10 @@ included: budgets are rates of each sample's own tokens), and a token-reduced te
 model adds the output `token_weights` [batch, tokens]: the input tokens each output
 token stands for, 0 for padding rows, which is what pooling needs. Image size, and
 the sequence length of the other formats (TensorRT, AOTInductor), are static.
+
+Audio: the graph is the model's encoder (`model.get_encoder()`), its log-mel window
+static ([batch, mel bins, frames]); the decoder graphs of a speech checkpoint are
+described by tokcomp.export.speech.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ BATCH_AXIS = "batch_size"
 SEQUENCE_AXIS = "sequence_length"
 WEIGHTS_OUTPUT = "token_weights"
 MIN_SEQUENCE_LENGTH = 2  # a sentence is at least its CLS and SEP tokens
-SUPPORTED_TASKS = ("feature-extraction", "image-classification", "text-classification")
+SUPPORTED_TASKS = ("feature-extraction", "image-classification", "text-classification", "automatic-speech-recognition")
 _FEATURE_OUTPUTS = ("last_hidden_state", "pooler_output")
 
 
@@ -47,6 +52,13 @@ class IOSpec:
     vocab_size: int | None = None
     dynamic_sequence: bool = False  # text only: the sequence axis is dynamic, up to max_sequence_length
     max_sequence_length: int | None = None
+    feature_size: int | None = None  # audio: mel bins
+    frames: int | None = None  # audio: feature frames of the window (3,000 for Whisper's 30 s)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """input -> {axis: name} of its dynamic axes: batch always, the sequence axis of dynamic text."""
+        axes = {0: BATCH_AXIS, 1: SEQUENCE_AXIS} if self.dynamic_sequence else {0: BATCH_AXIS}
+        return {name: dict(axes) for name in self.input_names}
 
     @property
     def validation_lengths(self) -> tuple[int | None, ...]:
@@ -65,8 +77,12 @@ class IOSpec:
         """
         if self.dynamic_sequence:
             return self._padded_text(batch_size, seed, length or self.sequence_length)
-        from optimum.utils.input_generators import DummyTextInputGenerator, DummyVisionInputGenerator
-        from optimum.utils.normalized_config import NormalizedTextConfig, NormalizedVisionConfig
+        from optimum.utils.input_generators import (
+            DummyAudioInputGenerator,
+            DummyTextInputGenerator,
+            DummyVisionInputGenerator,
+        )
+        from optimum.utils.normalized_config import NormalizedConfig, NormalizedTextConfig, NormalizedVisionConfig
 
         generator = torch.Generator().manual_seed(seed)
         state = torch.random.get_rng_state()
@@ -77,6 +93,15 @@ class IOSpec:
                     SimpleNamespace(image_size=self.image_size, num_channels=self.num_channels)
                 )
                 gen = DummyVisionInputGenerator(self.task, config, batch_size=batch_size)
+                return {name: gen.generate(name, framework="pt").contiguous() for name in self.input_names}
+            if self.modality == "audio":  # log-mel features uniform in [-1, 1], Whisper's normalised range
+                gen = DummyAudioInputGenerator(
+                    self.task,
+                    NormalizedConfig(SimpleNamespace()),
+                    batch_size=batch_size,
+                    feature_size=self.feature_size,
+                    nb_max_frames=self.frames,
+                )
                 return {name: gen.generate(name, framework="pt").contiguous() for name in self.input_names}
             config = NormalizedTextConfig(SimpleNamespace(vocab_size=self.vocab_size))
             gen = DummyTextInputGenerator(self.task, config, batch_size=batch_size, sequence_length=self.sequence_length)
@@ -136,6 +161,17 @@ def io_spec(
         inputs = ("pixel_values",)
         channels = int(getattr(config, "num_channels", 3) or 3)
         spec = IOSpec(task, modality, inputs, (), image_size=image_size, num_channels=channels)
+    elif modality == "audio":
+        encoder = model.get_encoder()
+        spec = IOSpec(
+            task,
+            modality,
+            ("input_features",),
+            (),
+            sequence_length=sequence_length,
+            feature_size=int(config.num_mel_bins),
+            frames=sequence_length * _time_stride(encoder),
+        )
     else:
         inputs = ["input_ids", "attention_mask"]
         accepts = inspect.signature(model.forward).parameters
@@ -154,9 +190,20 @@ def io_spec(
     return IOSpec(**{**vars(spec), "output_names": _output_names(model, spec)})
 
 
+def _time_stride(encoder: nn.Module) -> int:
+    """Feature frames per encoder token: the product of the strides of the encoder's 1-d convolutions."""
+    stride = 1
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv1d):
+            stride *= module.stride[0]
+    return stride
+
+
 def _output_names(model: nn.Module, spec: IOSpec) -> tuple[str, ...]:
     from tokcomp.surgery import token_blocks
 
+    if spec.modality == "audio":
+        return ("last_hidden_state",)  # the encoder's states, the decoder's input
     if spec.task != "feature-extraction":
         return ("logits",)
     with torch.inference_mode():
@@ -181,6 +228,8 @@ class ExportWrapper(nn.Module):
         if self.library == "timm":
             return (self.model(inputs[0]),)
         kwargs = dict(zip(self.spec.input_names, inputs, strict=True))
+        if self.spec.modality == "audio":
+            return (self.model.get_encoder()(**kwargs).last_hidden_state,)
         if WEIGHTS_OUTPUT not in self.spec.output_names:
             outputs = self.model(**kwargs)
             return tuple(getattr(outputs, name) for name in self.spec.output_names)

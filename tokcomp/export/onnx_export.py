@@ -70,12 +70,21 @@ def export_context(flavour: str) -> Iterator[dict]:
         yield table
 
 
+# Range of each named dynamic axis; None: up to the spec's max_sequence_length (4096 if unknown).
+AXIS_MINIMUM = {BATCH_AXIS: 1, SEQUENCE_AXIS: MIN_SEQUENCE_LENGTH}
+
+
 def dynamic_shapes(spec: IOSpec) -> dict:
-    batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
-    if not spec.dynamic_sequence:
-        return {name: {0: batch} for name in spec.input_names}
-    length = torch.export.Dim(SEQUENCE_AXIS, min=MIN_SEQUENCE_LENGTH, max=spec.max_sequence_length or 4096)
-    return {name: {0: batch, 1: length} for name in spec.input_names}
+    """input -> {axis: torch.export.Dim}, one Dim per axis name (shared by every input that has it)."""
+    dims: dict[str, torch.export.Dim] = {}
+
+    def dim(name: str) -> torch.export.Dim:
+        if name not in dims:
+            top = 4096 if name == BATCH_AXIS else (spec.max_sequence_length or 4096)
+            dims[name] = torch.export.Dim(name, min=AXIS_MINIMUM.get(name, 1), max=top)
+        return dims[name]
+
+    return {name: {axis: dim(axis_name) for axis, axis_name in axes.items()} for name, axes in spec.dynamic_axes().items()}
 
 
 def export_onnx(wrapper: nn.Module, spec: IOSpec, flavour: str, example_batch: int = 2, seed: int = 1234) -> onnx.ModelProto:

@@ -6,13 +6,14 @@ config.json and the preprocessor files), validated before it replaces anything.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from tokcomp.errors import TokcompError
-from tokcomp.export.artifacts import ExportSubject, atomic_file, base_entry
+from tokcomp.export.artifacts import ExportSubject, atomic_file, base_entry, size_channel
 from tokcomp.export.onnx_export import export_onnx
 from tokcomp.export.onnx_ops import STANDARD_OPSET, tokcomp_nodes
 from tokcomp.export.tensorrt_onnx import check_model, check_tensorrt_ops, make_tensorrt_flavour
@@ -23,7 +24,7 @@ FILES = {"onnx": "model.onnx", "onnx-tokcomp": "model.tokcomp.onnx", "onnx-tenso
 _MAX_PROTO_BYTES = 2**31 - 1
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
+def save_model(model: onnx.ModelProto, path: Path) -> None:
     if model.ByteSize() > _MAX_PROTO_BYTES:
         raise TokcompError(
             f"the exported graph is {model.ByteSize() / 2**30:.1f} GiB, over ONNX's 2 GiB single-file limit",
@@ -32,7 +33,7 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(model, str(path))
 
 
-def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in model.graph.node:
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
@@ -40,7 +41,10 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def _export_validated(subject: ExportSubject, flavour: str, fmt: str, atol, batch_sizes) -> tuple[onnx.ModelProto, dict]:
+def _export_validated(
+    subject: ExportSubject, flavour: str, fmt: str, atol, batch_sizes, stack: contextlib.ExitStack | None = None
+) -> tuple[onnx.ModelProto, dict]:
+    """Export, check and validate one graph; with `stack`, its file replaces the target only when the stack closes."""
     model = export_onnx(subject.wrapper, subject.spec, flavour)
     if flavour == "portable":
         custom = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
@@ -48,24 +52,33 @@ def _export_validated(subject: ExportSubject, flavour: str, fmt: str, atol, batc
             raise TokcompError(f"the portable ONNX graph uses non-standard domains {custom}")
     check_model(model)
     target = subject.path / FILES[fmt]
-    with atomic_file(target) as tmp:
-        _save(model, tmp)
+    with contextlib.ExitStack() as own:
+        tmp = (stack or own).enter_context(atomic_file(target))
+        save_model(model, tmp)
         validation = validate_onnx(tmp, subject.wrapper, subject.spec, batch_sizes, atol, subject.output_shapes)
+        size = tmp.stat().st_size
     entry = base_entry(
         fmt,
         FILES[fmt],
         subject,
         flavour=flavour,
         opset=STANDARD_OPSET,
-        ops=_op_counts(model),
+        ops=op_counts(model),
         validation=validation,
-        size_bytes=target.stat().st_size,
+        size_bytes=size,
     )
     return model, entry
 
 
 def export_portable(subject: ExportSubject, atol=DEFAULT_ATOL, batch_sizes=DEFAULT_BATCH_SIZES) -> list[dict[str, Any]]:
-    return [_export_validated(subject, "portable", "onnx", atol, batch_sizes)[1]]
+    if subject.spec.modality != "audio":
+        return [_export_validated(subject, "portable", "onnx", atol, batch_sizes)[1]]
+    from tokcomp.export.speech import export_decoders
+
+    with contextlib.ExitStack() as stack:  # the three files are kept together or not at all
+        _, encoder = _export_validated(subject, "portable", "onnx", atol, batch_sizes, stack)
+        decoders = export_decoders(subject, atol, batch_sizes, stack)
+    return [encoder | {"component": "encoder"} | size_channel(subject), *decoders]
 
 
 def export_tokcomp(subject: ExportSubject, atol=DEFAULT_ATOL, batch_sizes=DEFAULT_BATCH_SIZES) -> list[dict[str, Any]]:
@@ -86,7 +99,7 @@ def export_tensorrt_onnx(
     target = subject.path / FILES["onnx-tensorrt"]
     manifest_file = f"{FILES['onnx-tensorrt']}.plugins.json"
     with atomic_file(target) as tmp:
-        _save(model, tmp)
+        save_model(model, tmp)
     write_manifest(subject.path / manifest_file, build_manifest(report["plugins"], aot))
     entry = base_entry(
         "onnx-tensorrt",

@@ -169,6 +169,40 @@ def compare_outputs(
     return report
 
 
+def compare_on_inputs(
+    run: Callable[[dict[str, Tensor]], Sequence[np.ndarray]],
+    reference: nn.Module,
+    spec: IOSpec,
+    inputs: dict[str, Tensor],
+    atol: float = DEFAULT_ATOL,
+) -> dict[str, Any]:
+    """compare_outputs' rule on given inputs (real data: nothing to redraw); raise on a real mismatch.
+
+    A sample over `atol` is excused only when it is ill-conditioned (PyTorch fp32 itself more
+    than `atol` from fp64 on it); the report lists those (`ill_conditioned`, with both diffs).
+    """
+    tolerances = {name: atol for name in spec.output_names}
+    with full_fp32():
+        expected = _reference_outputs(reference, spec, inputs)
+        per_sample, problems = _per_sample_diffs(spec, expected, run(inputs))
+        if problems:
+            raise ExportValidationError("exported model does not match PyTorch: " + "; ".join(problems))
+        over = {name: np.flatnonzero(d > atol) for name, d in per_sample.items()}
+        mismatched = sorted({int(i) for rows in over.values() for i in rows})
+        report: dict[str, Any] = {
+            "max_abs_diff": {name: [float(v) for v in d] for name, d in per_sample.items()},
+            "ill_conditioned": [],
+            "atol": atol,
+        }
+        if mismatched:
+            conditioning, error = _Float64Reference(reference).diffs(spec, inputs, expected)
+            real = _real_mismatches("given", "none", per_sample, over, conditioning, error, tolerances)
+            if real:
+                raise ExportValidationError("exported model does not match PyTorch: " + "; ".join(real))
+            report["ill_conditioned"] = [_set_aside_entry("given", None, mismatched, per_sample, conditioning)]
+    return report | {"passed": True}
+
+
 def _validate_batch(run, reference, exact, spec, batch, length, tolerances, report) -> tuple[str, str]:
     """("pass", ""), ("mismatch", numbers) or ("ill-conditioned", numbers) for one batch size (and sequence
     length, None when static).
@@ -307,6 +341,28 @@ def _ill_conditioned_line(batch, set_aside, tolerances) -> str:
     )
 
 
+def onnx_runtime_session(path: str | Path):
+    """A CPU ONNX Runtime session the way validation runs one (2 threads, no spinning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_onnx(path: str | Path, reference: nn.Module, spec, batch_sizes, atol) -> dict[str, Any]:
+    """compare_outputs with ONNX Runtime (CPU) running the graph at `path`."""
+    import onnxruntime as ort
+
+    session = onnx_runtime_session(path)
+
+    def run(inputs: dict[str, Tensor]) -> list[np.ndarray]:
+        return session.run(list(spec.output_names), {k: v.numpy() for k, v in inputs.items()})
+
+    return compare_outputs(run, reference, spec, batch_sizes, atol, runtime=f"onnxruntime {ort.__version__} CPU")
+
+
 def validate_onnx(
     path: str | Path,
     reference: nn.Module,
@@ -316,15 +372,5 @@ def validate_onnx(
     expected_shapes: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Signature check + ONNX Runtime (CPU) against PyTorch at each batch size."""
-    import onnxruntime as ort
-
     check_signature(onnx.load(str(path), load_external_data=False), spec, expected_shapes)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(inputs: dict[str, Tensor]) -> list[np.ndarray]:
-        return session.run(list(spec.output_names), {k: v.numpy() for k, v in inputs.items()})
-
-    return compare_outputs(run, reference, spec, batch_sizes, atol, runtime=f"onnxruntime {ort.__version__} CPU")
+    return compare_onnx(path, reference, spec, batch_sizes, atol)
