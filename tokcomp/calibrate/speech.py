@@ -23,16 +23,11 @@ DEFAULT_MAX_NEW_TOKENS = 64  # telephone prompts and commands are short; a cap b
 
 
 def prompt_tokens(model: nn.Module, language: str | None) -> list[int]:
-    """The decoder prompt Whisper's greedy generate() starts from (no timestamps)."""
-    config = model.generation_config
-    tokens = [config.decoder_start_token_id]
-    if getattr(config, "is_multilingual", False):
-        if language is not None:
-            tokens.append(config.lang_to_id[f"<|{language}|>"])
-        tokens.append(config.task_to_id["transcribe"])
-    if getattr(config, "no_timestamps_token_id", None) is not None:  # set on every real Whisper checkpoint
-        tokens.append(config.no_timestamps_token_id)
-    return tokens
+    """The decoder prompt Whisper's greedy generate() starts from (no timestamps) for a clip in `language`."""
+    from tokcomp.runtime.onnx_whisper import prompt_ids
+
+    multilingual = bool(getattr(model.generation_config, "is_multilingual", False))
+    return prompt_ids(model.generation_config.to_dict(), language, "transcribe" if multilingual else None)
 
 
 def speech_clips_for(
@@ -68,6 +63,15 @@ def calibration_clips(model: nn.Module, data: str | None, count: int, seed: int)
     return speech_clips_for(model, data, count, seed, "calibration")
 
 
+@torch.inference_mode()
+def _detected_language(model: nn.Module, processor, clip: SpeechClip) -> str:
+    """The language a multilingual Whisper detects in a clip that names none (as generate() would)."""
+    features = processor.feature_extractor(clip.audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    token = int(model.detect_language(features.to(model.device, model.dtype))[0])
+    codes = {index: code for code, index in model.generation_config.lang_to_id.items()}
+    return codes[token].strip("<|>")
+
+
 class TranscriptFidelity:
     """KL(original || model) on the original's teacher-forced greedy transcripts of `clips`.
 
@@ -95,7 +99,8 @@ class TranscriptFidelity:
                     f"clip {clip.name} is in {clip.language!r}, a language this Whisper model does not transcribe",
                     hint="give clips in the model's languages (English only for *.en models)",
                 )
-            by_language.setdefault(clip.language if multilingual else None, []).append(clip)
+            language = (clip.language or _detected_language(original, processor, clip)) if multilingual else None
+            by_language.setdefault(language, []).append(clip)
         for language, group in by_language.items():
             for start in range(0, len(group), batch_size):
                 self.batches.append(self._teacher(original, processor, group[start : start + batch_size],
