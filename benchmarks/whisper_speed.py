@@ -22,7 +22,6 @@ Writes benchmarks/results/whisper_speed.{json,md} (or --output).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -38,7 +37,8 @@ from benchmarks.whisper_original import BATCH, speech_runner  # noqa: E402
 from benchmarks.whisper_reducers import encoder_gmacs  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_PASS = {"type": "tome", "target_flops": "-50%"}  # the best -50% row of benchmarks/whisper_reducers.py
+# The best -50% row of benchmarks/whisper_learned_rates.md (WER unchanged on every source), as it was searched there.
+DEFAULT_PASS = {"type": "adjacent_merge", "target_flops": "-50%", "rates": "learned", "search": {"clips": 8, "evaluations": 16}}
 
 
 def timed(run, *args) -> float:
@@ -65,8 +65,9 @@ def main() -> None:
     import torch
     from transformers import AutoProcessor, WhisperForConditionalGeneration
 
+    import tokcomp
+    from tokcomp.checkpoint import read_state
     from tokcomp.evaluation.speech import error_rates, transcribe
-    from tokcomp.pipeline import apply_passes
     from tokcomp.runtime.onnx_whisper import OnnxWhisper
     from tokcomp.zoo import pull
     from tokcomp.zoo.speech import speech_clips
@@ -77,9 +78,12 @@ def main() -> None:
     clips = [c for s in args.sources.split(",") for c in speech_clips(s, "evaluation", limit=args.per_source)]
     processor = AutoProcessor.from_pretrained(folder)
     original = WhisperForConditionalGeneration.from_pretrained(folder).eval()
-    compressed = copy.deepcopy(original)
     spec = json.loads(args.spec)
-    record = apply_passes(compressed, [spec])[0]
+    # Compiled once (a learned-rate pass searches once), then loaded as users load it.
+    scratch = tempfile.TemporaryDirectory(prefix="whisper-speed-")
+    checkpoint = compile_compressed(folder, spec, Path(args.checkpoint or Path(scratch.name) / "checkpoint"), args.onnx)
+    compressed = tokcomp.load(checkpoint).eval()
+    metadata = read_state(checkpoint).passes[0].metadata
     window, layers = int(original.config.max_source_positions), original.config.encoder_layers
     dense_gmacs = encoder_gmacs(original, [window] * layers, window)
 
@@ -88,7 +92,7 @@ def main() -> None:
 
     runners = {
         "transformers original": hf(original),
-        f"transformers {spec['type']} {spec.get('target_flops', '')}".strip(): hf(compressed),
+        f"transformers {describe(spec)}": hf(compressed),
     }
     for compute in ("int8", "float32"):
         runners[f"faster-whisper {compute}"] = speech_runner(folder, f"fw-{compute}")
@@ -96,10 +100,8 @@ def main() -> None:
     features = processor.feature_extractor([c.audio for c in clips], sampling_rate=16000, return_tensors="pt")
     encoders = {"original": original.model.encoder, "compressed": compressed.model.encoder}
     if args.onnx:
-        scratch = tempfile.TemporaryDirectory(prefix="whisper-speed-")
-        exported = export_compressed(folder, spec, Path(args.checkpoint or Path(scratch.name) / "checkpoint"))
-        whisper = OnnxWhisper(exported, threads=args.threads)
-        runners[f"onnxruntime {spec['type']} {spec.get('target_flops', '')}".strip()] = onnx_runner(whisper, processor)
+        whisper = OnnxWhisper(checkpoint, threads=args.threads)
+        runners[f"onnxruntime {describe(spec)}"] = onnx_runner(whisper, processor)
         encoders["compressed onnxruntime"] = lambda x: whisper.encode(x.numpy())
 
     def encode(encoder):
@@ -132,8 +134,8 @@ def main() -> None:
         })  # fmt: skip
     encoder = {n: round(statistics.median(s), 3) for n, s in encoder_seconds.items()}
     result = {
-        "model": f"zoo:{args.model}", "pass": spec, "flops_ratio": round(record.metadata["gmacs"] / dense_gmacs, 4),
-        "tokens_per_layer": record.metadata.get("tokens_per_layer"), "gmacs": record.metadata.get("gmacs"),
+        "model": f"zoo:{args.model}", "pass": spec, "flops_ratio": round(metadata["gmacs"] / dense_gmacs, 4),
+        "tokens_per_layer": metadata.get("tokens_per_layer"), "gmacs": metadata.get("gmacs"),
         "clips": [c.name for c in clips], "audio_seconds": round(sum(c.seconds for c in clips), 1),
         "repeats": args.repeats, "threads": args.threads, "batch": BATCH, "rows": rows,
         "encoder_seconds": encoder, "machine_before": before, "machine_after": after,
@@ -143,13 +145,20 @@ def main() -> None:
     write_results(output.parent, output.stem, result, markdown(result))
 
 
-def export_compressed(folder: Path, spec: dict, checkpoint: Path) -> Path:
-    """The zoo model compiled with `spec` into `checkpoint` and exported as ONNX (reused when already there)."""
+def describe(spec: dict) -> str:
+    """A runner's name for a pass: type, budget, and whether its rates are learned."""
+    learned = ", learned rates" if spec.get("rates") == "learned" else ""
+    return f"{spec['type']} {spec.get('target_flops', '')}".strip() + learned
+
+
+def compile_compressed(folder: Path, spec: dict, checkpoint: Path, onnx: bool) -> Path:
+    """The zoo model compiled with `spec` into `checkpoint`, exported as ONNX if asked (reused when already there)."""
     import tokcomp
     from tokcomp.export import export_checkpoint
 
-    if not (checkpoint / "decoder_with_past_model.onnx").is_file():
-        tokcomp.compile({"model": str(folder), "passes": [spec]}, checkpoint, force=True)
+    if not (checkpoint / "tokcomp.json").is_file():
+        tokcomp.compile({"model": str(folder), "passes": [spec], "evaluation": False}, checkpoint, force=True)
+    if onnx and not (checkpoint / "decoder_with_past_model.onnx").is_file():
         export_checkpoint(checkpoint, "onnx")
     return checkpoint
 
