@@ -232,8 +232,9 @@ def markdown(result: dict) -> str:
     learned = [r for r in result["rows"] if "calibration" in r]
     if learned:
         data = learned[0]["calibration"]["calibration"]
-        lines += ["", f"Learned rates: calibrated on {data['clips']} clips of {data['data']}; calibration KL of the "
-                  "learned schedule vs the constant-r schedule (the search's first start):", ""]  # fmt: skip
+        intro = (f"Learned rates: calibrated on {data['clips']} clips of {data['data']}; calibration KL of the "
+                 "learned schedule vs the constant-r schedule (the search's first start):")  # fmt: skip
+        lines += ["", intro, ""]
         for r in learned:
             c = r["calibration"]
             lines.append(f"- {r['method']} {r['budget']}: KL {c['kl']:.4f} vs {c['constant_r_kl']:.4f} "

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from test_whisper_surgery import WINDOW, tiny_config
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 import tokcomp
@@ -27,8 +28,6 @@ from tokcomp.pipeline import apply_passes
 from tokcomp.recipe import parse_pass_list
 from tokcomp.surgery import find_adapter
 from tokcomp.surgery.adapters.base import Geometry, InputSpec
-
-from test_whisper_surgery import WINDOW, tiny_config
 
 
 def tiny_whisper() -> WhisperForConditionalGeneration:
@@ -47,7 +46,9 @@ def tiny_processor():
 
 def noise_clips(count: int) -> list[SpeechClip]:
     rng = np.random.default_rng(0)
-    return [SpeechClip(f"noise-{i}", (0.1 * rng.standard_normal(SAMPLE_RATE // 2)).astype(np.float32)) for i in range(count)]
+    return [
+        SpeechClip(f"noise-{i}", (0.1 * rng.standard_normal(SAMPLE_RATE // 2)).astype(np.float32)) for i in range(count)
+    ]
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_teacher_transcripts_are_the_originals_greedy_ones_and_score_zero():
         generated = model.generate(features, do_sample=False, num_beams=1, max_new_tokens=6)
     # Each teacher sequence is the prompt, the transcript and its end; the original predicts it itself.
     prompt = speech.prompt_tokens(model, None)
-    (_, ids, positions, reference), = score.batches
+    ((_, ids, positions, reference),) = score.batches
     for row, transcript in enumerate(score.transcripts):
         ended = [model.generation_config.eos_token_id] if len(transcript) < 6 else []
         assert ids[row, : len(prompt) + len(transcript) + len(ended)].tolist() == prompt + transcript + ended
@@ -195,11 +196,12 @@ def test_compile_time_fidelity_of_a_speech_model_reads_transcripts(tmp_path):
     reduced = _speech_fidelity(original, loaded, spec, 0)
     assert reduced["kl_mean"] > 0 and reduced["top1_agreement_min"] <= reduced["top1_agreement"]
     # A poor model is flagged: the random tiny decoder barely reads its encoder, so break its embeddings instead.
-    torch.nn.init.normal_(compressed.model.decoder.embed_tokens.weight, std=5.0, generator=torch.Generator().manual_seed(1))
+    torch.nn.init.normal_(
+        compressed.model.decoder.embed_tokens.weight, std=5.0, generator=torch.Generator().manual_seed(1)
+    )
     strict = EvaluationSpec(data=str(tmp_path), samples=3, warn_below={"top1_agreement": 0.99})
     poor = _speech_fidelity(original, loaded, strict, 0)
     assert poor["top1_agreement"] < 0.99 and poor["below_threshold"] == {"top1_agreement": poor["top1_agreement"]}
-
 
 
 # ---------------------------------------------------------------- real model, real speech
@@ -214,7 +216,7 @@ def test_real_whisper_compiles_with_learned_rates(tmp_path):
 
     try:
         calibration = speech_clips("asterisk-en", "calibration", limit=2)
-    except Exception as exc:  # the Debian speech packages are not installed here
+    except tokcomp.errors.ZooError as exc:  # the Debian speech packages cannot be fetched here
         pytest.skip(f"zoo speech data unavailable: {exc}")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(

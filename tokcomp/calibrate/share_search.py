@@ -20,6 +20,7 @@ needs soft masks inside the attention of the blocks it searches.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -71,7 +72,7 @@ def shares_of(weights: Sequence[float], scale: float) -> Shares:
 def weights_of(shares: Sequence[float]) -> list[float]:
     """The shape (at scale 1) whose shares are `shares` (positive, non-increasing): shares_of's inverse."""
     logs = [0.0, *(-math.log(max(s, 1e-12)) for s in shares)]
-    return [max(b - a, 0.0) for a, b in zip(logs, logs[1:], strict=False)]
+    return [max(b - a, 0.0) for a, b in itertools.pairwise(logs)]
 
 
 def project(weights: Sequence[float], macs_of: Callable[[Shares], int], target_macs: int) -> Shares | None:
