@@ -61,6 +61,9 @@ class CallInputs:
     padded: bool = True  # some token may be padding (always assumed while tracing: see `may_pad`)
     whole: bool = False  # the layer holds every token of the call in input order: positions are start + arange
     ordered: bool = False  # positions increase along the token axis
+    # What every layer would rebuild the same until the tokens change (masks by window, rotary rows by
+    # table): built once, emptied when a call starts, after each reduction and when the call ends.
+    shared: dict = field(default_factory=dict)
 
 
 class _Selected(Exception):  # control flow, not an error
@@ -203,11 +206,20 @@ def may_pad(real: Tensor | None) -> bool:
     return not bool(real.all())
 
 
-def visible_keys(query_position: Tensor, key_position: Tensor, key_real: Tensor, window: int | None) -> Tensor:
-    """[B, Hs, Q, K] bool (True: attend) of queries [B, Q] over keys [B, Hs, K] (one key row per KV head, or
-    one for all): causal and sliding-window by original position, padding keys hidden."""
+def key_mask(
+    query_position: Tensor, key_position: Tensor, key_real: Tensor | None, window: int | None, dtype: torch.dtype
+) -> Tensor:
+    """[B, Hs, Q, K] additive mask (0: attend, -inf: hidden) of queries [B, Q] over keys [B, Hs, K] (one key
+    row per KV head, or one for all): causal and sliding-window by original position, padding keys
+    (key_real False) hidden.
+
+    SDPA turns a bool mask into exactly this on every call (the same outputs, a row with no visible key
+    included: zeros); built here, one mask serves every layer that shares it.
+    """
     visible = causal_visible(query_position[:, None, :, None], key_position[:, :, None, :], window)
-    return visible & key_real[:, :, None, :]
+    if key_real is not None:
+        visible = visible & key_real[:, :, None, :]
+    return torch.full(visible.shape, float("-inf"), dtype=dtype, device=visible.device).masked_fill_(visible, 0.0)
 
 
 def last_token_bias(state: TokenState, window: int | None, dtype: torch.dtype, padded: bool) -> Tensor | None:
@@ -231,7 +243,7 @@ def grouped_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float, dropout: float
 ) -> Tensor:
     """Attention of query heads [B, H, Q, d] over KV heads [B, Hkv, K, d] (query head h reads KV head
-    h // (H / Hkv)) -> [B, H, Q, d]. `mask`: bool [B, 1 or Hkv, Q, K] (True: attend) or None; `causal`:
+    h // (H / Hkv)) -> [B, H, Q, d]. `mask`: additive [B, 1 or Hkv, Q, K] (`key_mask`) or None; `causal`:
     SDPA's own causal mask (query i sees key j <= i).
 
     Without a mask SDPA reads the KV heads itself (enable_gqa: its fused kernels group heads only without
@@ -319,13 +331,15 @@ class DecoderTokenBlock(TokenBlock):
             call = self.call
             call.whole, call.ordered = False, call.ordered and self.preserve_order
             call.padded = call.padded or may_pad(state.real)  # a sample that keeps fewer is padded to the longest
+            call.shared.clear()
             if call.selecting:
                 raise _Selected(state)
         x = self.mlp_residual(x)
-        if self.is_last and self.call.padded:
-            # Back to the caller's layout (left padding): the last row is every sample's last token.
-            order = left_aligned(state.real)
-            x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
+        if self.is_last:
+            self.call.shared.clear()
+            if self.call.padded:  # back to the caller's layout (left padding): the last row is every sample's last token
+                order = left_aligned(state.real)
+                x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
         return self._leave(x, state)
 
     def capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -424,6 +438,7 @@ class DecoderTokenBlock(TokenBlock):
         state = TokenState(size=size, real=real, protected=protected, position=position)
         order = real_first(state) if self.compact_padding and prefill and padded else None
         self.call.padded, self.call.whole, self.call.ordered = padded, order is None, order is None
+        self.call.shared.clear()
         if order is None:
             return hidden_states, state
         return hidden_states.gather(1, order[..., None].expand(-1, -1, hidden_states.shape[-1])), state.gather(order)
@@ -490,8 +505,9 @@ class DecoderTokenBlock(TokenBlock):
             keys, values, key_position, key_real, own_keys = self._cache_update(
                 cache, record, q, k, v, state, attn.scaling
             )
-        padded = self.call.padded or (record is not None and record.padded)
-        mask, causal = self._attention_mask(state, key_position, key_real, own_keys, padded)
+        prefill = record is None or record.prefill  # the keys are this call's tokens (as the queries)
+        padded = self.call.padded or (not prefill and record.padded)
+        mask, causal = self._attention_mask(state, key_position, key_real, own_keys, padded, prefill, q.dtype)
         dropout = attn.attention_dropout if self.training else 0.0
         out = grouped_attention(q, keys, values, mask, causal, attn.scaling, dropout)
         batch, heads, tokens, dim = out.shape
@@ -511,19 +527,32 @@ class DecoderTokenBlock(TokenBlock):
         order, so each token reads row (original position - start): the rows themselves while none is dropped."""
         if self.call.whole:
             return rotary
-        rows = (state.position - start).clamp(min=0, max=rotary[0].shape[1] - 1)
-        return gather_rows(rotary[0], rows), gather_rows(rotary[1], rows)
+        # The model hands layers of one kind (Gemma-3: sliding or full) the same table.
+        table, shared = self.call.shared.get(("rotary", self.window), (None, None))
+        if table is not rotary[0]:
+            rows = (state.position - start).clamp(min=0, max=rotary[0].shape[1] - 1)
+            shared = gather_rows(rotary[0], rows), gather_rows(rotary[1], rows)
+            self.call.shared[("rotary", self.window)] = rotary[0], shared
+        return shared
 
     def _attention_mask(
-        self, state: TokenState, key_position: Tensor, key_real: Tensor, own_keys: bool, padded: bool
+        self,
+        state: TokenState,
+        key_position: Tensor,
+        key_real: Tensor,
+        own_keys: bool,
+        padded: bool,
+        prefill: bool,
+        dtype: torch.dtype,
     ) -> tuple[Tensor | None, bool]:
-        """(bool mask [B, 1 or Hs, Q, K] or None, SDPA's is_causal) of this layer's queries over its keys.
+        """(additive mask [B, 1 or Hs, Q, K] or None, SDPA's is_causal) of this layer's queries over its keys.
 
         Kept tokens stay in input order, so when nothing is padded and the keys are the queries' own
         tokens (prefill, the KV-selector prefill included) "key position <= query position" is index
         order j <= i: SDPA's causal mask, with no mask in memory and the fused kernels free to run. A
         sliding window changes nothing while the whole call fits in it. A decoding step (one query, no
-        padding, full attention) sees every cached entry. Everything else gets the mask from positions.
+        padding, full attention) sees every cached entry. Everything else gets the mask from positions,
+        in prefill built once for the layers of one window that see the same tokens.
         """
         if not padded:
             fits_window = self.window is None or (self.call.whole and key_position.shape[-1] <= self.window)
@@ -531,7 +560,12 @@ class DecoderTokenBlock(TokenBlock):
                 return None, True
             if not own_keys and state.position.shape[1] == 1 and self.window is None:
                 return None, False
-        return visible_keys(state.position, key_position, key_real, self.window), False
+        mask = self.call.shared.get(("mask", self.window)) if prefill else None
+        if mask is None:
+            mask = key_mask(state.position, key_position, key_real if padded else None, self.window, dtype)
+            if prefill:
+                self.call.shared[("mask", self.window)] = mask
+        return mask, False
 
     def _cache_update(self, cache, record: CachedTokens, q: Tensor, k: Tensor, v: Tensor, state: TokenState, scale):
         """Append this call's keys / values (left-aligned) to the cache; keys, values, positions and flags to
