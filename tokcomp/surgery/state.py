@@ -121,8 +121,8 @@ def causal_visible(query_position: Tensor, key_position: Tensor, window: int | N
     """Whether a query sees a key (broadcasting bool): the key's original position is not after the
     query's and, with a sliding `window`, less than `window` positions before it."""
     visible = key_position <= query_position
-    if window is not None:
-        visible = visible & (query_position - key_position < window)
+    if window is not None:  # query - key < window, without an int64 tensor of every query-key pair
+        visible = visible & (key_position > query_position - window)
     return visible
 
 
