@@ -122,7 +122,7 @@ def causal_visible(query_position: Tensor, key_position: Tensor, window: int | N
     query's and, with a sliding `window`, less than `window` positions before it."""
     visible = key_position <= query_position
     if window is not None:  # query - key < window, without an int64 tensor of every query-key pair
-        visible = visible & (key_position > query_position - window)
+        visible &= key_position > query_position - window
     return visible
 
 

@@ -218,7 +218,7 @@ def key_mask(
     """
     visible = causal_visible(query_position[:, None, :, None], key_position[:, :, None, :], window)
     if key_real is not None:
-        visible = visible & key_real[:, :, None, :]
+        visible &= key_real[:, :, None, :]
     return torch.full(visible.shape, float("-inf"), dtype=dtype, device=visible.device).masked_fill_(visible, 0.0)
 
 
