@@ -9,7 +9,9 @@ three ways that keep it exact when tokens are dropped:
   input order; each kept token reads the row at its original position;
 - masks: causal and sliding-window masks come from original positions (TokenState), not
   from tensor indices; padding is read from the 2-D attention mask the model was called
-  with (captured by a pre-hook on the layer loop's owner);
+  with (captured by a pre-hook on the layer loop's owner). Kept tokens stay in input order,
+  so an unpadded prefill needs no mask in full-attention layers (SDPA's is_causal) and an
+  unpadded decoding step none at all; other masks are built once per call and shared;
 - the KV cache: in prefill each layer stores only the tokens it saw (a layer after a
   reduction stores the kept ones), left-aligned (padding first), so the cache's own
   sliding-window trimming keeps the newest tokens. The original positions and padding
@@ -263,7 +265,8 @@ def grouped_attention(
         return out.reshape(batch, heads, 1, dim)
     if mask.shape[1] > 1:  # keys chosen per KV head: each query head reads its group's row
         mask = mask.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, repeat_heads(k, groups), repeat_heads(v, groups), attn_mask=mask, **options)
+    k, v = repeat_heads(k, groups), repeat_heads(v, groups)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
 
 
 def _with_null(t: Tensor) -> Tensor:
@@ -337,7 +340,7 @@ class DecoderTokenBlock(TokenBlock):
         x = self.mlp_residual(x)
         if self.is_last:
             self.call.shared.clear()
-            if self.call.padded:  # back to the caller's layout (left padding): the last row is every sample's last token
+            if self.call.padded:  # back to the caller's layout (left padding): every sample's last token is last
                 order = left_aligned(state.real)
                 x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
         return self._leave(x, state)
