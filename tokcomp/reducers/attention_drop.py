@@ -30,8 +30,11 @@ def last_query_attention(attn: AttentionInfo, state: TokenState) -> Tensor:
     batch, heads, _, dim = attn.query.shape
     query = attn.query.gather(2, last[:, None, None, None].expand(batch, heads, 1, dim))
     logits = torch.matmul(query, attn.key.transpose(-1, -2)) * attn.scale  # [B, H, 1, N]
-    if attn.bias is not None:  # [B, 1, N, N]: the last token's row
-        logits = logits + attn.bias.gather(2, last[:, None, None, None].expand(batch, 1, 1, attn.bias.shape[-1]))
+    bias = attn.bias  # [B, 1, 1, N]: a key bias for every query (a decoder block's: its last token's row)
+    if bias is not None and bias.shape[2] > 1:  # [B, 1, N, N]: the last token's row
+        bias = bias.gather(2, last[:, None, None, None].expand(batch, 1, 1, bias.shape[-1]))
+    if bias is not None:
+        logits = logits + bias
     return torch.softmax(logits.float(), dim=-1).mean(dim=1)[:, 0]
 
 

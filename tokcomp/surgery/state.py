@@ -112,12 +112,18 @@ def causal_bias(
     added where visible (log sizes, padding already masked). Queries and keys may differ (a KV cache).
     """
     masked = torch.finfo(dtype).min
-    query, key = query_position[:, :, None], key_position[:, None, :]
-    visible = key <= query
-    if window is not None:
-        visible = visible & (query - key < window)
+    visible = causal_visible(query_position[:, :, None], key_position[:, None, :], window)
     bias = torch.where(visible, key_bias[:, None, :], torch.full_like(key_bias[:, None, :], masked))
     return bias.to(dtype)[:, None]
+
+
+def causal_visible(query_position: Tensor, key_position: Tensor, window: int | None = None) -> Tensor:
+    """Whether a query sees a key (broadcasting bool): the key's original position is not after the
+    query's and, with a sliding `window`, less than `window` positions before it."""
+    visible = key_position <= query_position
+    if window is not None:  # query - key < window, without an int64 tensor of every query-key pair
+        visible &= key_position > query_position - window
+    return visible
 
 
 def reducible_tokens(state: TokenState, protected: int, tokens: int) -> int | Tensor:

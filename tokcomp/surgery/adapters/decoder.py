@@ -9,7 +9,9 @@ three ways that keep it exact when tokens are dropped:
   input order; each kept token reads the row at its original position;
 - masks: causal and sliding-window masks come from original positions (TokenState), not
   from tensor indices; padding is read from the 2-D attention mask the model was called
-  with (captured by a pre-hook on the layer loop's owner);
+  with (captured by a pre-hook on the layer loop's owner). Kept tokens stay in input order,
+  so an unpadded prefill needs no mask in full-attention layers (SDPA's is_causal) and an
+  unpadded decoding step none at all; other masks are built once per call and shared;
 - the KV cache: in prefill each layer stores only the tokens it saw (a layer after a
   reduction stores the kept ones), left-aligned (padding first), so the cache's own
   sliding-window trimming keeps the newest tokens. The original positions and padding
@@ -43,7 +45,7 @@ from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
 from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
 from tokcomp.surgery.attention import AttentionInfo, split_heads
 from tokcomp.surgery.block import TokenBlock
-from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, real_first, unpack
+from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, causal_visible, real_first, unpack
 
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
 
@@ -56,6 +58,14 @@ class CallInputs:
     attention_mask: Tensor | None = None
     span: Tensor | tuple[int, int] | None = None
     selecting: bool = False  # GemFilter's first, partial run (stops at the selecting layer)
+    # What the running call's layers may assume, set by the first block and updated by each reducing one;
+    # each lets a layer skip work that would change nothing (attention's mask, rotary gathers, reordering).
+    padded: bool = True  # some token may be padding (always assumed while tracing: see `may_pad`)
+    whole: bool = False  # the layer holds every token of the call in input order: positions are start + arange
+    ordered: bool = False  # positions increase along the token axis
+    # What every layer would rebuild the same until the tokens change (masks by window, rotary rows by
+    # table): built once, emptied when a call starts, after each reduction and when the call ends.
+    shared: dict = field(default_factory=dict)
 
 
 class _Selected(Exception):  # control flow, not an error
@@ -80,6 +90,7 @@ class CachedTokens:
     position: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, Hs, L] int64
     real: dict[int, Tensor] = field(default_factory=dict)  # layer -> [B, Hs, L] bool
     next_position: Tensor | None = None  # [B] rotary position of the next token, after a GemFilter prefill
+    padded: bool = False  # some cached entry may be padding (a padded call, or a sample that kept fewer)
 
 
 # Keyed by the cache object itself: a cache that is dropped takes its record with it.
@@ -176,17 +187,86 @@ def stored_tokens(k: Tensor, v: Tensor, state: TokenState, index: Tensor | None 
     return _gather_heads(k, index), _gather_heads(v, index), position, real
 
 
-def heads_bias(query_position: Tensor, key_position: Tensor, key_real: Tensor, dtype: torch.dtype, window):
-    """[B, Hs, Q, K] additive bias of queries [B, Q] over keys [B, Hs, K] (one key row per KV head, or one for all)."""
-    batch, heads, keys = key_position.shape
-    flat = causal_bias(
-        query_position.repeat_interleave(heads, dim=0),
-        key_position.reshape(batch * heads, keys),
-        padding_bias(key_real.reshape(batch * heads, keys), dtype),
-        dtype,
-        window,
-    )
-    return flat.view(batch, heads, query_position.shape[1], keys)
+# Tests set this to take the general path everywhere (masks, gathers, reordering), as if every call were padded.
+_ASSUME_PADDING = False
+
+
+def may_pad(real: Tensor | None) -> bool:
+    """Whether some token of `real` [B, N] may be padding (None: the caller passed no mask).
+
+    Read on the host once per call (and once per reduction), as transformers does before it drops its
+    mask; while tracing (torch.compile, export, CUDA graph capture) reading it would break the graph,
+    so padding is assumed there and the masked path, exact for any input, is traced.
+    """
+    if _ASSUME_PADDING:
+        return True
+    if real is None:
+        return False
+    capturing = torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or capturing:
+        return True
+    return not bool(real.all())
+
+
+def key_mask(
+    query_position: Tensor, key_position: Tensor, key_real: Tensor | None, window: int | None, dtype: torch.dtype
+) -> Tensor:
+    """[B, Hs, Q, K] additive mask (0: attend, -inf: hidden) of queries [B, Q] over keys [B, Hs, K] (one key
+    row per KV head, or one for all): causal and sliding-window by original position, padding keys
+    (key_real False) hidden.
+
+    SDPA turns a bool mask into exactly this on every call (the same outputs, a row with no visible key
+    included: zeros); built here, one mask serves every layer that shares it.
+    """
+    visible = causal_visible(query_position[:, None, :, None], key_position[:, :, None, :], window)
+    if key_real is not None:
+        visible &= key_real[:, :, None, :]
+    return torch.full(visible.shape, float("-inf"), dtype=dtype, device=visible.device).masked_fill_(visible, 0.0)
+
+
+def last_token_bias(state: TokenState, window: int | None, dtype: torch.dtype, padded: bool) -> Tensor | None:
+    """[B, 1, 1, N] additive key bias of each sample's last real token over the layer's tokens (its row of the
+    causal mask: padding and the sliding window), or None where it sees every token."""
+    if not padded and window is None:  # the last token is the latest: every token is at or before it
+        return None
+    last = torch.where(state.real, state.position, -1).amax(dim=-1, keepdim=True)
+    return causal_bias(last, state.position, padding_bias(state.real, dtype), dtype, window)
+
+
+def repeat_heads(t: Tensor, groups: int) -> Tensor:
+    """[B, Hkv, N, d] -> [B, Hkv * groups, N, d]: each KV head once per query head of its group (one copy)."""
+    if groups == 1:
+        return t
+    batch, heads, tokens, dim = t.shape
+    return t[:, :, None].expand(batch, heads, groups, tokens, dim).reshape(batch, heads * groups, tokens, dim)
+
+
+def grouped_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float, dropout: float
+) -> Tensor:
+    """Attention of query heads [B, H, Q, d] over KV heads [B, Hkv, K, d] (query head h reads KV head
+    h // (H / Hkv)) -> [B, H, Q, d]. `mask`: additive [B, 1 or Hkv, Q, K] (`key_mask`) or None; `causal`:
+    SDPA's own causal mask (query i sees key j <= i).
+
+    Without a mask SDPA reads the KV heads itself (enable_gqa: its fused kernels group heads only without
+    a mask); a one-query step folds each group's query heads into its KV head's queries, so the cache
+    is not copied per head; otherwise the KV heads are repeated.
+    """
+    batch, heads, queries, dim = q.shape
+    kv_heads = k.shape[1]
+    groups = heads // kv_heads
+    options = {"dropout_p": dropout, "scale": scale}
+    if groups == 1 or mask is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=groups > 1, **options
+        )
+    if queries == 1:  # the mask [B, 1 or Hkv, 1, K] covers the folded query heads
+        out = F.scaled_dot_product_attention(q.reshape(batch, kv_heads, groups, dim), k, v, attn_mask=mask, **options)
+        return out.reshape(batch, heads, 1, dim)
+    if mask.shape[1] > 1:  # keys chosen per KV head: each query head reads its group's row
+        mask = mask.repeat_interleave(groups, dim=1)
+    k, v = repeat_heads(k, groups), repeat_heads(v, groups)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
 
 
 def _with_null(t: Tensor) -> Tensor:
@@ -243,20 +323,26 @@ class DecoderTokenBlock(TokenBlock):
             x, state = unpack(hidden_states, self.hidden_size, next(self.parameters()).dtype, True, self.trace_source)
         prefill = record is None or record.prefill
         start = 0 if record is None else record.start
-        x, info = self.attention_residual(x, state, position_embeddings, cache, record, start)
-        if self.reducer is not None and prefill and (self.call.selecting or not self.select_only):
+        reduces = self.reducer is not None and prefill and (self.call.selecting or not self.select_only)
+        x, info = self.attention_residual(x, state, position_embeddings, cache, record, start, reduces)
+        if reduces:
             x, state = self.reducer(x, state, info)
             if self.preserve_order:
                 from tokcomp.reducers.apply import in_input_order  # reducers import surgery: import late
 
                 x, state = in_input_order(x, state)
-            if self.call.selecting:
+            call = self.call
+            call.whole, call.ordered = False, call.ordered and self.preserve_order
+            call.padded = call.padded or may_pad(state.real)  # a sample that keeps fewer is padded to the longest
+            call.shared.clear()
+            if call.selecting:
                 raise _Selected(state)
         x = self.mlp_residual(x)
         if self.is_last:
-            # Back to the caller's layout (left padding): the last row is every sample's last token.
-            order = left_aligned(state.real)
-            x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
+            self.call.shared.clear()
+            if self.call.padded:  # back to the caller's layout (left padding): every sample's last token is last
+                order = left_aligned(state.real)
+                x, state = x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])), state.gather(order)
         return self._leave(x, state)
 
     def capture_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -338,6 +424,7 @@ class DecoderTokenBlock(TokenBlock):
             real = torch.ones(batch, tokens, dtype=torch.bool, device=hidden_states.device)
         else:
             real = mask[:, -tokens:].to(device=hidden_states.device, dtype=torch.bool)
+        padded = may_pad(None if mask is None else real)
         start = 0
         if record is not None:
             start, record.prefill = record.length, record.length == 0
@@ -352,7 +439,9 @@ class DecoderTokenBlock(TokenBlock):
             protected = real & ((from_start <= self.sink) | (from_end <= self.question) | ~self._call_span(real))
         size = torch.ones(batch, tokens, dtype=carrier_dtype(hidden_states.dtype), device=hidden_states.device)
         state = TokenState(size=size, real=real, protected=protected, position=position)
-        order = real_first(state) if self.compact_padding and prefill else None
+        order = real_first(state) if self.compact_padding and prefill and padded else None
+        self.call.padded, self.call.whole, self.call.ordered = padded, order is None, order is None
+        self.call.shared.clear()
         if order is None:
             return hidden_states, state
         return hidden_states.gather(1, order[..., None].expand(-1, -1, hidden_states.shape[-1])), state.gather(order)
@@ -400,7 +489,9 @@ class DecoderTokenBlock(TokenBlock):
         cache,
         record: CachedTokens | None,
         start: int,
-    ) -> tuple[Tensor, AttentionInfo]:
+        reduces: bool,
+    ) -> tuple[Tensor, AttentionInfo | None]:
+        """x after attention and its residual; the attention info a reducer reads when this layer `reduces`."""
         attn = self.self_attn
         head_dim = attn.head_dim
         h = self.input_layernorm(x)
@@ -409,47 +500,95 @@ class DecoderTokenBlock(TokenBlock):
         v = split_heads(attn.v_proj(h), head_dim)
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
-        # cos / sin cover this call's tokens in input order: row (original position - start).
-        rows = (state.position - start).clamp(min=0, max=rotary[0].shape[1] - 1)
-        cos, sin = gather_rows(rotary[0], rows).to(q.dtype), gather_rows(rotary[1], rows).to(q.dtype)
+        cos, sin = self._rotary(rotary, state, start)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        key_position, key_real, keys, values = state.position[:, None], state.real[:, None], k, v
+        key_position, key_real, keys, values, own_keys = state.position[:, None], state.real[:, None], k, v, True
         if cache is not None:
-            keys, values, key_position, key_real = self._cache_update(cache, record, q, k, v, state, attn.scaling)
-        groups = q.shape[1] // keys.shape[1]
-        bias = heads_bias(state.position, key_position, key_real, q.dtype, self.window)
-        if bias.shape[1] > 1:  # keys chosen per KV head: each query head reads its group's
-            bias = bias.repeat_interleave(groups, dim=1)
-        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+            keys, values, key_position, key_real, own_keys = self._cache_update(
+                cache, record, q, k, v, state, attn.scaling
+            )
+        prefill = record is None or record.prefill  # the keys are this call's tokens (as the queries)
+        padded = self.call.padded or (not prefill and record.padded)
+        mask, causal = self._attention_mask(state, key_position, key_real, own_keys, padded, prefill, q.dtype)
         dropout = attn.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, dropout_p=dropout, scale=attn.scaling)
+        out = grouped_attention(q, keys, values, mask, causal, attn.scaling, dropout)
         batch, heads, tokens, dim = out.shape
         out = attn.o_proj(out.transpose(1, 2).reshape(batch, tokens, heads * dim))
         if self.sandwich:
             out = self.post_attention_layernorm(out)
-        # What a reducer scores: this call's own tokens in their current order (the cache may hold them left-aligned).
-        own_bias = None
-        if self.reducer is not None:
-            own_bias = causal_bias(
-                state.position, state.position, padding_bias(state.real, q.dtype), q.dtype, self.window
-            )
-        return x + out, AttentionInfo(
-            query=q, key=k.repeat_interleave(groups, dim=1), bias=own_bias, scale=attn.scaling
-        )
+        if not reduces:
+            return x + out, None
+        # What a reducer scores: this call's own tokens in their current order (the cache may hold them
+        # left-aligned). The decoder's reducers read the last token's row only, so only that row is built.
+        bias = last_token_bias(state, self.window, q.dtype, self.call.padded)
+        key = repeat_heads(k, q.shape[1] // k.shape[1])
+        return x + out, AttentionInfo(query=q, key=key, bias=bias, scale=attn.scaling)
+
+    def _rotary(self, rotary: tuple[Tensor, Tensor], state: TokenState, start: int) -> tuple[Tensor, Tensor]:
+        """cos / sin [B or 1, N, d] of the layer's tokens. The model's rows cover this call's tokens in input
+        order, so each token reads row (original position - start): the rows themselves while none is dropped."""
+        if self.call.whole:
+            return rotary
+        # The model hands layers of one kind (Gemma-3: sliding or full) the same table.
+        table, shared = self.call.shared.get(("rotary", self.window), (None, None))
+        if table is not rotary[0]:
+            rows = (state.position - start).clamp(min=0, max=rotary[0].shape[1] - 1)
+            shared = gather_rows(rotary[0], rows), gather_rows(rotary[1], rows)
+            self.call.shared[("rotary", self.window)] = rotary[0], shared
+        return shared
+
+    def _attention_mask(
+        self,
+        state: TokenState,
+        key_position: Tensor,
+        key_real: Tensor,
+        own_keys: bool,
+        padded: bool,
+        prefill: bool,
+        dtype: torch.dtype,
+    ) -> tuple[Tensor | None, bool]:
+        """(additive mask [B, 1 or Hs, Q, K] or None, SDPA's is_causal) of this layer's queries over its keys.
+
+        Kept tokens stay in input order, so when nothing is padded and the keys are the queries' own
+        tokens (prefill, the KV-selector prefill included) "key position <= query position" is index
+        order j <= i: SDPA's causal mask, with no mask in memory and the fused kernels free to run. A
+        sliding window changes nothing while the whole call fits in it. A decoding step (one query, no
+        padding, full attention) sees every cached entry. Everything else gets the mask from positions,
+        in prefill built once for the layers of one window that see the same tokens.
+        """
+        if not padded:
+            fits_window = self.window is None or (self.call.whole and key_position.shape[-1] <= self.window)
+            if own_keys and self.call.ordered and fits_window:
+                return None, True
+            if not own_keys and state.position.shape[1] == 1 and self.window is None:
+                return None, False
+        mask = self.call.shared.get(("mask", self.window)) if prefill else None
+        if mask is None:
+            mask = key_mask(state.position, key_position, key_real if padded else None, self.window, dtype)
+            if prefill:
+                self.call.shared[("mask", self.window)] = mask
+        return mask, False
 
     def _cache_update(self, cache, record: CachedTokens, q: Tensor, k: Tensor, v: Tensor, state: TokenState, scale):
-        """Append this call's keys / values (left-aligned) to the cache; keys, values, positions, flags to attend to.
+        """Append this call's keys / values (left-aligned) to the cache; keys, values, positions and flags to
+        attend to, and whether those are exactly this call's tokens in the queries' order.
 
         Prefill with a KV selector (full-attention layers only: a sliding layer's cache is bounded by its
         window already) attends to every prompt token but stores only the tokens selected per KV head.
         """
         position, real = state.position[:, None], state.real[:, None]
+        own_keys = record.prefill and not self.call.padded  # left-aligning moves nothing
+        record.padded = record.padded or self.call.padded
         if record.prefill:
-            k_all, v_all, position, real = stored_tokens(k, v, state)
+            k_all, v_all = k, v
+            if not own_keys:
+                k_all, v_all, position, real = stored_tokens(k, v, state)
             if self.kv_selector is not None and self.window is None:
                 kept = stored_tokens(k, v, state, self.kv_selector(q, k, state, scale))
+                record.padded = record.padded or may_pad(kept[3])  # a sample that keeps fewer has empty slots
                 self._store(cache, record, *kept)
-                return k_all, v_all, position, real
+                return k_all, v_all, position, real, own_keys
             k, v = k_all, v_all
         previous_position = record.position.get(self.layer_index, position[..., :0])
         previous_real = record.real.get(self.layer_index, real[..., :0])
@@ -465,7 +604,7 @@ class DecoderTokenBlock(TokenBlock):
         stored = cache.layers[self.layer_index].keys.shape[2]  # a sliding-window layer keeps only the newest
         record.position[self.layer_index] = key_position[..., -stored:] if stored else key_position[..., :0]
         record.real[self.layer_index] = key_real[..., -stored:] if stored else key_real[..., :0]
-        return keys, values, key_position, key_real
+        return keys, values, key_position, key_real, own_keys
 
     def _store(self, cache, record: CachedTokens, k: Tensor, v: Tensor, position: Tensor, real: Tensor) -> None:
         """Prefill of a compressed layer: the cache holds only the selected entries."""
