@@ -215,6 +215,7 @@ def markdown(result: dict) -> str:
             "FLOPs = convolutions + layers (MACs), relative to the original; data-dependent rows report means. "
             "Intervals span several points at these clip counts: read differences inside them as ties."
         ),
+        *(["", result["note"] + "."] if "note" in result else []),
         "",
         "| method | budget | encoder FLOPs | " + " | ".join(sources) + " |",
         "|---|---|---|" + "---|" * len(sources),
