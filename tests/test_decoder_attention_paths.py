@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from test_decoder_prefill import PROMPT, QUESTION, SINK, greedy, prompt, tiny
+from test_decoder_prefill import PROMPT, QUESTION, SINK, greedy, left_padded_pair, prompt, tiny
 
 from tokcomp.pipeline import apply_passes
 from tokcomp.surgery.adapters import decoder
@@ -91,11 +91,7 @@ def test_a_prompt_inside_the_sliding_window_equals_the_general_path(monkeypatch,
 def test_a_padded_batch_equals_each_prompt_alone_on_the_fast_path(family):
     """The padded batch takes bool masks; each prompt alone takes the fast path: the real rows agree."""
     model = compressed(family, "fastv")
-    short, long = prompt(28, seed=2), prompt(PROMPT, seed=3)
-    ids = torch.zeros(2, PROMPT, dtype=torch.long)
-    mask = torch.zeros(2, PROMPT, dtype=torch.long)
-    ids[0], mask[0] = long[0], 1
-    ids[1, PROMPT - 28 :], mask[1, PROMPT - 28 :] = short[0], 1
+    short, long, ids, mask = left_padded_pair()
     batch = greedy(model, input_ids=ids, attention_mask=mask)
     for row, alone in ((0, long), (1, short)):
         single = greedy(model, input_ids=alone)

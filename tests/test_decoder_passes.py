@@ -15,7 +15,7 @@ import itertools
 
 import pytest
 import torch
-from test_decoder_prefill import FAMILIES, PROMPT, QUESTION, SINK, KeepPositions, greedy, prompt, tiny
+from test_decoder_prefill import FAMILIES, PROMPT, QUESTION, SINK, KeepPositions, greedy, left_padded_pair, prompt, tiny
 
 from tokcomp.errors import RecipeError, SpanError, TokcompError
 from tokcomp.pipeline import apply_passes
@@ -170,11 +170,7 @@ def test_a_recipe_can_require_every_call_to_mark_its_span():
 
 def test_generate_within_a_span_equals_each_prompt_alone_in_a_padded_batch():
     model = compressed(tiny("mistral"), "pyramid_drop", keep=0.5)
-    short, long = prompt(28, seed=2), prompt(PROMPT, seed=3)
-    ids = torch.zeros(2, PROMPT, dtype=torch.long)
-    mask = torch.zeros(2, PROMPT, dtype=torch.long)
-    ids[0], mask[0] = long[0], 1
-    ids[1, PROMPT - 28 :], mask[1, PROMPT - 28 :] = short[0], 1
+    short, long, ids, mask = left_padded_pair()
     span = torch.zeros(2, PROMPT, dtype=torch.bool)
     span[0, 5:25], span[1, PROMPT - 28 + 5 : PROMPT - 28 + 25] = True, True
     with reducible_span(model, span):
@@ -349,11 +345,7 @@ def test_gemfilter_is_the_original_model_run_on_the_selected_tokens(positions):
 @pytest.mark.parametrize("positions", ["original", "contiguous"])
 def test_gemfilter_left_padded_batch_equals_each_prompt_alone(positions):
     model = gemfilter(tiny("llama"), 0.5, positions)
-    short, long = prompt(28, seed=2), prompt(PROMPT, seed=3)
-    ids = torch.zeros(2, PROMPT, dtype=torch.long)
-    mask = torch.zeros(2, PROMPT, dtype=torch.long)
-    ids[0], mask[0] = long[0], 1
-    ids[1, PROMPT - 28 :], mask[1, PROMPT - 28 :] = short[0], 1
+    short, long, ids, mask = left_padded_pair()
     batch = greedy(model, input_ids=ids, attention_mask=mask)
     for row, alone in ((0, long), (1, short)):
         single = greedy(model, input_ids=alone, attention_mask=torch.ones_like(alone))

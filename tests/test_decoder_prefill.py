@@ -53,6 +53,16 @@ def prompt(length: int = PROMPT, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, 97, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
+def left_padded_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(short, long, ids, attention mask): a 28-token and a PROMPT-token prompt, left-padded into one batch."""
+    short, long = prompt(28, seed=2), prompt(PROMPT, seed=3)
+    ids = torch.zeros(2, PROMPT, dtype=torch.long)
+    mask = torch.zeros(2, PROMPT, dtype=torch.long)
+    ids[0], mask[0] = long[0], 1
+    ids[1, PROMPT - 28 :], mask[1, PROMPT - 28 :] = short[0], 1
+    return short, long, ids, mask
+
+
 def greedy(model, **inputs):
     return model.generate(**inputs, max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True)
 
@@ -124,11 +134,7 @@ def test_cache_holds_the_kept_tokens_and_decoding_reads_them_at_original_positio
 def test_left_padded_batch_equals_each_prompt_alone():
     base = tiny("mistral")
     model = compressed(base, keep=0.5)
-    short, long = prompt(28, seed=2), prompt(PROMPT, seed=3)
-    ids = torch.zeros(2, PROMPT, dtype=torch.long)
-    mask = torch.zeros(2, PROMPT, dtype=torch.long)
-    ids[0], mask[0] = long[0], 1
-    ids[1, PROMPT - 28 :], mask[1, PROMPT - 28 :] = short[0], 1
+    short, long, ids, mask = left_padded_pair()
     batch = greedy(copy.deepcopy(model), input_ids=ids, attention_mask=mask)  # a copy hooks into itself
     for row, alone in ((0, long), (1, short)):
         single = greedy(model, input_ids=alone)
