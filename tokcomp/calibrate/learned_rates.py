@@ -17,7 +17,7 @@ The pass records the result as its `r_per_layer`, so a checkpoint reloads like a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokcomp.analysis.flops import model_macs, resolve_flops_target
 from tokcomp.errors import RecipeError
@@ -25,7 +25,8 @@ from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.schedule import tokens_after_layers
 from tokcomp.surgery.adapters.base import Geometry
 
-ReducerFactory = Callable[[list[int]], Sequence[Reducer | None]]
+if TYPE_CHECKING:  # the passes import this module
+    from tokcomp.passes.budget import ReducerFactory
 
 
 def removals_for(shares: Sequence[float], selected: list[bool], input_tokens: int, protected: int) -> list[int]:

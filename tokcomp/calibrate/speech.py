@@ -41,13 +41,19 @@ def speech_clips_for(
     if data is not None:
         name, clips = load_speech_data(data, count, seed, split=split)
         return (f"{name} ({split} split)" if name.startswith("zoo:") else name), clips
-    per_source = -(-count // len(SOURCES))
-    chosen: dict[str, list[SpeechClip]] = {}
-    for source in SOURCES:
-        clips = [c for c in speech_clips(source, split, limit=per_source) if knows_language(model, c.language)]
-        if clips:
-            chosen[source] = clips
-    clips = [clip for group in chosen.values() for clip in group][:count]
+    def usable(source: str, limit: int) -> list[SpeechClip]:
+        return [c for c in speech_clips(source, split, limit=limit) if knows_language(model, c.language)]
+
+    # `count` clips shared as evenly as the sources allow (some have few or no clips in a split, or are in
+    # languages the model lacks); each source gives its first clips by name hash (speech_clips' spread).
+    available = {source: len(usable(source, count)) for source in SOURCES}
+    quota = dict.fromkeys(SOURCES, 0)
+    while sum(quota.values()) < count and any(quota[s] < available[s] for s in SOURCES):
+        for source in SOURCES:
+            if quota[source] < available[source] and sum(quota.values()) < count:
+                quota[source] += 1
+    chosen = {source: usable(source, quota[source]) for source in SOURCES if quota[source]}
+    clips = [clip for group in chosen.values() for clip in group]
     return "zoo:" + "+".join(chosen) + f" ({split} split)", clips
 
 

@@ -106,19 +106,20 @@ class ScheduledReductionPass(Pass):
 
         selected = select_blocks(site.names, config)
         r_list = resolve_r_list(config, selected, geometry, make, self.name, site.protected)
-        if any(reducer is not None and reducer.uses_cls_attention for reducer in make(r_list)):
+        reducers = make(r_list)
+        if any(reducer is not None and reducer.uses_cls_attention for reducer in reducers):
             site.require_cls(self.name)
         search_report = None
         if config.rates == "learned":
             from tokcomp.calibrate.learned_rates import learn_removals
 
-            def install(reducers) -> None:
-                site.install(list(reducers), self.proportional_attention(config))
+            def install(candidate) -> None:
+                site.install(list(candidate), self.proportional_attention(config))
 
             r_list, search_report = learn_removals(
                 model, config, selected, geometry, site.protected, make, install, r_list, ctx, self.name
             )
-        reducers = make(r_list)
+            reducers = make(r_list)
         site.install(reducers, self.proportional_attention(config))
         metadata = {**token_metadata(site, geometry, reducers), "r_per_layer": r_list}
         return metadata if search_report is None else {**metadata, "report": search_report}
