@@ -2,7 +2,7 @@
 
     python benchmarks/decoder_kvpress.py [--model zoo:gemma-3-270m] [--lengths 1024,2048,4096,8192]
         [--depths 0.1,0.5,0.9] [--samples 4] [--keeps 0.5,0.25,0.1]
-        [--passes '[{"type": "fastv", "layer": 2, "sink": 4, "question": 32}]']
+        [--passes '[{"type": "fastv", "layer": 6, "sink": 4, "question": 32}, ...]']
         [--presses snapkv,streaming_llm,expected_attention,knorm] [--fidelity-length 1024] [--fidelity-samples 4]
 
 Rows: the original model; every tokcomp pass spec at every kept share (`keep` set to the share, or the
@@ -54,7 +54,15 @@ PRESSES = {
     "expected_attention": "ExpectedAttentionPress",
     "knorm": "KnormPress",
 }
-DEFAULT_PASSES = [{"type": "fastv", "layer": 2, "sink": 4, "question": 32}]
+# The shipped Gemma recipes' settings (recipes/*_gemma.yaml): in-prefill drops rank after full-attention layers.
+SPAN = {"sink": 4, "question": 32}
+DEFAULT_PASSES = [
+    {"type": "fastv", "layer": 6, **SPAN},
+    {"type": "pyramid_drop", "layers": [6, 12], "keep_field": "target_keep", **SPAN},
+    {"type": "gemfilter", "layer": 6, **SPAN},
+    {"type": "snapkv", **SPAN},
+    {"type": "streaming_llm", **SPAN},
+]
 
 
 # ====================================================================== worker (runs in .venv-kvpress)
@@ -381,8 +389,66 @@ def to_markdown(result: dict) -> str:
             f"| {row['method']} | {row['keep']:g} | {100 * row['needle_accuracy']:.0f}% | " + " | ".join(marks)
             + f" | {row['kl']:.3f} | {row['top1_agreement']:.3f} | {row['kv_cache_bytes_prose'] / 2**20:.2f} |"
         )  # fmt: skip
-    lines += ["", "Bold: fewer needles than the original in that cell."]
+    lines += ["", "Bold: fewer needles than the original in that cell.", ""] + by_length(result)
     return "\n".join(lines) + "\n"
+
+
+def per_length(row: dict) -> dict[int, tuple[int, int]]:
+    """(correct, prompts) per prompt length, over its depths."""
+    out: dict[int, tuple[int, int]] = {}
+    for c in row["cells"]:
+        hits, n = out.get(c["length"], (0, 0))
+        out[c["length"]] = (hits + c["correct"], n + c["n"])
+    return out
+
+
+def by_length(result: dict) -> list[str]:
+    """Needles answered per length and kept share (every depth together), and the 25%-kept comparison:
+    the best tokcomp pass and the best kvpress press (most needles over all lengths) against the original."""
+    rows = result["rows"]
+    lengths = sorted(per_length(rows[0]))
+    lines = [
+        "## Per prompt length (all depths)",
+        "",
+        "| method | keep | " + " | ".join(f"{n} tok" for n in lengths) + " |",
+    ]
+    lines.append("|---|---|" + "---|" * len(lengths))
+    for row in rows:
+        counts = per_length(row)
+        lines.append(
+            f"| {row['method']} | {row['keep']:g} | "
+            + " | ".join(f"{counts[n][0]}/{counts[n][1]}" for n in lengths)
+            + " |"
+        )
+    original = per_length(rows[0])
+
+    def best(prefix: str) -> dict | None:
+        found = [r for r in rows if r["method"].startswith(prefix) and abs(r["keep"] - 0.25) < 1e-9]
+        return max(found, key=lambda r: (r["needle_accuracy"], -r["kl"]), default=None)
+
+    ours, theirs = best("tokcomp"), best("kvpress")
+    if ours is None:
+        return lines + [""]
+    mine = per_length(ours)
+    matched = [n for n in lengths if mine[n][0] >= original[n][0]]
+    verdict = [
+        "",
+        f"At 25% kept, the best tokcomp pass is {ours['method']} ({100 * ours['needle_accuracy']:.0f}% of needles); "
+        f"it matches the original's count at {len(matched)} of {len(lengths)} lengths"
+        + (
+            ""
+            if len(matched) == len(lengths)
+            else f" (not at {', '.join(str(n) for n in lengths if n not in matched)})"
+        )
+        + ".",
+    ]
+    if theirs is not None:
+        relation = "at least as many as" if ours["needle_accuracy"] >= theirs["needle_accuracy"] else "fewer than"
+        verdict[-1] += (
+            f" The best kvpress press at the same share is {theirs['method']} ({100 * theirs['needle_accuracy']:.0f}%):"
+            f" tokcomp answers {relation} it."
+        )
+    return lines + verdict + [""]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Time to first token, decoding speed, KV-cache bytes and peak prefill memory: original vs tokcomp passes.
 
     python benchmarks/decoder_prefill_speed.py [--model zoo:gemma-3-270m] [--lengths 2048,4096,8192]
-        [--pass '{"type": "fastv", "keep": 0.25, "layer": 2, "sink": 4, "question": 32}' [--pass ...]]
+        [--pass '{"type": "fastv", "keep": 0.25, "layer": 6, "sink": 4, "question": 32}' [--pass ...]]
         [--repeats 5] [--new-tokens 32] [--device cpu] [--dtype float32]
     python benchmarks/decoder_prefill_speed.py --model random:gemma-3-1b --device cuda --dtype bfloat16
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_PASS = {"type": "fastv", "keep": 0.25, "layer": 2, "sink": 4, "question": 32}
+DEFAULT_PASS = {"type": "fastv", "keep": 0.25, "layer": 6, "sink": 4, "question": 32}
 
 # Gemma-3 text architectures (the published configs' shapes) for `--model random:<name>`.
 _GEMMA3_COMMON = {

@@ -92,8 +92,8 @@ step environment 60 any "$PYTHON" scripts/gpu_check.py environment --out "$OUT/e
 # Long prompts first (an open issue's measurement): time to first token, decoding speed and KV-cache bytes
 # of Gemma-3 shapes (random weights: nothing to download) at 2k / 4k / 8k tokens, original vs the passes.
 PREFILL_PASSES=(
-  --pass '{"type": "fastv", "keep": 0.25, "layer": 2, "sink": 4, "question": 32}'
-  --pass '{"type": "pyramid_drop", "target_keep": 0.25, "sink": 4, "question": 32}'
+  --pass '{"type": "fastv", "keep": 0.25, "layer": 6, "sink": 4, "question": 32}'
+  --pass '{"type": "pyramid_drop", "layers": [6, 12], "target_keep": 0.25, "sink": 4, "question": 32}'
   --pass '{"type": "snapkv", "keep": 0.25, "sink": 4, "question": 32}'
 )
 # gemma-3-270m's shapes past 8k tokens too: on a GPU a model this small is bound by kernel launches at

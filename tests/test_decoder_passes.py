@@ -428,3 +428,74 @@ def test_a_version_1_snapkv_record_one_shared_rate_still_restores():
     handler.restore(restored, config, {"rate": list(rate)})
     ids = prompt()
     assert torch.equal(greedy(restored, input_ids=ids).sequences, greedy(current, input_ids=ids).sequences)
+
+
+# --------------------------------------------------------------------------- ranking pooled over neighbours
+
+
+def test_pooling_spreads_a_score_over_its_neighbours_and_kernel_1_is_the_identity():
+    from tokcomp.reducers.ranking import pool_neighbours
+
+    scores = torch.tensor([[0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.3, 0.0]])
+    assert torch.equal(pool_neighbours(scores, 1), scores)
+    assert torch.equal(pool_neighbours(scores, 3), scores[:, [0, 0, 3, 3, 3, 6, 6, 6]])
+    mean = pool_neighbours(scores, 3, "avg")  # padding left out of the mean at the edges
+    assert torch.allclose(mean, torch.tensor([[0.0, 0.0, 0.3, 0.3, 0.3, 0.1, 0.1, 0.15]]))
+
+
+def test_a_pooled_ranking_keeps_the_phrase_around_what_the_last_token_reads():
+    """The last token reads token 9 only: unpooled, the other kept tokens are whatever ties rank first;
+    pooled over 5, token 9 comes with its two neighbours on each side."""
+    from tests.conftest import state_of
+    from tokcomp.reducers.attention_drop import LastQueryAttentionDrop
+    from tokcomp.reducers.rate import Rate
+    from tokcomp.surgery.attention import AttentionInfo
+
+    tokens = 16
+    key = torch.zeros(1, 1, tokens, 4)
+    key[0, 0, 9, 0] = 20.0  # the last token's query is (1, 0, 0, 0): all its attention goes to token 9
+    query = torch.zeros(1, 1, tokens, 4)
+    query[0, 0, -1, 0] = 1.0
+    attn = AttentionInfo(query=query, key=key, bias=None, scale=1.0)
+    state = state_of(torch.ones(1, tokens), protected=0, source=False)
+    state = state._replace(protected=state.position >= tokens - 1)  # the last token is the question
+    x = torch.arange(tokens, dtype=torch.float32).view(1, tokens, 1)
+
+    def kept(kernel: int) -> set[int]:
+        _, new = LastQueryAttentionDrop(Rate(10, tokens - 1), 1, kernel)(x, state, attn)  # keeps 5 of 15
+        return set(new.position[0].tolist()) - {tokens - 1}
+
+    assert kept(5) == {7, 8, 9, 10, 11}
+    assert 9 in kept(1) and kept(1) != kept(5)
+
+
+@pytest.mark.parametrize("name", ["fastv", "pyramid_drop", "gemfilter"])
+def test_rank_drops_reject_an_even_kernel(name):
+    spec = {"type": name, "kernel": 4, **SPAN} | ({"layers": [1, 2]} if name == "pyramid_drop" else {})
+    with pytest.raises(TokcompError, match="must be odd") as error:
+        apply_passes(tiny("llama"), [spec], sequence_length=64)
+    assert "\n" not in str(error.value)
+
+
+def test_a_version_1_fastv_record_restores_its_unpooled_ranking():
+    from tokcomp.passes import PASSES as REGISTERED
+
+    base = tiny("llama")
+    unpooled = copy.deepcopy(base)
+    record = apply_passes(unpooled, [{"type": "fastv", "keep": 0.25, "kernel": 1, **SPAN}], sequence_length=64)[0]
+    metadata = {k: v for k, v in record.metadata.items() if k != "ranking"}  # what version 1 wrote
+    handler = REGISTERED["fastv"]()
+    restored = copy.deepcopy(base)
+    handler.restore(restored, handler.Config(keep=0.25, **SPAN), metadata)  # today's default kernel is 15
+    assert restored.model.layers[1].reducer.kernel == 1
+    ids = prompt()
+    assert torch.equal(greedy(restored, input_ids=ids).sequences, greedy(unpooled, input_ids=ids).sequences)
+
+
+def test_ranking_with_a_sliding_window_layer_is_flagged_with_the_layer_to_use(capsys):
+    # tiny qwen2: layers 1-2 full attention, 3-4 sliding (window 12)
+    apply_passes(tiny("qwen2"), [{"type": "fastv", "layer": 3, **SPAN}], sequence_length=64)
+    out = capsys.readouterr().err
+    assert "fastv ranks tokens after layer 3, a sliding-window layer (12 tokens)" in out
+    apply_passes(tiny("qwen2"), [{"type": "fastv", "layer": 2, **SPAN}], sequence_length=64)
+    assert "sliding-window" not in capsys.readouterr().err

@@ -275,7 +275,9 @@ def test_gemma_keep_all_is_exact_with_and_without_the_cache(gemma, tmp_path):
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_gemma_fastv_half_keeps_the_continuation(gemma, tmp_path):
-    """keep 0.5 after layer 2: the next 32 tokens' distributions stay close to the original's."""
+    """keep 0.5 after the recipe's layer: the next 32 tokens' distributions stay close to the original's."""
+    import yaml
+
     tokenizer, original = gemma
     model = compile_gemma(tmp_path, keep=0.5)
     scores = []
@@ -283,7 +285,8 @@ def test_gemma_fastv_half_keeps_the_continuation(gemma, tmp_path):
         with torch.no_grad():
             cache = model(ids[:, :CONTEXT], use_cache=True).cache
         reducible = CONTEXT - 4 - 32
-        kept = CONTEXT - model.model.layers[1].reducer.rate.of(reducible)
+        layer = yaml.safe_load((RECIPES / "fastv_gemma.yaml").read_text())["passes"][0]["layer"]
+        kept = CONTEXT - model.model.layers[layer - 1].reducer.rate.of(reducible)
         assert kept == CONTEXT - reducible // 2
         full_layers = [i for i, t in enumerate(model.config.layer_types) if t == "full_attention"]
         assert all(cache.layers[i].keys.shape[2] == kept for i in full_layers)  # layers 5, 11, 17

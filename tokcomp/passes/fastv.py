@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tokcomp.errors import RecipeError
 from tokcomp.passes.base import Pass, PassConfig, register_pass
 from tokcomp.passes.token_reduction import BlockSite, geometry_of, token_metadata
+from tokcomp.progress import warn
 from tokcomp.reducers.attention_drop import LastQueryAttentionDrop
 from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.adapters.decoder import DecoderAdapter
@@ -44,7 +45,41 @@ class DecoderSpanConfig(PassConfig):
     )
 
 
-class FastVConfig(DecoderSpanConfig):
+class ScorePooling(PassConfig):
+    """Smoothing of per-token scores over neighbouring tokens before ranking (reducers/ranking.py)."""
+
+    kernel: int = Field(7, ge=1, description="width of the 1-D pooling over neighbouring tokens' scores (odd)")
+    pooling: Literal["max", "avg"] = Field("max", description="pooling of the scores over the kernel")
+
+    @model_validator(mode="after")
+    def _odd_kernel(self):
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel {self.kernel} must be odd (it is centred on each token)")
+        return self
+
+
+class LastTokenRanking(DecoderSpanConfig, ScorePooling):
+    """Settings of the passes that drop by the last token's attention (fastv, pyramid_drop, gemfilter,
+    learned_drop). Pooled over 15 tokens by default: a fact's value sits several tokens after the words the
+    question matches, and is kept with them (chosen on the calibration split's needle prompts,
+    docs/llm_prefill.md)."""
+
+    kernel: int = Field(15, ge=1, description="width of the max pooling of the last token's attention (odd)")
+
+    def ranking(self) -> ScorePooling:
+        return ScorePooling(kernel=self.kernel, pooling=self.pooling)
+
+
+# Records written before the ranking was pooled (pass version 1) ranked each token on its own.
+UNPOOLED = ScorePooling(kernel=1, pooling="max")
+
+
+def recorded_ranking(metadata: dict[str, Any]) -> ScorePooling:
+    """The ranking a record was compiled with (version 1 records: unpooled)."""
+    return ScorePooling(**metadata["ranking"]) if "ranking" in metadata else UNPOOLED
+
+
+class FastVConfig(LastTokenRanking):
     keep: float = Field(0.5, gt=0, le=1, description="share of each prompt's reducible tokens kept")
     layer: int = Field(2, ge=1, description="layers that see the whole prompt (FastV's K)")
 
@@ -104,19 +139,37 @@ def set_span(site: BlockSite, config: DecoderSpanConfig, question: int | None = 
         block.span_from_call = config.span == "call"
 
 
-def install_drops(site: BlockSite, config: DecoderSpanConfig, rates: dict[int, Rate]) -> list:
+def install_drops(site: BlockSite, ranking: ScorePooling, rates: dict[int, Rate]) -> list:
     """Attention drops at the given layers (index -> rate); installed even at keep 1.0: same path, nothing removed."""
     reducers = [None] * len(site.blocks)
     for index, rate in rates.items():
-        reducers[index] = LastQueryAttentionDrop(rate, site.protected)
+        reducers[index] = LastQueryAttentionDrop(rate, site.protected, ranking.kernel, ranking.pooling)
     site.install(reducers, proportional_attention=False)
     return reducers
+
+
+def warn_windowed_ranking(site: BlockSite, indices: list[int], pass_name: str) -> None:
+    """One warning when a drop ranks with a sliding-window layer: its last token cannot see (so scores zero,
+    and drops first) every token further back than the window, whatever it is."""
+    windowed = [(i, site.blocks[i].window) for i in indices if site.blocks[i].window is not None]
+    if not windowed:
+        return
+    full = [i for i, block in enumerate(site.blocks) if block.window is None]
+    index, window = windowed[0]
+    better = next((i + 1 for i in full if i >= index), None)
+    fix = (
+        f"rank after a full-attention layer instead (layer {better})" if better else "rank after a full-attention layer"
+    )
+    warn(
+        f"{pass_name} ranks tokens after layer {index + 1}, a sliding-window layer ({window} tokens): in prompts "
+        f"longer than that it drops the earlier tokens unseen; {fix}"
+    )
 
 
 @register_pass
 class FastVPass(Pass):
     name = "fastv"
-    version = 1
+    version = 2  # 2: the ranking's pooling is recorded (version-1 records rank unpooled)
     Config = FastVConfig
     summary = "FastV: drop the prompt tokens the last token attends to least, after layer K, in prefill"
 
@@ -124,11 +177,13 @@ class FastVPass(Pass):
         site = self._site(model, config)
         geometry, reducible = reference_reducible(model, ctx, config, self.name)
         rate = keep_rate(config.keep, reducible)
-        reducers = self._install(site, config, rate)
-        return {**token_metadata(site, geometry, reducers), "rate": rate.to_json()}
+        reducers = self._install(site, config, config.ranking(), rate)
+        warn_windowed_ranking(site, [config.layer - 1], self.name)
+        ranking = config.ranking().model_dump()
+        return {**token_metadata(site, geometry, reducers), "rate": rate.to_json(), "ranking": ranking}
 
     def restore(self, model, config: FastVConfig, metadata: dict[str, Any]) -> None:
-        self._install(self._site(model, config), config, Rate(*metadata["rate"]))
+        self._install(self._site(model, config), config, recorded_ranking(metadata), Rate(*metadata["rate"]))
 
     def _site(self, model, config: FastVConfig) -> BlockSite:
         site = decoder_site(model, self.name)
@@ -141,5 +196,5 @@ class FastVPass(Pass):
         return site
 
     @staticmethod
-    def _install(site: BlockSite, config: FastVConfig, rate: Rate) -> list:
-        return install_drops(site, config, {config.layer - 1: rate})
+    def _install(site: BlockSite, config: FastVConfig, ranking: ScorePooling, rate: Rate) -> list:
+        return install_drops(site, ranking, {config.layer - 1: rate})

@@ -18,18 +18,21 @@ from pydantic import Field
 from tokcomp.errors import RecipeError
 from tokcomp.passes.base import Pass, register_pass
 from tokcomp.passes.fastv import (
-    DecoderSpanConfig,
+    LastTokenRanking,
+    ScorePooling,
     decoder_site,
     install_drops,
     keep_rate,
+    recorded_ranking,
     reference_reducible,
     set_span,
+    warn_windowed_ranking,
 )
 from tokcomp.passes.token_reduction import BlockSite, token_metadata
 from tokcomp.reducers.rate import Rate
 
 
-class GemFilterConfig(DecoderSpanConfig):
+class GemFilterConfig(LastTokenRanking):
     keep: float = Field(0.5, gt=0, le=1, description="share of each prompt's reducible tokens selected")
     layer: int = Field(6, ge=1, description="layers the selecting run goes through (GemFilter's r)")
     positions: Literal["original", "contiguous"] = Field(
@@ -40,7 +43,7 @@ class GemFilterConfig(DecoderSpanConfig):
 @register_pass
 class GemFilterPass(Pass):
     name = "gemfilter"
-    version = 1
+    version = 2  # 2: the ranking's pooling is recorded (version-1 records rank unpooled)
     Config = GemFilterConfig
     summary = "GemFilter: select prompt tokens by an early layer's last-token attention, then re-run on them"
 
@@ -48,15 +51,16 @@ class GemFilterPass(Pass):
         site = self._site(model, config)
         geometry, reducible = reference_reducible(model, ctx, config, self.name)
         rate = keep_rate(config.keep, reducible)
-        reducers = self._install(site, config, rate)
+        reducers = self._install(site, config, config.ranking(), rate)
+        warn_windowed_ranking(site, [config.layer - 1], self.name)
         kept = reducers[config.layer - 1].kept_tokens(geometry.input_tokens)
         metadata = token_metadata(site, geometry, [None] * len(site.blocks))
         metadata["tokens_per_layer"] = [kept] * len(site.blocks)  # the re-run; the selecting run is reported
         report = {"selecting_run": {"layers": config.layer, "tokens": geometry.input_tokens}, "selected": kept}
-        return {**metadata, "rate": rate.to_json(), "report": report}
+        return {**metadata, "rate": rate.to_json(), "ranking": config.ranking().model_dump(), "report": report}
 
     def restore(self, model, config: GemFilterConfig, metadata: dict[str, Any]) -> None:
-        self._install(self._site(model, config), config, Rate(*metadata["rate"]))
+        self._install(self._site(model, config), config, recorded_ranking(metadata), Rate(*metadata["rate"]))
 
     def _site(self, model, config: GemFilterConfig) -> BlockSite:
         site = decoder_site(model, self.name)
@@ -69,8 +73,8 @@ class GemFilterPass(Pass):
         return site
 
     @staticmethod
-    def _install(site: BlockSite, config: GemFilterConfig, rate: Rate) -> list:
-        reducers = install_drops(site, config, {config.layer - 1: rate})
+    def _install(site: BlockSite, config: GemFilterConfig, ranking: ScorePooling, rate: Rate) -> list:
+        reducers = install_drops(site, ranking, {config.layer - 1: rate})
         site.blocks[config.layer - 1].select_only = True
         site.blocks[0].filter_contiguous = config.positions == "contiguous"
         return reducers

@@ -22,12 +22,12 @@ per-call spans) are the ones of `fastv`; kept entries keep their original positi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tokcomp.passes.base import Pass, register_pass
-from tokcomp.passes.fastv import DecoderSpanConfig, decoder_site, keep_rate, reference_reducible, set_span
+from tokcomp.passes.fastv import DecoderSpanConfig, ScorePooling, decoder_site, keep_rate, reference_reducible, set_span
 from tokcomp.passes.token_reduction import BlockSite, token_metadata
 from tokcomp.reducers.kv_selection import KVSelector, ObservationWindowSelection, RecentSelection
 from tokcomp.reducers.rate import Rate
@@ -37,16 +37,8 @@ class KVCacheConfig(DecoderSpanConfig):
     keep: float = Field(0.5, gt=0, le=1, description="share of each prompt's reducible tokens the cache keeps")
 
 
-class SnapKVConfig(KVCacheConfig):
+class SnapKVConfig(KVCacheConfig, ScorePooling):
     window: int = Field(32, ge=1, description="last prompt tokens whose attention scores the rest (always kept)")
-    kernel: int = Field(7, ge=1, description="width of the 1-D pooling over neighbouring tokens' scores (odd)")
-    pooling: Literal["max", "avg"] = Field("max", description="pooling of the scores over the kernel")
-
-    @model_validator(mode="after")
-    def _odd_kernel(self):
-        if self.kernel % 2 == 0:
-            raise ValueError(f"kernel {self.kernel} must be odd (it is centred on each token)")
-        return self
 
 
 class PyramidKVConfig(SnapKVConfig):

@@ -36,12 +36,14 @@ from tokcomp.analysis.flops import model_macs, resolve_flops_target
 from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.passes.base import Pass, register_pass
 from tokcomp.passes.fastv import (
-    DecoderSpanConfig,
+    LastTokenRanking,
     cumulative_rates,
     decoder_site,
     install_drops,
+    recorded_ranking,
     reference_reducible,
     set_span,
+    warn_windowed_ranking,
 )
 from tokcomp.passes.token_reduction import BlockSite, token_metadata
 from tokcomp.reducers.attention_drop import LastQueryAttentionDrop
@@ -52,7 +54,7 @@ from tokcomp.surgery.adapters.base import Geometry
 MAX_CUT = 0.95  # a larger prefill FLOPs cut leaves too little of the model to calibrate
 
 
-class LearnedDropConfig(DecoderSpanConfig):
+class LearnedDropConfig(LastTokenRanking):
     target_flops: float | str | None = Field(
         None, description='search for this prefill budget: a fraction (0.5), a cut ("-50%") or GMACs ("1.2G")'
     )
@@ -100,7 +102,7 @@ def check_shares(shares: list[float], layers: int) -> None:
 @register_pass
 class LearnedDropPass(Pass):
     name = "learned_drop"
-    version = 1
+    version = 2  # 2: the ranking's pooling is recorded (version-1 records rank unpooled)
     Config = LearnedDropConfig
     summary = "Learned prefill drops: per-layer keep shares searched for a FLOPs target by KL on calibration prose"
 
@@ -117,8 +119,11 @@ class LearnedDropPass(Pass):
         else:
             shares, report = _search(model, site, geometry, reducible, config, ctx)
         rates = cumulative_rates(shares, reducible)
-        reducers = install_drops(site, config, {i: rate for i, rate in enumerate(rates) if rate.removed})
+        dropping = {i: rate for i, rate in enumerate(rates) if rate.removed}
+        reducers = install_drops(site, config.ranking(), dropping)
+        warn_windowed_ranking(site, list(dropping), self.name)
         metadata = {
+            "ranking": config.ranking().model_dump(),
             **token_metadata(site, geometry, reducers),
             "rates": [rate.to_json() if rate.removed else None for rate in rates],
             "keep": shares,
@@ -130,7 +135,8 @@ class LearnedDropPass(Pass):
     def restore(self, model, config: LearnedDropConfig, metadata: dict[str, Any]) -> None:
         site = decoder_site(model, self.name)
         set_span(site, config)
-        install_drops(site, config, {i: Rate(*rate) for i, rate in enumerate(metadata["rates"]) if rate is not None})
+        rates = {i: Rate(*rate) for i, rate in enumerate(metadata["rates"]) if rate is not None}
+        install_drops(site, recorded_ranking(metadata), rates)
 
 
 def resolve_target(target: float | str, original_macs: int, geometry: Geometry, reducible: int, protected: int) -> int:
@@ -180,7 +186,8 @@ def _search(model, site: BlockSite, geometry: Geometry, reducible: int, config: 
     scorer = ContinuationFidelity(model, prompts, config.continuation)
 
     def score(shares: list[float]) -> float:
-        install_drops(site, config, {i: r for i, r in enumerate(cumulative_rates(shares, reducible)) if r.removed})
+        rates = cumulative_rates(shares, reducible)
+        install_drops(site, config.ranking(), {i: r for i, r in enumerate(rates) if r.removed})
         return scorer(model)
 
     result = search_keep_shares(

@@ -24,18 +24,21 @@ from pydantic import Field, model_validator
 from tokcomp.errors import RecipeError
 from tokcomp.passes.base import Pass, register_pass
 from tokcomp.passes.fastv import (
-    DecoderSpanConfig,
+    LastTokenRanking,
+    ScorePooling,
     cumulative_rates,
     decoder_site,
     install_drops,
+    recorded_ranking,
     reference_reducible,
     set_span,
+    warn_windowed_ranking,
 )
 from tokcomp.passes.token_reduction import BlockSite, token_metadata
 from tokcomp.reducers.rate import Rate
 
 
-class PyramidDropConfig(DecoderSpanConfig):
+class PyramidDropConfig(LastTokenRanking):
     layers: list[int] = Field(
         default_factory=lambda: [2, 6, 12], description="stage ends: layers that see the span before each drop"
     )
@@ -63,7 +66,7 @@ def stage_rates(share: float, stages: int, reducible: int) -> list[Rate]:
 @register_pass
 class PyramidDropPass(Pass):
     name = "pyramid_drop"
-    version = 1
+    version = 2  # 2: the ranking's pooling is recorded (version-1 records rank unpooled)
     Config = PyramidDropConfig
     summary = "PyramidDrop: drop the prompt tokens the last token attends to least at several stage ends, in prefill"
 
@@ -71,11 +74,17 @@ class PyramidDropPass(Pass):
         site = self._site(model, config)
         geometry, reducible = reference_reducible(model, ctx, config, self.name)
         rates = stage_rates(config.stage_share(), len(config.layers), reducible)
-        reducers = self._install(site, config, rates)
-        return {**token_metadata(site, geometry, reducers), "rates": [rate.to_json() for rate in rates]}
+        reducers = self._install(site, config, config.ranking(), rates)
+        warn_windowed_ranking(site, [layer - 1 for layer in config.layers], self.name)
+        return {
+            **token_metadata(site, geometry, reducers),
+            "rates": [rate.to_json() for rate in rates],
+            "ranking": config.ranking().model_dump(),
+        }
 
     def restore(self, model, config: PyramidDropConfig, metadata: dict[str, Any]) -> None:
-        self._install(self._site(model, config), config, [Rate(*rate) for rate in metadata["rates"]])
+        rates = [Rate(*rate) for rate in metadata["rates"]]
+        self._install(self._site(model, config), config, recorded_ranking(metadata), rates)
 
     def _site(self, model, config: PyramidDropConfig) -> BlockSite:
         site = decoder_site(model, self.name)
@@ -94,5 +103,5 @@ class PyramidDropPass(Pass):
         return site
 
     @staticmethod
-    def _install(site: BlockSite, config: PyramidDropConfig, rates: list[Rate]) -> list:
-        return install_drops(site, config, {layer - 1: rate for layer, rate in zip(config.layers, rates, strict=True)})
+    def _install(site: BlockSite, config: PyramidDropConfig, ranking: ScorePooling, rates: list[Rate]) -> list:
+        return install_drops(site, ranking, {layer - 1: rate for layer, rate in zip(config.layers, rates, strict=True)})

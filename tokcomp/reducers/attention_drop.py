@@ -17,8 +17,8 @@ from torch import Tensor
 
 from tokcomp.reducers.apply import select
 from tokcomp.reducers.base import Reducer
-from tokcomp.reducers.ranking import keep_most_important
-from tokcomp.reducers.rate import Count
+from tokcomp.reducers.ranking import keep_most_important, pool_neighbours
+from tokcomp.reducers.rate import Count, Rate
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState, real_count
 
@@ -43,6 +43,13 @@ class LastQueryAttentionDrop(Reducer):
 
     kind = "attention_drop"
 
+    def __init__(self, rate: Rate, protected: int = 0, kernel: int = 1, pooling: str = "max"):
+        super().__init__(rate, protected)
+        self.kernel, self.pooling = kernel, pooling
+
+    def describe(self) -> dict:
+        return {**super().describe(), "kernel": self.kernel, "pooling": self.pooling}
+
     @staticmethod
     def limit(reducible: Count) -> Count:
         return reducible  # dropping (not merging): the whole span may go
@@ -56,5 +63,6 @@ class LastQueryAttentionDrop(Reducer):
         # A call's own span (reducible_span) may protect more than the recipe's sink + question, so the
         # output is as long as the sample keeping most needs, not the static `kept_tokens(tokens)`.
         length = int(keep.max()) if isinstance(keep, Tensor) else keep
-        kept, _ = keep_most_important(last_query_attention(attn, state), state, keep, length, by_position=True)
+        importance = pool_neighbours(last_query_attention(attn, state), self.kernel, self.pooling)
+        kept, _ = keep_most_important(importance, state, keep, length, by_position=True)
         return select(x, state, kept, null=state.real is not None)

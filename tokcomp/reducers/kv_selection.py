@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokcomp.reducers.ranking import pool_neighbours
 from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.state import TokenState, causal_bias, real_count, reducible_tokens
 
@@ -98,12 +98,7 @@ class ObservationWindowSelection(KVSelector):
         logits = logits + causal_bias(state.position.gather(1, index), state.position, key_bias, logits.dtype)
         probs = torch.softmax(logits.float(), dim=-1) * present[:, None, :, None]
         scores = probs.sum(dim=2).view(batch, kv_heads, heads // kv_heads, tokens).mean(dim=2)  # [B, Hkv, N]
-        flat = scores.reshape(batch * kv_heads, 1, tokens)
-        if self.pooling == "max":
-            flat = F.max_pool1d(flat, self.kernel, stride=1, padding=self.kernel // 2)
-        else:
-            flat = F.avg_pool1d(flat, self.kernel, stride=1, padding=self.kernel // 2, count_include_pad=False)
-        return flat.view(batch, kv_heads, tokens)
+        return pool_neighbours(scores, self.kernel, self.pooling)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "window": self.window, "kernel": self.kernel, "pooling": self.pooling}

@@ -8,11 +8,28 @@ Protected tokens always rank first (in index order) and padding last, whatever t
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tokcomp.reducers.apply import first
 from tokcomp.reducers.rate import Count
 from tokcomp.surgery.state import TokenState
+
+
+def pool_neighbours(scores: Tensor, kernel: int, pooling: str = "max") -> Tensor:
+    """Scores [..., N] smoothed over each token's `kernel` neighbours (odd, centred): max or mean.
+
+    A kept token then brings its neighbours: a fact's value sits a few tokens after the words a
+    question matches, and a lone kept token out of its phrase is of little use (SnapKV's pooling).
+    """
+    if kernel == 1:
+        return scores
+    flat = scores.reshape(-1, 1, scores.shape[-1])
+    if pooling == "max":
+        flat = F.max_pool1d(flat, kernel, stride=1, padding=kernel // 2)
+    else:
+        flat = F.avg_pool1d(flat, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
+    return flat.view(scores.shape)
 
 
 def importance_order(importance: Tensor, state: TokenState) -> Tensor:
