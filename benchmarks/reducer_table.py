@@ -1,4 +1,4 @@
-"""Every token reducer at equal FLOPs, training-free, on DINOv2-S and MiniLM-L6: fidelity on held-out data.
+"""Every token reducer at equal FLOPs on DINOv2-S and MiniLM-L6: fidelity on held-out data.
 
     python benchmarks/reducer_table.py [--passes tome,token_transform,prune,evit]
         [--budgets=-20%,-35%,-50%] [--images N] [--text-per-bucket 64]
@@ -6,7 +6,8 @@
 
 Rows: every registered pass whose config accepts `target_flops` (so a new token pass such
 as `diffrate` joins by re-running), plus two ablations of Token Transforming (k = 2, and
-ToMe's key metric) and random dropping. Columns: three FLOPs cuts.
+ToMe's key metric), DiffRate with learned per-block merge rules, and random dropping.
+Columns: three FLOPs cuts.
 
 - Budget: passes with a fixed schedule (FIXED_SCHEDULE) all get the same per-block r list at the
   reference input, the one whose FLOPs land closest to the cut, so they keep exactly the same
@@ -21,9 +22,12 @@ ToMe's key metric) and random dropping. Columns: three FLOPs cuts.
 - Fidelity: per-sample cosine of the pooled embedding to the original model's on the same inputs.
   Every row is compared with ToMe on the same samples: mean difference, seeded bootstrap 95%
   interval, wins/ties/losses, and "tie" when the interval contains 0 (tokcomp.analysis.paired).
+- Claims: at every budget, each learned row against the best training-free row (paired, same
+  samples), and Token Transforming against ToMe.
 - No timing: this table is fidelity only (speed is measured by benchmarks/throughput_cpu.py).
 
-Writes benchmarks/results/reducers.{md,json}.
+Writes benchmarks/results/reducers.{md,json} after every row (a partial run leaves a usable
+table); models not run this time keep their committed results.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, write_results as write_result_files  # noqa: E402
 from tokcomp.analysis.baselines import random_drop_like  # noqa: E402
 from tokcomp.analysis.fidelity import model_outputs  # noqa: E402
 from tokcomp.analysis.flops import model_macs  # noqa: E402
@@ -65,6 +69,9 @@ FIXED_SCHEDULE = {"tome", "token_transform", "prune", "evit", "zero_tprune"}
 ABLATIONS = {  # extra rows after `token_transform`: label -> pass settings
     "token_transform k=2 (many-to-many)": {"type": "token_transform", "k": 2},
     "token_transform on keys": {"type": "token_transform", "metric": "keys"},
+}
+DIFFRATE_VARIANTS = {  # extra rows after `diffrate` (its default: bipartite merging everywhere)
+    "diffrate, learned merge rules": {"type": "diffrate", "merge_rule": "learned"},
 }
 RANDOM_DROP = "random drop (baseline)"  # same token counts, uniformly random tokens kept
 REFERENCE = "tome"  # every row is compared with this one, sample by sample
@@ -196,6 +203,8 @@ def row_specs(passes: list[str]) -> dict[str, dict]:
         rows[name] = {"type": name}
         if name == "token_transform":
             rows.update(ABLATIONS)
+        if name == "diffrate":
+            rows.update(DIFFRATE_VARIANTS)
     rows[RANDOM_DROP] = {"type": RANDOM_DROP}
     return rows
 
@@ -253,7 +262,8 @@ def input_flops_cuts(model, task: Task) -> dict[str, float]:
     return out
 
 
-def run_task(task: Task, rows: dict[str, dict], budgets: list[str]) -> dict:
+def run_task(task: Task, rows: dict[str, dict], budgets: list[str], on_row=lambda result: None) -> dict:
+    """Every row at every budget; `on_row(result so far)` after each row (partial results get written)."""
     original = task.loaded.model
     geometry = find_adapter(original).geometry(original, task.spec)
     protected = find_adapter(original).protected_tokens(original)
@@ -271,6 +281,12 @@ def run_task(task: Task, rows: dict[str, dict], budgets: list[str]) -> dict:
         cut = parse_cut(budget)
         schedule = matched_schedule(geometry, protected, cut)
         entries, scores = {}, {}
+        result["budgets"][budget] = {
+            "target_cut": cut,
+            "schedule": schedule,
+            "schedule_cut": schedule_cut(geometry, protected, schedule),
+            "rows": entries,
+        }
         for label, settings in rows.items():
             started = time.perf_counter()
             model, metadata = compress(task, settings, budget, schedule)
@@ -300,13 +316,13 @@ def run_task(task: Task, rows: dict[str, dict], budgets: list[str]) -> dict:
                 f"GMACs {metadata['gmacs']:.4f} cut {achieved:.4f} ({time.perf_counter() - started:.1f}s)",
                 flush=True,
             )
-        add_comparisons(entries, scores)
-        result["budgets"][budget] = {
-            "target_cut": cut,
-            "schedule": schedule,
-            "schedule_cut": schedule_cut(geometry, protected, schedule),
-            "rows": entries,
-        }
+            if metadata.get("merge_rules"):
+                entries[label]["merge_rules"] = metadata["merge_rules"]
+            if "report" in metadata:
+                entries[label]["search_seconds"] = metadata["report"].get("search_seconds")
+            add_comparisons(entries, scores)
+            result["budgets"][budget]["claims"] = claims(entries, scores, rows)
+            on_row(result)
     return result
 
 
@@ -325,6 +341,26 @@ def add_comparisons(entries: dict[str, dict], scores: dict[str, dict[str, list[f
         every = [c for v in scores[label].values() for c in v]
         every_reference = [c for v in scores[REFERENCE].values() for c in v]
         entry["vs_tome"] = compare_paired(every, every_reference).as_dict()
+
+
+def claims(entries: dict[str, dict], scores: dict[str, dict[str, list[float]]], rows: dict[str, dict]) -> list[dict]:
+    """Each learned row vs the best training-free row, and Token Transforming vs ToMe: paired, same samples."""
+
+    def every(label: str) -> list[float]:
+        return [c for v in scores[label].values() for c in v]
+
+    free = [label for label in entries if not _learned(rows[label]) and rows[label]["type"] != RANDOM_DROP]
+    out = []
+    if free:
+        best = max(free, key=lambda label: entries[label]["cosine_mean"])
+        for label in entries:
+            if _learned(rows[label]):
+                out.append({"claim": f"{label} >= best training-free", "a": label, "b": best,
+                            **compare_paired(every(label), every(best)).as_dict()})  # fmt: skip
+    if "token_transform" in entries and REFERENCE in entries:
+        out.append({"claim": "token_transform >= tome", "a": "token_transform", "b": REFERENCE,
+                    **compare_paired(every("token_transform"), every(REFERENCE)).as_dict()})  # fmt: skip
+    return out
 
 
 def sweep(task: Task, budgets: list[str]) -> dict:
@@ -369,14 +405,32 @@ def cell(row: dict, group: dict | None = None) -> str:
     return text
 
 
-def write_results(results: dict, info: dict, settings: dict, budgets: list[str]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def claim_line(claim: dict) -> str:
+    low, high = claim["interval"]
+    verdict = {"A better": "holds", "B better": "fails", "tie": "tie"}[claim["verdict"]]
+    return (
+        f"{claim['a']} vs {claim['b']}: {claim['mean_difference']:+.4f} [{low:+.4f}, {high:+.4f}] "
+        f"{claim['wins']}/{claim['ties']}/{claim['losses']}, {verdict}"
+    )
+
+
+def previous_models() -> dict:
+    """The committed results per model, each with the settings of the run that produced it."""
+    path = RESULTS / "reducers.json"
+    if not path.exists():
+        return {}
+    payload = json.loads(path.read_text())
+    return {name: {"settings": payload.get("settings", {}), **model} for name, model in payload["models"].items()}
+
+
+def write_results(results: dict, info: dict, settings: dict) -> None:
+    """reducers.{json,md}; `results` may be partial (rows or budgets missing: "-")."""
     payload = {"machine": info, "settings": settings, "models": results}
-    (RESULTS / "reducers.json").write_text(json.dumps(payload, indent=2) + "\n")
+    commands = dict.fromkeys(model.get("settings", settings)["command"] for model in results.values())
     lines = [
-        "# Token reducers at equal FLOPs, training-free, on held-out data",
+        "# Token reducers at equal FLOPs on held-out data",
         "",
-        f"Generated by `benchmarks/reducer_table.py` ({settings['command']}); fidelity only, no timing.",
+        f"Generated by `benchmarks/reducer_table.py` ({'; '.join(commands)}); fidelity only, no timing.",
         "",
         "Each cell: mean cosine of the pooled embedding to the original model's (min over samples in "
         "brackets), the GMACs the row runs at, then the paired comparison with ToMe on the same samples: "
@@ -384,35 +438,56 @@ def write_results(results: dict, info: dict, settings: dict, budgets: list[str])
         "`B` = ToMe better, `tie` = the interval contains 0). A row whose GMACs differ from ToMe's by more "
         "than 0.5% is flagged in bold: its comparison is not at equal compute. FLOPs: GMACs at the reference "
         "input, DiffRate's convention. Fixed-schedule passes share one per-block r list per budget, so their "
-        "token counts are identical. No training anywhere.",
+        "token counts are identical.",
         "",
         "Rows: `token_transform` at its defaults; `k=2 (many-to-many)` the same with each removed token "
         "spread over its 2 best targets; `on keys` the same on ToMe's key metric; `random drop` keeps "
-        "random tokens at the same counts. Learned-schedule passes (DiffRate) calibrate on the calibration "
-        "split, which never overlaps the evaluation split.",
+        "random tokens at the same counts. Only the DiffRate rows learn (no weights change): `diffrate` its "
+        "per-block counts at the FLOPs target (fitted to within 0.5%), `diffrate, learned merge rules` the "
+        "same counts and then each block's merge rule (bipartite on hidden states or keys, or spreading over "
+        "2 targets), both on the calibration split, which never overlaps the evaluation split. Every other "
+        "row is training-free.",
     ]
     for model_name, result in results.items():
+        budgets = list(result["budgets"])
         lines += ["", f"## {model_name}", "", f"Data: {result['data']}. Original: {result['gmacs']:.3f} GMACs.", ""]
         header = "| reducer | " + " | ".join(f"{b} FLOPs" for b in budgets) + " |"
-        labels = list(next(iter(result["budgets"].values()))["rows"])
+        labels = list(dict.fromkeys(label for b in budgets for label in result["budgets"][b]["rows"]))
+
+        def row_cell(budget: str, label: str, group: str | None = None) -> str:
+            row = result["budgets"][budget]["rows"].get(label)
+            if row is None:
+                return "-"
+            if group is None:
+                return cell(row)
+            text = cell(row, row["groups"][group])
+            if "input_flops_cut" in row["groups"][group]:
+                text += f"; cut at own length {row['groups'][group]['input_flops_cut']:.1%}"
+            return text
+
         lines += [header, "|---|" + "---|" * len(budgets)]
-        for label in labels:
-            cells = [cell(result["budgets"][b]["rows"][label]) for b in budgets]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += [f"| {label} | " + " | ".join(row_cell(b, label) for b in budgets) + " |" for label in labels]
         groups = list(result["groups"])
         if len(groups) > 1:
             for group in groups:
                 lines += ["", f"### {model_name}, inputs of {group} tokens ({result['groups'][group]} sentences)", ""]
                 lines += [header, "|---|" + "---|" * len(budgets)]
-                for label in labels:
-                    cells = []
-                    for b in budgets:
-                        row = result["budgets"][b]["rows"][label]
-                        text = cell(row, row["groups"][group])
-                        if "input_flops_cut" in row["groups"][group]:
-                            text += f"; cut at own length {row['groups'][group]['input_flops_cut']:.1%}"
-                        cells.append(text)
-                    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+                lines += [
+                    f"| {label} | " + " | ".join(row_cell(b, label, group) for b in budgets) + " |" for label in labels
+                ]
+        claimed = [(b, c) for b in budgets for c in result["budgets"][b].get("claims", [])]
+        if claimed:
+            lines += ["", "Claims (paired over every evaluation sample: difference [95% interval] wins/ties/losses; "
+                      "\"tie\" when the interval holds 0):", ""]  # fmt: skip
+            lines += [f"- {b}: {claim_line(c)}" for b, c in claimed]
+        rules = [
+            f"{label} at {b}: {', '.join(row['merge_rules'])}"
+            for b in budgets
+            for label, row in result["budgets"][b]["rows"].items()
+            if row.get("merge_rules")
+        ]
+        if rules:
+            lines += ["", "Learned merge rules per block: " + "; ".join(rules) + "."]
         cuts = [
             f"{b}: r = {result['budgets'][b]['schedule']}, cut {result['budgets'][b]['schedule_cut']:.2%}"
             for b in budgets
@@ -426,7 +501,7 @@ def write_results(results: dict, info: dict, settings: dict, budgets: list[str])
         ]
         if flagged:
             lines += ["", "Not at ToMe's GMACs (more than 0.5% apart): " + "; ".join(flagged) + "."]
-    (RESULTS / "reducers.md").write_text("\n".join(lines) + "\n")
+    write_result_files(RESULTS, "reducers", payload, "\n".join(lines) + "\n", show=False)
 
 
 def sweep_markdown(results: dict, budgets: list[str]) -> str:
@@ -461,11 +536,9 @@ def main() -> None:
     if "text" in args.models:
         tasks.append(text_task(args.text_per_bucket))
     if args.sweep:
-        sweep_budgets = [b for b in budgets if parse_cut(b) >= 0.35] or budgets
-        print(sweep_markdown({t.name: sweep(t, sweep_budgets) for t in tasks}, sweep_budgets))
+        print(sweep_markdown({t.name: sweep(t, budgets) for t in tasks}, budgets))
         return
     rows = row_specs(passes)
-    results = {task.name: run_task(task, rows, budgets) for task in tasks}
     settings = {
         "command": "python benchmarks/reducer_table.py " + " ".join(sys.argv[1:]),
         "passes": passes,
@@ -473,9 +546,15 @@ def main() -> None:
         "batch": BATCH,
         "images": args.images,
         "text_per_bucket": args.text_per_bucket,
-        "seconds": round(time.perf_counter() - started),
     }
-    write_results(results, machine(), settings, budgets)
+    results = {name: model for name, model in previous_models().items() if name not in {t.name for t in tasks}}
+
+    def save(name: str, result: dict) -> None:
+        results[name] = {**result, "settings": {**settings, "seconds": round(time.perf_counter() - started)}}
+        write_results(results, machine(), settings)
+
+    for task in tasks:
+        save(task.name, run_task(task, rows, budgets, on_row=lambda result, name=task.name: save(name, result)))
     print((RESULTS / "reducers.md").read_text())
 
 
