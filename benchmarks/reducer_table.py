@@ -447,7 +447,11 @@ def previous_models() -> dict:
 def write_results(results: dict, info: dict, settings: dict) -> None:
     """reducers.{json,md}; `results` may be partial (rows or budgets missing: "-")."""
     payload = {"machine": info, "settings": settings, "models": results}
-    commands = dict.fromkeys(model.get("settings", settings)["command"] for model in results.values())
+    commands = dict.fromkeys(
+        budget.get("settings", model.get("settings", settings)).get("command", "?")
+        for model in results.values()
+        for budget in model["budgets"].values()
+    )
     lines = [
         "# Token reducers at equal FLOPs on held-out data",
         "",
@@ -569,10 +573,19 @@ def main() -> None:
         "images": args.images,
         "text_per_bucket": args.text_per_bucket,
     }
-    results = {name: model for name, model in previous_models().items() if name not in {t.name for t in tasks}}
+    previous = previous_models()
+    results = {name: model for name, model in previous.items() if name not in {t.name for t in tasks}}
 
     def save(name: str, result: dict) -> None:
-        results[name] = {**result, "settings": {**settings, "seconds": round(time.perf_counter() - started)}}
+        """Write what exists: this run's budgets, and the committed ones this run does not redo."""
+        before = previous.get(name, {})
+        kept = {  # each budget records the settings of the run that measured it
+            b: {"settings": before.get("settings", {}), **v} for b, v in before.get("budgets", {}).items() if b not in budgets
+        }
+        for budget in result["budgets"].values():
+            budget["settings"] = {**settings, "seconds": round(time.perf_counter() - started)}
+        merged = dict(sorted({**kept, **result["budgets"]}.items(), key=lambda item: parse_cut(item[0])))
+        results[name] = {**result, "budgets": merged}
         write_results(results, machine(), settings)
 
     for task in tasks:
