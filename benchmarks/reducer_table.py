@@ -1,4 +1,4 @@
-"""Every token reducer at equal FLOPs, training-free, on DINOv2-S and MiniLM-L6: fidelity on held-out data.
+"""Every token reducer at equal FLOPs on DINOv2-S and MiniLM-L6: fidelity on held-out data.
 
     python benchmarks/reducer_table.py [--passes tome,token_transform,prune,evit]
         [--budgets=-20%,-35%,-50%] [--images N] [--text-per-bucket 64]
@@ -6,7 +6,8 @@
 
 Rows: every registered pass whose config accepts `target_flops` (so a new token pass such
 as `diffrate` joins by re-running), plus two ablations of Token Transforming (k = 2, and
-ToMe's key metric) and random dropping. Columns: three FLOPs cuts.
+ToMe's key metric), DiffRate with learned per-block merge rules, and random dropping.
+Columns: three FLOPs cuts.
 
 - Budget: passes with a fixed schedule (FIXED_SCHEDULE) all get the same per-block r list at the
   reference input, the one whose FLOPs land closest to the cut, so they keep exactly the same
@@ -21,9 +22,12 @@ ToMe's key metric) and random dropping. Columns: three FLOPs cuts.
 - Fidelity: per-sample cosine of the pooled embedding to the original model's on the same inputs.
   Every row is compared with ToMe on the same samples: mean difference, seeded bootstrap 95%
   interval, wins/ties/losses, and "tie" when the interval contains 0 (tokcomp.analysis.paired).
+- Claims: at every budget, each learned row against the best training-free row (paired, same
+  samples), and Token Transforming against ToMe.
 - No timing: this table is fidelity only (speed is measured by benchmarks/throughput_cpu.py).
 
-Writes benchmarks/results/reducers.{md,json}.
+Writes benchmarks/results/reducers.{md,json} after every row (a partial run leaves a usable
+table); models not run this time keep their committed results.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, write_results as write_result_files  # noqa: E402
 from tokcomp.analysis.baselines import random_drop_like  # noqa: E402
 from tokcomp.analysis.fidelity import model_outputs  # noqa: E402
 from tokcomp.analysis.flops import model_macs  # noqa: E402
@@ -65,6 +69,15 @@ FIXED_SCHEDULE = {"tome", "token_transform", "prune", "evit", "zero_tprune"}
 ABLATIONS = {  # extra rows after `token_transform`: label -> pass settings
     "token_transform k=2 (many-to-many)": {"type": "token_transform", "k": 2},
     "token_transform on keys": {"type": "token_transform", "metric": "keys"},
+}
+LEARNED_RULES = "diffrate, learned merge rules"
+# DiffRate rows, in this order. merge_rule learned runs DiffRate's count search exactly as the default
+# (bipartite) does, same seed and data, then chooses each block's rule with the counts fixed; so the
+# default's row applies those counts with bipartite merging everywhere (`counts_from`) instead of
+# running the same search again (about 7 minutes a budget on 2 shared cores).
+DIFFRATE_ROWS = {
+    LEARNED_RULES: {"type": "diffrate", "merge_rule": "learned"},
+    "diffrate": {"type": "diffrate", "counts_from": LEARNED_RULES},
 }
 RANDOM_DROP = "random drop (baseline)"  # same token counts, uniformly random tokens kept
 REFERENCE = "tome"  # every row is compared with this one, sample by sample
@@ -193,6 +206,9 @@ def schedule_cut(geometry: Geometry, protected: int, schedule: list[int]) -> flo
 def row_specs(passes: list[str]) -> dict[str, dict]:
     rows = {}
     for name in passes:
+        if name == "diffrate":
+            rows.update(DIFFRATE_ROWS)
+            continue
         rows[name] = {"type": name}
         if name == "token_transform":
             rows.update(ABLATIONS)
@@ -203,12 +219,15 @@ def row_specs(passes: list[str]) -> dict[str, dict]:
 # ------------------------------------------------------------------ measuring
 
 
-def compress(task: Task, settings: dict, budget: str, schedule: list[int]):
-    """(model, pass metadata) for one row at one budget."""
+def compress(task: Task, settings: dict, budget: str, schedule: list[int], done: dict[str, dict] | None = None):
+    """(model, pass metadata) for one row at one budget; `done`: pass metadata of the rows run before."""
     if settings["type"] == RANDOM_DROP:
         return _random_drop(task, schedule)
     model = copy.deepcopy(task.loaded.model)
     entry = {**settings, "target_flops": budget} if _learned(settings) else {**settings, "r": schedule}
+    if "counts_from" in settings:  # the counts another row's search found at this budget (DIFFRATE_ROWS)
+        found = (done or {})[settings["counts_from"]]
+        entry = {"type": settings["type"], "schedule": {"prune": found["prune_kept"], "merge": found["merge_kept"]}}
     calibration = CalibrationSpec(data=task.tuning_source, samples=256, batch_size=BATCH)
     loaded = copy.copy(task.loaded)
     loaded.model = model
@@ -253,7 +272,8 @@ def input_flops_cuts(model, task: Task) -> dict[str, float]:
     return out
 
 
-def run_task(task: Task, rows: dict[str, dict], budgets: list[str]) -> dict:
+def run_task(task: Task, rows: dict[str, dict], budgets: list[str], on_row=lambda result: None) -> dict:
+    """Every row at every budget; `on_row(result so far)` after each row (partial results get written)."""
     original = task.loaded.model
     geometry = find_adapter(original).geometry(original, task.spec)
     protected = find_adapter(original).protected_tokens(original)
@@ -270,10 +290,17 @@ def run_task(task: Task, rows: dict[str, dict], budgets: list[str]) -> dict:
     for budget in budgets:
         cut = parse_cut(budget)
         schedule = matched_schedule(geometry, protected, cut)
-        entries, scores = {}, {}
+        entries, scores, done = {}, {}, {}
+        result["budgets"][budget] = {
+            "target_cut": cut,
+            "schedule": schedule,
+            "schedule_cut": schedule_cut(geometry, protected, schedule),
+            "rows": entries,
+        }
         for label, settings in rows.items():
             started = time.perf_counter()
-            model, metadata = compress(task, settings, budget, schedule)
+            model, metadata = compress(task, settings, budget, schedule, done)
+            done[label] = metadata
             with torch.inference_mode():
                 scores[label] = per_sample_cosines(model, task, references)
             achieved = 1 - metadata["gmacs"] / dense_gmacs
@@ -300,13 +327,18 @@ def run_task(task: Task, rows: dict[str, dict], budgets: list[str]) -> dict:
                 f"GMACs {metadata['gmacs']:.4f} cut {achieved:.4f} ({time.perf_counter() - started:.1f}s)",
                 flush=True,
             )
-        add_comparisons(entries, scores)
-        result["budgets"][budget] = {
-            "target_cut": cut,
-            "schedule": schedule,
-            "schedule_cut": schedule_cut(geometry, protected, schedule),
-            "rows": entries,
-        }
+            if metadata.get("merge_rules"):
+                entries[label]["merge_rules"] = metadata["merge_rules"]
+            if "report" in metadata:
+                report = metadata["report"]
+                entries[label]["search_seconds"] = report.get("search_seconds")
+                if "merge_choice" in report:  # calibration loss: plain search, its counts with bipartite, chosen rules
+                    entries[label]["calibration_loss"] = {
+                        key: report["merge_choice"][key] for key in ("search_score", "start_score", "score")
+                    }
+            add_comparisons(entries, scores)
+            result["budgets"][budget]["claims"] = claims(entries, scores, rows)
+            on_row(result)
     return result
 
 
@@ -327,8 +359,31 @@ def add_comparisons(entries: dict[str, dict], scores: dict[str, dict[str, list[f
         entry["vs_tome"] = compare_paired(every, every_reference).as_dict()
 
 
-def sweep(task: Task, budgets: list[str]) -> dict:
-    """Token Transforming variants on the calibration data, to choose defaults without the evaluation data."""
+def claims(entries: dict[str, dict], scores: dict[str, dict[str, list[float]]], rows: dict[str, dict]) -> list[dict]:
+    """Each learned row vs the best training-free row, and Token Transforming vs ToMe: paired, same samples."""
+
+    def every(label: str) -> list[float]:
+        return [c for v in scores[label].values() for c in v]
+
+    free = [label for label in entries if not _learned(rows[label]) and rows[label]["type"] != RANDOM_DROP]
+    out = []
+    if free:
+        best = max(free, key=lambda label: entries[label]["cosine_mean"])
+        for label in entries:
+            if _learned(rows[label]):
+                out.append({"claim": f"{label} >= best training-free", "a": label, "b": best,
+                            **compare_paired(every(label), every(best)).as_dict()})  # fmt: skip
+    if "token_transform" in entries and REFERENCE in entries:
+        out.append({"claim": "token_transform >= tome", "a": "token_transform", "b": REFERENCE,
+                    **compare_paired(every("token_transform"), every(REFERENCE)).as_dict()})  # fmt: skip
+    return out
+
+
+def sweep(task: Task, budgets: list[str], match: str = "") -> dict:
+    """Token Transforming variants on the calibration data, to choose defaults without the evaluation data.
+
+    `match`: only the variants whose label contains it (and ToMe).
+    """
     original = task.loaded.model
     geometry = find_adapter(original).geometry(original, task.spec)
     protected = find_adapter(original).protected_tokens(original)
@@ -338,6 +393,8 @@ def sweep(task: Task, budgets: list[str]) -> dict:
     for budget in budgets:
         schedule = matched_schedule(geometry, protected, parse_cut(budget))
         for label, settings in SWEEP.items():
+            if match not in label and label != REFERENCE:
+                continue
             model, _ = compress(task, settings, budget, schedule)
             with torch.inference_mode():
                 cos = F.cosine_similarity(embeddings(model, task.tuning, task.loaded.pooling), reference, dim=-1)
@@ -369,14 +426,36 @@ def cell(row: dict, group: dict | None = None) -> str:
     return text
 
 
-def write_results(results: dict, info: dict, settings: dict, budgets: list[str]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def claim_line(claim: dict) -> str:
+    low, high = claim["interval"]
+    verdict = {"A better": "holds", "B better": "fails", "tie": "tie"}[claim["verdict"]]
+    return (
+        f"{claim['a']} vs {claim['b']}: {claim['mean_difference']:+.4f} [{low:+.4f}, {high:+.4f}] "
+        f"{claim['wins']}/{claim['ties']}/{claim['losses']}, {verdict}"
+    )
+
+
+def previous_models() -> dict:
+    """The committed results per model, each with the settings of the run that produced it."""
+    path = RESULTS / "reducers.json"
+    if not path.exists():
+        return {}
+    payload = json.loads(path.read_text())
+    return {name: {"settings": payload.get("settings", {}), **model} for name, model in payload["models"].items()}
+
+
+def write_results(results: dict, info: dict, settings: dict) -> None:
+    """reducers.{json,md}; `results` may be partial (rows or budgets missing: "-")."""
     payload = {"machine": info, "settings": settings, "models": results}
-    (RESULTS / "reducers.json").write_text(json.dumps(payload, indent=2) + "\n")
+    commands = dict.fromkeys(
+        budget.get("settings", model.get("settings", settings)).get("command", "?")
+        for model in results.values()
+        for budget in model["budgets"].values()
+    )
     lines = [
-        "# Token reducers at equal FLOPs, training-free, on held-out data",
+        "# Token reducers at equal FLOPs on held-out data",
         "",
-        f"Generated by `benchmarks/reducer_table.py` ({settings['command']}); fidelity only, no timing.",
+        f"Generated by `benchmarks/reducer_table.py` ({'; '.join(commands)}); fidelity only, no timing.",
         "",
         "Each cell: mean cosine of the pooled embedding to the original model's (min over samples in "
         "brackets), the GMACs the row runs at, then the paired comparison with ToMe on the same samples: "
@@ -384,35 +463,56 @@ def write_results(results: dict, info: dict, settings: dict, budgets: list[str])
         "`B` = ToMe better, `tie` = the interval contains 0). A row whose GMACs differ from ToMe's by more "
         "than 0.5% is flagged in bold: its comparison is not at equal compute. FLOPs: GMACs at the reference "
         "input, DiffRate's convention. Fixed-schedule passes share one per-block r list per budget, so their "
-        "token counts are identical. No training anywhere.",
+        "token counts are identical.",
         "",
         "Rows: `token_transform` at its defaults; `k=2 (many-to-many)` the same with each removed token "
         "spread over its 2 best targets; `on keys` the same on ToMe's key metric; `random drop` keeps "
-        "random tokens at the same counts. Learned-schedule passes (DiffRate) calibrate on the calibration "
-        "split, which never overlaps the evaluation split.",
+        "random tokens at the same counts. Only the DiffRate rows learn (no weights change): `diffrate` its "
+        "per-block counts at the FLOPs target (fitted to within 0.5%), `diffrate, learned merge rules` the "
+        "same counts and then each block's merge rule (bipartite on hidden states or keys, or spreading over "
+        "2 targets), both on the calibration split, which never overlaps the evaluation split. Every other "
+        "row is training-free.",
     ]
     for model_name, result in results.items():
+        budgets = list(result["budgets"])
         lines += ["", f"## {model_name}", "", f"Data: {result['data']}. Original: {result['gmacs']:.3f} GMACs.", ""]
         header = "| reducer | " + " | ".join(f"{b} FLOPs" for b in budgets) + " |"
-        labels = list(next(iter(result["budgets"].values()))["rows"])
+        labels = list(dict.fromkeys(label for b in budgets for label in result["budgets"][b]["rows"]))
+
+        def row_cell(budget: str, label: str, group: str | None = None) -> str:
+            row = result["budgets"][budget]["rows"].get(label)
+            if row is None:
+                return "-"
+            if group is None:
+                return cell(row)
+            text = cell(row, row["groups"][group])
+            if "input_flops_cut" in row["groups"][group]:
+                text += f"; cut at own length {row['groups'][group]['input_flops_cut']:.1%}"
+            return text
+
         lines += [header, "|---|" + "---|" * len(budgets)]
-        for label in labels:
-            cells = [cell(result["budgets"][b]["rows"][label]) for b in budgets]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += [f"| {label} | " + " | ".join(row_cell(b, label) for b in budgets) + " |" for label in labels]
         groups = list(result["groups"])
         if len(groups) > 1:
             for group in groups:
                 lines += ["", f"### {model_name}, inputs of {group} tokens ({result['groups'][group]} sentences)", ""]
                 lines += [header, "|---|" + "---|" * len(budgets)]
-                for label in labels:
-                    cells = []
-                    for b in budgets:
-                        row = result["budgets"][b]["rows"][label]
-                        text = cell(row, row["groups"][group])
-                        if "input_flops_cut" in row["groups"][group]:
-                            text += f"; cut at own length {row['groups'][group]['input_flops_cut']:.1%}"
-                        cells.append(text)
-                    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+                lines += [
+                    f"| {label} | " + " | ".join(row_cell(b, label, group) for b in budgets) + " |" for label in labels
+                ]
+        claimed = [(b, c) for b in budgets for c in result["budgets"][b].get("claims", [])]
+        if claimed:
+            lines += ["", "Claims (paired over every evaluation sample: difference [95% interval] wins/ties/losses; "
+                      "\"tie\" when the interval holds 0):", ""]  # fmt: skip
+            lines += [f"- {b}: {claim_line(c)}" for b, c in claimed]
+        rules = [
+            f"{label} at {b}: {', '.join(row['merge_rules'])}"
+            for b in budgets
+            for label, row in result["budgets"][b]["rows"].items()
+            if row.get("merge_rules")
+        ]
+        if rules:
+            lines += ["", "Learned merge rules per block: " + "; ".join(rules) + "."]
         cuts = [
             f"{b}: r = {result['budgets'][b]['schedule']}, cut {result['budgets'][b]['schedule_cut']:.2%}"
             for b in budgets
@@ -426,7 +526,7 @@ def write_results(results: dict, info: dict, settings: dict, budgets: list[str])
         ]
         if flagged:
             lines += ["", "Not at ToMe's GMACs (more than 0.5% apart): " + "; ".join(flagged) + "."]
-    (RESULTS / "reducers.md").write_text("\n".join(lines) + "\n")
+    write_result_files(RESULTS, "reducers", payload, "\n".join(lines) + "\n", show=False)
 
 
 def sweep_markdown(results: dict, budgets: list[str]) -> str:
@@ -447,6 +547,7 @@ def main() -> None:
     parser.add_argument("--text-per-bucket", type=int, default=64, help="sentences per length bucket")
     parser.add_argument("--models", default="vision,text", help="vision, text or both")
     parser.add_argument("--sweep", action="store_true", help="score Token Transforming variants on calibration data")
+    parser.add_argument("--sweep-match", default="", help="--sweep: only variants whose label contains this")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [b.strip() for b in args.budgets.split(",")]
@@ -461,11 +562,9 @@ def main() -> None:
     if "text" in args.models:
         tasks.append(text_task(args.text_per_bucket))
     if args.sweep:
-        sweep_budgets = [b for b in budgets if parse_cut(b) >= 0.35] or budgets
-        print(sweep_markdown({t.name: sweep(t, sweep_budgets) for t in tasks}, sweep_budgets))
+        print(sweep_markdown({t.name: sweep(t, budgets, args.sweep_match) for t in tasks}, budgets))
         return
     rows = row_specs(passes)
-    results = {task.name: run_task(task, rows, budgets) for task in tasks}
     settings = {
         "command": "python benchmarks/reducer_table.py " + " ".join(sys.argv[1:]),
         "passes": passes,
@@ -473,9 +572,24 @@ def main() -> None:
         "batch": BATCH,
         "images": args.images,
         "text_per_bucket": args.text_per_bucket,
-        "seconds": round(time.perf_counter() - started),
     }
-    write_results(results, machine(), settings, budgets)
+    previous = previous_models()
+    results = {name: model for name, model in previous.items() if name not in {t.name for t in tasks}}
+
+    def save(name: str, result: dict) -> None:
+        """Write what exists: this run's budgets, and the committed ones this run does not redo."""
+        before = previous.get(name, {})
+        kept = {  # each budget records the settings of the run that measured it
+            b: {"settings": before.get("settings", {}), **v} for b, v in before.get("budgets", {}).items() if b not in budgets
+        }
+        for budget in result["budgets"].values():
+            budget["settings"] = {**settings, "seconds": round(time.perf_counter() - started)}
+        merged = dict(sorted({**kept, **result["budgets"]}.items(), key=lambda item: parse_cut(item[0])))
+        results[name] = {**result, "budgets": merged}
+        write_results(results, machine(), settings)
+
+    for task in tasks:
+        save(task.name, run_task(task, rows, budgets, on_row=lambda result, name=task.name: save(name, result)))
     print((RESULTS / "reducers.md").read_text())
 
 

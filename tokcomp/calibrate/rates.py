@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tokcomp.calibrate.ste import cap, ceil_ste, hard_with_soft_gradient, min_ste
-from tokcomp.reducers.diffrate import MERGE_RULES
+from tokcomp.reducers.diffrate import COUNT_RULES
 
 # Width of a chosen start distribution, as a fraction of the non-protected tokens.
 START_WIDTH = 0.125
@@ -91,8 +91,8 @@ class RateParameters(nn.Module):
     ):
         """`initial`: expected (prune, merge) kept counts per layer to start from; None = uniform logits."""
         super().__init__()
-        if merge_rule not in MERGE_RULES:
-            raise ValueError(f"unknown merge_rule {merge_rule!r}; valid: {', '.join(MERGE_RULES)}")
+        if merge_rule not in COUNT_RULES:
+            raise ValueError(f"unknown merge_rule {merge_rule!r} for a count search; valid: {', '.join(COUNT_RULES)}")
         self.merge_rule = merge_rule
         counts = torch.tensor(candidate_counts(input_tokens, protected, granularity), dtype=torch.float32)
         kept = counts + protected

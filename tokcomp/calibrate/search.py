@@ -16,6 +16,10 @@ straight-through gradient is first order and can trade merging for pruning that 
 more than it estimates (docs/diffrate.md), so the search never returns counts that
 score worse on its own data than where it began.
 
+With merge_rule `learned`, the counts found are kept and every block's merge rule is
+then chosen among `merge_choices` (merge_choice.py), scored the same way on the same batches
+with the real reducers installed.
+
 Under torchrun the rate logits are wrapped in DistributedDataParallel and each rank
 steps through its own equal shard of batches.
 """
@@ -26,7 +30,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -36,11 +40,15 @@ from tokcomp.analysis.flops import model_macs
 from tokcomp.calibrate import distributed
 from tokcomp.calibrate.budget import fit_to_macs, per_block_lists, tokens_per_block
 from tokcomp.calibrate.loss import LossName, resolve_loss, task_loss, teacher_target
+from tokcomp.calibrate.merge_choice import MergeChoice, choose_rules, trial_count
 from tokcomp.calibrate.rates import RateParameters, RatePlan, fixed_plan
 from tokcomp.calibrate.soft_reducer import SearchTrace, SoftDiffRate
-from tokcomp.calibrate.settings import SearchSettings
+from tokcomp.calibrate.settings import LEARNED, SearchSettings
 from tokcomp.calibrate.start import SCORE_BATCHES, StartCandidate, choose_start, start_candidates
+from tokcomp.pooling import run_with_token_weights
 from tokcomp.progress import info, progress_bar
+from tokcomp.reducers.base import Reducer
+from tokcomp.reducers.diffrate import diffrate_reducers
 from tokcomp.surgery.adapters.base import Geometry
 from tokcomp.surgery.block import TokenBlock
 
@@ -64,6 +72,8 @@ class SearchResult:
     start: list[dict] = field(default_factory=list)  # start shapes: power, score, tokens; the chosen one flagged
     kept: str = ""  # whose counts were kept: "start" or "epoch k" (the best score)
     start_schedule: dict = field(default_factory=dict)  # the chosen start's prune_kept / merge_kept per block
+    merge_rules: list[str] | None = None  # merge_rule learned: the rule chosen for every block
+    merge_choice: dict = field(default_factory=dict)  # merge_rule learned: scores of the start and every trial
 
 
 @dataclass
@@ -83,13 +93,20 @@ def search_rates(
     settings: SearchSettings,
     pooling: str,
     seed: int = 0,
+    install: Callable[[list[Reducer | None]], None] | None = None,
 ) -> SearchResult:
-    """Search kept counts for the blocks flagged in `searched`; `batches` are this rank's share."""
+    """Search kept counts for the blocks flagged in `searched`; `batches` are this rank's share.
+
+    `install` puts one reducer per block (None: none) into the model; merge_rule learned needs it
+    to score each block's candidate rules, and leaves the last candidate scored installed.
+    """
+    if settings.merge_rule == LEARNED and install is None:
+        raise ValueError("merge_rule learned installs candidate reducers: pass `install`")
     started = time.perf_counter()
     torch.manual_seed(seed)
     layers = [i for i, chosen in enumerate(searched) if chosen]
     candidates = start_candidates(
-        geometry, layers, protected, settings.target_macs, settings.merge_rule, settings.start_powers
+        geometry, layers, protected, settings.target_macs, settings.count_rule, settings.start_powers
     )
     search = _Search(model, layers, geometry, settings, pooling, protected)
     data = [_Batch({k: v for k, v in b.items() if k != "labels"}, b.get("labels")) for b in batches]
@@ -101,7 +118,7 @@ def search_rates(
         search.begin(
             RateParameters(
                 len(layers), geometry.input_tokens, protected, settings.granularity,
-                (start.prune, start.merge), settings.merge_rule,
+                (start.prune, start.merge), settings.count_rule,
             )
         )  # fmt: skip
         # Equal compute for comparisons: every count the search could return is fitted to within 0.5% of the
@@ -130,6 +147,9 @@ def search_rates(
 
     prune_kept, merge_kept = per_block_lists(prune, merge, layers, geometry)
     prune_kept, merge_kept = distributed.broadcast_ints(prune_kept), distributed.broadcast_ints(merge_kept)
+    choice = None
+    if settings.merge_rule == LEARNED:
+        choice = search.choose_merge_rules(prune_kept, merge_kept, data[:SCORE_BATCHES], install)
     return SearchResult(
         prune_kept=prune_kept,
         merge_kept=merge_kept,
@@ -147,6 +167,8 @@ def search_rates(
         ],
         kept=kept,
         start_schedule=dict(zip(("prune_kept", "merge_kept"), per_block_lists(start_prune, start_merge, layers, geometry))),
+        merge_rules=None if choice is None else choice.rules,
+        merge_choice={} if choice is None else {**choice.report(), "search_score": best.score},
     )
 
 
@@ -205,6 +227,37 @@ class _Search:
         """Mean task loss over `data` of the model with these integer counts, averaged across ranks."""
         plan = RatePlan(*(t.to(self.device) for t in fixed_plan(prune, tokens, self.geometry.input_tokens)))
         losses = [self._task(plan, batch).item() for batch in data]
+        return distributed.mean_across_ranks(sum(losses) / len(losses))
+
+    def choose_merge_rules(
+        self, prune_kept: list[int], merge_kept: list[int], data: list[_Batch], install: Callable
+    ) -> MergeChoice:
+        """Every reducing block's merge rule among settings.merge_choices, the counts fixed (merge_choice.py)."""
+        count_rule, input_tokens = self.settings.count_rule, self.geometry.input_tokens
+        options = {
+            rule: diffrate_reducers(prune_kept, merge_kept, self.protected, input_tokens, count_rule, [rule] * len(prune_kept))
+            for rule in dict.fromkeys((count_rule, *self.settings.merge_choices))
+        }
+        reducing = [block for block, reducer in enumerate(options[count_rule]) if reducer is not None]
+        start = [count_rule] * len(prune_kept)
+
+        def score(rules: list[str]) -> float:
+            install([options[rule][block] for block, rule in enumerate(rules)])
+            return self.score_installed(data)
+
+        total = trial_count(start, reducing, self.settings.merge_choices) + 1
+        with _scoring_mode(self.model, self.device), _progress("DiffRate merge rules", total) as advance:
+            return choose_rules(start, reducing, self.settings.merge_choices, score, advance)
+
+    @torch.no_grad()
+    def score_installed(self, data: list[_Batch]) -> float:
+        """Mean task loss over `data` of the model with the reducers now installed, averaged across ranks."""
+        losses = []
+        for batch in data:
+            output, weights = run_with_token_weights(self.model, **{k: v.to(self.device) for k, v in batch.inputs.items()})
+            labels = None if batch.labels is None else batch.labels.to(self.device)
+            weights = weights if self.pooling == "mean" else None
+            losses.append(task_loss(output, self.loss_name, batch.target, labels, self.pooling, weights).item())
         return distributed.mean_across_ranks(sum(losses) / len(losses))
 
     def fit(self, prune: list[int], merge: list[int]) -> list[int]:
@@ -304,7 +357,7 @@ def _search_mode(model, blocks, layers, trace, protected, settings, device) -> I
         p.requires_grad_(False)
     for i, layer in enumerate(layers):
         blocks[layer].reducer = SoftDiffRate(
-            i, trace, protected, settings.proportional_attention, settings.merge_rule
+            i, trace, protected, settings.proportional_attention, settings.count_rule
         )
     for b in blocks:
         b.proportional_attention = True
@@ -318,6 +371,17 @@ def _search_mode(model, blocks, layers, trace, protected, settings, device) -> I
             p.requires_grad_(flag)
         model.train(was_training).to(home)
         trace.begin(None)
+
+
+@contextlib.contextmanager
+def _scoring_mode(model, device) -> Iterator[None]:
+    """The model in eval mode on the search's device (weights untouched), put back afterwards."""
+    was_training, home = model.training, next(model.parameters()).device
+    model.eval().to(device)
+    try:
+        yield
+    finally:
+        model.train(was_training).to(home)
 
 
 @contextlib.contextmanager

@@ -4,13 +4,15 @@
     - {type: diffrate, target_flops: 2.9G, granularity: 4, epochs: 3, lr: 0.01, lambda: 100, loss: auto}
     - {type: diffrate, schedule: {prune: [197, 196, ...], merge: [197, 194, ...]}}   # known counts
     - merge_rule: importance (DiffRate's) | bipartite (ToMe's matching decides which tokens merge)
+      | learned (bipartite counts, then each block's rule chosen among merge_choices on the calibration data)
 
 Counts include the protected tokens (CLS, distillation); tokens after block l are
 min(previous, prune[l], merge[l]). With DiffRate's merge rule the search leaves block 0
 alone, as DiffRate does (its CLS attention there ranks nothing yet); the bipartite rule
 merges by similarity, which ToMe already uses from block 0, so the search includes it.
-The metadata records `prune_kept` / `merge_kept`, so a checkpoint rebuilds the model
-without data.
+The metadata records `prune_kept` / `merge_kept` (and with `learned`, `merge_rules`: one
+rule per block), so a checkpoint rebuilds the model without data. Version 2 added
+`merge_rules`; version-1 records restore exactly as before.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from tokcomp.analysis.flops import model_macs, resolve_flops_target
-from tokcomp.calibrate.settings import SEARCH_KEYS, SearchSettings
+from tokcomp.calibrate.settings import LEARNED, LEARNED_COUNT_RULE, SEARCH_KEYS, SearchSettings
 from tokcomp.errors import RecipeError, TokcompError
 from tokcomp.passes.base import Pass, PassConfig, StrictModel, register_pass, select_blocks
 from tokcomp.passes.context import PassContext
 from tokcomp.passes.token_reduction import BlockSite, geometry_of, token_metadata
-from tokcomp.reducers.diffrate import DiffRate, bipartite_sources, rates_from_kept
+from tokcomp.reducers.diffrate import bipartite_sources, diffrate_reducers
 from tokcomp.surgery.adapters.base import Geometry
 
 # Checkpoints written before merge_rule existed used DiffRate's rule: restore falls back to it.
 LEGACY_MERGE_RULE = "importance"
 DEFAULT_MERGE_RULE = "bipartite"  # chosen on calibration data: docs/diffrate.md, "Merge rules"
+MergeChoiceName = Literal["importance", "bipartite", "bipartite_keys", "spread"]  # reducers.diffrate.MERGE_RULES
 
 
 class DiffRateSchedule(StrictModel):
@@ -64,10 +67,16 @@ class DiffRateConfig(PassConfig):
         description="schedule shape the search starts from: auto = the best of several on the calibration data, "
         "or a power (1 = ToMe's constant r, > 1 back-loaded, < 1 front-loaded) (auto)",
     )
-    merge_rule: Literal["importance", "bipartite"] = Field(
+    merge_rule: Literal["importance", "bipartite", "learned"] = Field(
         default=DEFAULT_MERGE_RULE,
         description="which kept tokens merge: importance = the least CLS-attended (DiffRate's rule), "
-        "bipartite = ToMe's matching over the importance-sorted tokens (docs/diffrate.md)",
+        "bipartite = ToMe's matching over the importance-sorted tokens, learned = bipartite counts, then "
+        "each block's rule chosen among merge_choices on the calibration data (docs/diffrate.md)",
+    )
+    merge_choices: list[MergeChoiceName] | None = Field(
+        default=None,
+        min_length=1,
+        description="merge_rule learned: the rules each block chooses from (bipartite, bipartite_keys, spread)",
     )
     proportional_attention: bool = True
 
@@ -77,6 +86,10 @@ class DiffRateConfig(PassConfig):
             raise ValueError(
                 "give exactly one of 'target_flops' (search) and 'schedule' ({prune: [...], merge: [...]})"
             )
+        if self.merge_rule == LEARNED and self.schedule is not None:
+            raise ValueError("merge_rule: learned chooses each block's rule by a search: give target_flops")
+        if self.merge_choices is not None and self.merge_rule != LEARNED:
+            raise ValueError("merge_choices only apply to merge_rule: learned")
         if self.schedule is not None:
             given = [("lambda" if k == "lambda_" else k) for k in SEARCH_KEYS if getattr(self, k) is not None]
             if given:
@@ -89,6 +102,8 @@ class DiffRateConfig(PassConfig):
     def search_settings(self, target_macs: int) -> SearchSettings:
         """The search's settings: the keys this recipe gives, SearchSettings' defaults for the rest."""
         given = {key: getattr(self, key) for key in SEARCH_KEYS if getattr(self, key) is not None}
+        if "merge_choices" in given:
+            given["merge_choices"] = tuple(dict.fromkeys(given["merge_choices"]))
         return SearchSettings(
             target_macs=target_macs,
             proportional_attention=self.proportional_attention,
@@ -100,7 +115,7 @@ class DiffRateConfig(PassConfig):
 @register_pass
 class DiffRatePass(Pass):
     name = "diffrate"
-    version = 1
+    version = 2  # 2: merge_rule learned and its per-block `merge_rules`
     Config = DiffRateConfig
     summary = "DiffRate: prune by CLS attention, then merge, to learned per-layer kept counts"
 
@@ -109,13 +124,13 @@ class DiffRatePass(Pass):
         site.require_cls(self.name)
         geometry = geometry_of(model, ctx.input_spec)
         selected = select_blocks(site.names, config)
-        search_report = None
+        search_report, rules = None, None
         if config.schedule is not None:
             prune, merge = list(config.schedule.prune), list(config.schedule.merge)
             _check_schedule(prune, merge, selected, site, geometry, config.merge_rule)
         else:
-            prune, merge, search_report = _search(model, site, geometry, selected, config, ctx)
-        reducers = _reducers(prune, merge, site.protected, geometry.input_tokens, config.merge_rule)
+            prune, merge, rules, search_report = _search(model, site, geometry, selected, config, ctx)
+        reducers = _reducers(prune, merge, site.protected, geometry.input_tokens, config.merge_rule, rules)
         site.install(reducers, config.proportional_attention)
         metadata = {
             **token_metadata(site, geometry, reducers),
@@ -123,6 +138,8 @@ class DiffRatePass(Pass):
             "merge_kept": merge,
             "merge_rule": config.merge_rule,
         }
+        if rules is not None:
+            metadata["merge_rules"] = rules
         if search_report is not None:
             metadata["report"] = search_report
         return metadata
@@ -135,18 +152,17 @@ class DiffRatePass(Pass):
             metadata["protected"],
             metadata["input_tokens"],
             metadata.get("merge_rule", LEGACY_MERGE_RULE),
+            metadata.get("merge_rules"),
         )
         site.install(reducers, config.proportional_attention)
 
 
 def _reducers(
-    prune: list[int], merge: list[int], protected: int, input_tokens: int, merge_rule: str
-) -> list[DiffRate | None]:
-    """A DiffRate reducer (its counts as rates) where a block removes tokens; None where it keeps them all."""
-    return [
-        DiffRate(prune_rate, merge_rate, protected, merge_rule) if prune_rate.removed or merge_rate.removed else None
-        for prune_rate, merge_rate in rates_from_kept(prune, merge, input_tokens, protected, merge_rule)
-    ]
+    prune: list[int], merge: list[int], protected: int, input_tokens: int, merge_rule: str, rules: list[str] | None = None
+):
+    """The blocks' reducers; with merge_rule learned, `rules` gives each block's rule (bipartite counts)."""
+    count_rule = LEARNED_COUNT_RULE if merge_rule == LEARNED else merge_rule
+    return diffrate_reducers(prune, merge, protected, input_tokens, count_rule, rules)
 
 
 def _check_schedule(
@@ -196,7 +212,7 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
             "the DiffRate search (target_flops) needs calibration data and the model's preprocessing",
             hint="run it from a recipe (tokcomp compile), or apply a known {type: diffrate, schedule: ...}",
         )
-    searched = [chosen and (index > 0 or config.merge_rule == "bipartite") for index, chosen in enumerate(selected)]
+    searched = [chosen and (index > 0 or config.merge_rule != "importance") for index, chosen in enumerate(selected)]
     if not any(searched):
         raise RecipeError(
             "targets / ignore leave only block 0, which the search leaves alone with merge_rule: importance",
@@ -210,8 +226,9 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
         spec, model, ctx.loaded.processor, ctx.input_spec, ctx.seed, settings.loss == "ce"
     )
     result = search_rates(
-        model, site.blocks, searched, site.protected, geometry, batches, settings, ctx.loaded.pooling, ctx.seed
-    )
+        model, site.blocks, searched, site.protected, geometry, batches, settings, ctx.loaded.pooling, ctx.seed,
+        install=lambda reducers: site.install(reducers, config.proportional_attention),
+    )  # fmt: skip
     print_schedule(geometry, result.prune_kept, result.merge_kept)
     report = {
         "target_gmacs": result.target_macs / 1e9,
@@ -228,4 +245,6 @@ def _search(model, site: BlockSite, geometry: Geometry, selected: list[bool], co
         "processes": result.world_size,
         "search_seconds": round(result.seconds, 1),
     }
-    return result.prune_kept, result.merge_kept, report
+    if result.merge_rules is not None:
+        report["merge_choice"] = result.merge_choice
+    return result.prune_kept, result.merge_kept, result.merge_rules, report

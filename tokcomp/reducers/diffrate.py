@@ -15,11 +15,16 @@ tokens by importance]. The counts are stored as rates (reducers/rate.py): prune 
 its share of the reducible tokens entering the block, merge its share of those left, so
 every input size and every sample of a padded batch is reduced by its own length.
 
-`merge_rule` chooses which of the kept tokens merge (step 4):
+`merge_rule` chooses which of the kept tokens merge, and how (step 4):
 - `importance` (DiffRate's rule, above): the least attended ones, into the most attended;
 - `bipartite`: ToMe's matching over the importance-sorted tokens (reducers/matching.py)
   on the hidden states. At most the unprotected A tokens can merge, so a block keeps at
-  least P - bipartite_sources(P) tokens (`limit`; the search respects it).
+  least P - bipartite_sources(P) tokens (`limit`; the search respects it);
+- `bipartite_keys`: the same matching on the attention keys (ToMe's metric);
+- `spread`: the same tokens move as with `bipartite`, each spread over its SPREAD_K most
+  similar B tokens (Token Transforming's many-to-many merge, reducers/transform.py).
+The last three share the bipartite floor, so one set of counts suits all of them: the
+per-block choice among them (calibrate/merge_choice.py) never changes a count.
 """
 
 from __future__ import annotations
@@ -29,15 +34,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokcomp.errors import TokcompError
-from tokcomp.reducers.apply import first, select
+from tokcomp.reducers.apply import first, select, with_null
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.matching import bipartite_matching, merge_into_most_similar, merge_matched
+from tokcomp.reducers.ops import gather_tokens_reference as gather_rows  # metrics: not a swappable step
 from tokcomp.reducers.ranking import keep_most_important
 from tokcomp.reducers.rate import Count, Rate, at_most
+from tokcomp.reducers.transform import DEFAULT_TEMPERATURE, spread_matched
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState, real_count, reducible_tokens
 
-MERGE_RULES = ("importance", "bipartite")
+MERGE_RULES = ("importance", "bipartite", "bipartite_keys", "spread")
+# The rules a count search reproduces in place (calibrate/soft_reducer.py); the others reuse bipartite counts.
+COUNT_RULES = ("importance", "bipartite")
+SPREAD_K = 2  # targets each moving token is spread over with merge_rule `spread`
+SPREAD_TEMPERATURE = DEFAULT_TEMPERATURE  # Token Transforming's softmax temperature
+
+
+def has_bipartite_floor(merge_rule: str) -> bool:
+    """Whether the rule merges only A tokens of an alternating split (every rule but DiffRate's own)."""
+    return merge_rule != "importance"
 
 
 def bipartite_sources(tokens: Count, protected: int) -> Count:
@@ -52,7 +68,7 @@ def block_counts(tokens_in: int, prune_kept: int, merge_kept: int, protected: in
     """
     pruned = min(tokens_in, prune_kept)
     merged = min(pruned, merge_kept)
-    if merge_rule == "bipartite":
+    if has_bipartite_floor(merge_rule):
         merged = max(merged, pruned - bipartite_sources(pruned, protected))
     return pruned, merged
 
@@ -67,6 +83,29 @@ def rates_from_kept(
         rates.append((Rate(tokens - pruned, tokens - protected), Rate(pruned - merged, max(pruned - protected, 1))))
         tokens = merged
     return rates
+
+
+def diffrate_reducers(
+    prune_kept: list[int],
+    merge_kept: list[int],
+    protected: int,
+    input_tokens: int,
+    count_rule: str,
+    rules: list[str] | None = None,
+) -> list[DiffRate | None]:
+    """A DiffRate reducer per block (None where it keeps every token).
+
+    Counts become rates under `count_rule`'s floor (the rule they were searched with); `rules`
+    gives each block's merge rule (default: `count_rule` everywhere).
+    """
+    rates = rates_from_kept(prune_kept, merge_kept, input_tokens, protected, count_rule)
+    rules = [count_rule] * len(rates) if rules is None else rules
+    if len(rules) != len(rates):
+        raise TokcompError(f"{len(rules)} merge rules for {len(rates)} blocks", hint="give one rule per block")
+    return [
+        DiffRate(prune, merge, protected, rule) if prune.removed or merge.removed else None
+        for (prune, merge), rule in zip(rates, rules, strict=True)
+    ]
 
 
 class DiffRate(Reducer):
@@ -86,7 +125,7 @@ class DiffRate(Reducer):
 
     def _merged(self, reducible: Count) -> Count:
         """Tokens merging removes of `reducible` tokens left after pruning (the bipartite floor applies)."""
-        if self.merge_rule == "bipartite":
+        if has_bipartite_floor(self.merge_rule):
             limit = bipartite_sources(reducible + self.protected, self.protected)
         else:
             limit = reducible - 1
@@ -103,11 +142,16 @@ class DiffRate(Reducer):
         pruned = real_count(state, tokens) - self._pruned(reducible_tokens(state, self.protected, tokens))
         # Sort by importance and prune in one gather.
         kept, _ = keep_most_important(attn.cls_attention(), state, pruned, pruned_length, by_position=False)
+        if self.merge_rule == "bipartite_keys":  # the keys of the kept tokens, in their new order
+            keys = attn.key_metric()
+            keys = gather_rows(with_null(keys) if null else keys, kept)
         x, state = select(x, state, kept, null=null)
         merged = self._merged(pruned - self.protected)
         slots = pruned_length - length
-        if self.merge_rule == "bipartite":
-            matching = bipartite_matching(F.normalize(x, dim=-1), state)
+        if has_bipartite_floor(self.merge_rule):
+            matching = bipartite_matching(F.normalize(keys if self.merge_rule == "bipartite_keys" else x, dim=-1), state)
+            if self.merge_rule == "spread":
+                return spread_matched(x, state, matching, merged, slots, length, SPREAD_K, SPREAD_TEMPERATURE)
             return merge_matched(x, state, matching, merged, slots, length)
         # Importance rule: sorted positions [M, P) merge into the most similar of [0, M).
         stays = pruned - merged

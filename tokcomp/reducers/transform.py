@@ -29,6 +29,7 @@ from tokcomp.errors import TokcompError
 from tokcomp.reducers.apply import merge
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.matching import (
+    Matching,
     alternate,
     bipartite_matching,
     merge_matched,
@@ -37,7 +38,7 @@ from tokcomp.reducers.matching import (
     scores_to_kept,
 )
 from tokcomp.reducers.ranking import keep_most_important
-from tokcomp.reducers.rate import Rate
+from tokcomp.reducers.rate import Count, Rate
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState, real_count
 
@@ -66,6 +67,22 @@ def soft_assignment(scores: Tensor, k: int, temperature: float) -> Tensor:
     # Shift by the row maximum first: forbidden pairs are finite, so nothing becomes NaN.
     shares = torch.softmax((top_scores - top_scores[..., :1]) / temperature, dim=-1)
     return torch.zeros_like(scores).scatter_add(-1, top, shares)
+
+
+def spread_matched(
+    x: Tensor, state: TokenState, matching: Matching, removed: Count, slots: int, length: int, k: int, temperature: float
+) -> tuple[Tensor, TokenState]:
+    """ToMe's plan (which A tokens move), but each moving token spread over its top-k B tokens.
+
+    The many-to-many counterpart of matching.merge_matched (Token Transforming, DiffRate's `spread`).
+    """
+    plan = plan_bipartite(matching, state, removed, slots, length)
+    scores = matching.scores.gather(1, plan.src_a[..., None].expand(-1, -1, matching.scores.shape[-1]))
+    shares = soft_assignment(scores, k, temperature) * plan.moving[..., None]
+    # Shares over B tokens -> shares over their output rows (padding B get share 0 and any row).
+    b_rows = alternate(plan.rows[:, : x.shape[1]], 1).clamp(max=length - 1)
+    assignment = shares.new_zeros(*shares.shape[:2], length).scatter_add(2, b_rows[:, None, :].expand_as(shares), shares)
+    return merge(x, state, plan.kept, plan.src, assignment=assignment, null=state.real is not None)
 
 
 class TokenTransform(Reducer):
@@ -110,15 +127,7 @@ class TokenTransform(Reducer):
         matching = bipartite_matching(metric, state)
         if self.k == 1:
             return merge_matched(x, state, matching, removed, slots, length)
-        plan = plan_bipartite(matching, state, removed, slots, length)
-        scores = matching.scores.gather(1, plan.src_a[..., None].expand(-1, -1, matching.scores.shape[-1]))
-        shares = soft_assignment(scores, self.k, self.temperature) * plan.moving[..., None]
-        # Shares over B tokens -> shares over their output rows (padding B get share 0 and any row).
-        b_rows = alternate(plan.rows[:, : x.shape[1]], 1).clamp(max=length - 1)
-        assignment = shares.new_zeros(*shares.shape[:2], length).scatter_add(
-            2, b_rows[:, None, :].expand_as(shares), shares
-        )
-        return merge(x, state, plan.kept, plan.src, assignment=assignment, null=state.real is not None)
+        return spread_matched(x, state, matching, removed, slots, length, self.k, self.temperature)
 
     def _to_most_attended(self, x, state, metric, attn, removed, slots, length):
         tokens, null = x.shape[1], state.real is not None
