@@ -23,6 +23,7 @@ a row name) and at least one number below; keys are matched by the first alias f
     cosine       cosine_mean | cosine | fidelity.cosine_mean
     agreement    top1_agreement | agreement | fidelity.top1_agreement
     accuracy     top1_accuracy | accuracy | top1 | accuracy.compressed.top1
+    needles      needle_accuracy (needle retrieval written as continuations, decoder LLMs)
     speed-up     speedup | speed_up | cpu_speedup | gpu_speedup, or derived against the file's baseline row from
                  throughput | images_per_s | samples_per_s | items_per_s (row / baseline) or latency_ms (baseline / row)
     paired       vs_tome.mean_difference, with vs_tome.interval.0 / .1 (list elements by index): the row's cosine
@@ -77,6 +78,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "cosine": ("cosine_mean", "cosine", "fidelity.cosine_mean"),
     "agreement": ("top1_agreement", "agreement", "fidelity.top1_agreement"),
     "accuracy": ("top1_accuracy", "accuracy", "top1", "accuracy.compressed.top1"),
+    "needles": ("needle_accuracy",),
     "speedup": ("speedup", "speed_up", "cpu_speedup", "speedup_cpu", "gpu_speedup", "speedup_gpu"),
     "throughput": ("throughput", "images_per_s", "samples_per_s", "items_per_s"),
     "latency_ms": ("latency_ms", "latency"),
@@ -87,11 +89,12 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "runtime": ("runtime",),
 }
 NUMBERS = (
-    "gmacs", "flops_ratio", "flops_cut", "cosine", "agreement", "accuracy", "speedup", "throughput", "latency_ms",
-    "paired_difference", "paired_low", "paired_high",
+    "gmacs", "flops_ratio", "flops_cut", "cosine", "agreement", "accuracy", "needles", "speedup", "throughput",
+    "latency_ms", "paired_difference", "paired_low", "paired_high",
 )  # fmt: skip
 METRICS = (  # what a table row shows besides speed
-    "gmacs", "flops_ratio", "cosine", "agreement", "accuracy", "paired_difference", "paired_low", "paired_high",
+    "gmacs", "flops_ratio", "cosine", "agreement", "accuracy", "needles", "paired_difference", "paired_low",
+    "paired_high",
 )  # fmt: skip
 
 
@@ -324,6 +327,7 @@ COLUMNS = [  # (header, key, format)
     ("Output cosine", "cosine", "{:.4f}"),
     ("Top-1 agreement", "agreement", "pct"),
     ("Top-1 accuracy", "accuracy", "pct"),
+    ("Needles found", "needles", "pct"),
     ("Cosine vs ToMe, paired (95% CI)", "paired_difference", "paired"),
 ]
 
