@@ -177,10 +177,10 @@ class FastVPass(Pass):
         site = self._site(model, config)
         geometry, reducible = reference_reducible(model, ctx, config, self.name)
         rate = keep_rate(config.keep, reducible)
-        reducers = self._install(site, config, config.ranking(), rate)
+        ranking = config.ranking()
+        reducers = self._install(site, config, ranking, rate)
         warn_windowed_ranking(site, [config.layer - 1], self.name)
-        ranking = config.ranking().model_dump()
-        return {**token_metadata(site, geometry, reducers), "rate": rate.to_json(), "ranking": ranking}
+        return {**token_metadata(site, geometry, reducers), "rate": rate.to_json(), "ranking": ranking.model_dump()}
 
     def restore(self, model, config: FastVConfig, metadata: dict[str, Any]) -> None:
         self._install(self._site(model, config), config, recorded_ranking(metadata), Rate(*metadata["rate"]))
