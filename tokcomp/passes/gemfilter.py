@@ -51,13 +51,14 @@ class GemFilterPass(Pass):
         site = self._site(model, config)
         geometry, reducible = reference_reducible(model, ctx, config, self.name)
         rate = keep_rate(config.keep, reducible)
-        reducers = self._install(site, config, config.ranking(), rate)
+        ranking = config.ranking()
+        reducers = self._install(site, config, ranking, rate)
         warn_windowed_ranking(site, [config.layer - 1], self.name)
         kept = reducers[config.layer - 1].kept_tokens(geometry.input_tokens)
         metadata = token_metadata(site, geometry, [None] * len(site.blocks))
         metadata["tokens_per_layer"] = [kept] * len(site.blocks)  # the re-run; the selecting run is reported
         report = {"selecting_run": {"layers": config.layer, "tokens": geometry.input_tokens}, "selected": kept}
-        return {**metadata, "rate": rate.to_json(), "ranking": config.ranking().model_dump(), "report": report}
+        return {**metadata, "rate": rate.to_json(), "ranking": ranking.model_dump(), "report": report}
 
     def restore(self, model, config: GemFilterConfig, metadata: dict[str, Any]) -> None:
         self._install(self._site(model, config), config, recorded_ranking(metadata), Rate(*metadata["rate"]))

@@ -120,10 +120,11 @@ class LearnedDropPass(Pass):
             shares, report = _search(model, site, geometry, reducible, config, ctx)
         rates = cumulative_rates(shares, reducible)
         dropping = {i: rate for i, rate in enumerate(rates) if rate.removed}
-        reducers = install_drops(site, config.ranking(), dropping)
+        ranking = config.ranking()
+        reducers = install_drops(site, ranking, dropping)
         warn_windowed_ranking(site, list(dropping), self.name)
         metadata = {
-            "ranking": config.ranking().model_dump(),
+            "ranking": ranking.model_dump(),
             **token_metadata(site, geometry, reducers),
             "rates": [rate.to_json() if rate.removed else None for rate in rates],
             "keep": shares,
@@ -184,10 +185,11 @@ def _search(model, site: BlockSite, geometry: Geometry, reducible: int, config: 
         prompts = random_calibration_prompts(model.config.vocab_size, length, config.prompts, ctx.seed)
     site.install([None] * len(site.blocks), proportional_attention=False)  # the original, for the reference
     scorer = ContinuationFidelity(model, prompts, config.continuation)
+    ranking = config.ranking()
 
     def score(shares: list[float]) -> float:
         rates = cumulative_rates(shares, reducible)
-        install_drops(site, config.ranking(), {i: r for i, r in enumerate(rates) if r.removed})
+        install_drops(site, ranking, {i: r for i, r in enumerate(rates) if r.removed})
         return scorer(model)
 
     result = search_keep_shares(

@@ -74,12 +74,13 @@ class PyramidDropPass(Pass):
         site = self._site(model, config)
         geometry, reducible = reference_reducible(model, ctx, config, self.name)
         rates = stage_rates(config.stage_share(), len(config.layers), reducible)
-        reducers = self._install(site, config, config.ranking(), rates)
+        ranking = config.ranking()
+        reducers = self._install(site, config, ranking, rates)
         warn_windowed_ranking(site, [layer - 1 for layer in config.layers], self.name)
         return {
             **token_metadata(site, geometry, reducers),
             "rates": [rate.to_json() for rate in rates],
-            "ranking": config.ranking().model_dump(),
+            "ranking": ranking.model_dump(),
         }
 
     def restore(self, model, config: PyramidDropConfig, metadata: dict[str, Any]) -> None:
