@@ -55,6 +55,21 @@ def test_searched_shares_are_monotone_and_meet_the_flops_target(family, target):
     assert all(b <= a for a, b in zip(tokens, tokens[1:], strict=False)) and min(tokens) >= SINK + QUESTION
 
 
+@pytest.mark.parametrize("search_layers, allowed", [("full_attention", [1, 2]), ("all", [1, 2, 3])])
+def test_searched_drops_follow_full_attention_layers_unless_asked(search_layers, allowed):
+    # tiny qwen2: layers 1-2 full attention, 3-4 sliding (window 12); a drop never follows the last layer
+    _, metadata = learned(tiny("qwen2"), target_flops="-45%", search_layers=search_layers)
+    report = metadata["report"]
+    assert report["drop_layers_allowed"] == allowed
+    for candidate in report["candidates"]:
+        shares = candidate["shares"]
+        before = [1.0, *shares[:-1]]
+        falls = [i + 1 for i, (was, now) in enumerate(zip(before, shares, strict=True)) if now < was]
+        assert set(falls) <= set(allowed), (candidate["kind"], shares)
+    if search_layers == "all":  # the random shapes and the climb do use the sliding layer
+        assert any(c["shares"][2] < c["shares"][1] for c in report["candidates"])
+
+
 def test_the_search_is_deterministic_in_the_seed():
     base = tiny("llama")
     first, second = learned(base, target_flops="-40%")[1], learned(base, target_flops="-40%")[1]
@@ -109,11 +124,14 @@ def test_compiled_checkpoint_rebuilds_the_learned_rates(tmp_path):
         ({"keep": [1.0, 0.5, 0.5, 0.2]}, "the last layer cannot drop"),
         ({"keep": [1.0, 0.5]}, "the model has 4 layers"),
         ({"target_flops": "-50%", "data": "prose"}, "needs the model's tokenizer"),
+        ({"target_flops": "-50%", "family": "mistral"}, "every layer but the last has a sliding window"),
     ],
 )
 def test_bad_targets_and_schedules_are_one_line_errors(settings, message):
+    settings = dict(settings)
+    family = settings.pop("family", "llama")  # mistral: a sliding window on every layer
     with pytest.raises(TokcompError) as error:
-        learned(tiny("llama"), **settings)
+        learned(tiny(family), **settings)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 

@@ -1,9 +1,11 @@
 """Learned prefill keep rates for decoder LLMs: a discrete, KL-scored search under a FLOPs target.
 
 What is searched: the share of each prompt's reducible span kept after every layer (non-increasing;
-a drop is allowed after any layer but the last), by calibrate/share_search.py: shapes scaled to the
-FLOPs target, so every schedule scored costs the same and the search compares where and how steeply
-to drop.
+a drop may follow the layers the caller allows, never the last), by calibrate/share_search.py: shapes
+scaled to the FLOPs target, so every schedule scored costs the same and the search compares where and
+how steeply to drop. The pass allows only full-attention layers by default: a sliding-window layer's
+last token cannot see the start of a prompt longer than its window, so a drop ranked there removes
+those tokens unseen, which calibration prompts shorter than the window would never show.
 
 How it is scored, without labels: the original model's greedy continuation of each calibration
 prompt is teacher-forced through the original and the compressed model (the prompt prefilled,
@@ -13,7 +15,8 @@ positions and prompts.
 
 How it searches (`search_keep_shares`), deterministic in the seed: named starts, FastV's shape (one
 drop after layer 2), PyramidDrop's (equal drops after layers 2, 6, 12 of 18, scaled to the depth), a
-uniform decay and one drop after layer 1; then random shapes and hill climbing (share_search.py).
+uniform decay and one drop after the first layer, each drop moved to the first allowed layer at or
+after it (Gemma-3-270m: layers 6 and 12); then random shapes and hill climbing (share_search.py).
 It is a discrete search, not DiffRate's gradient: DiffRate's soft masks need a key bias inside the
 decoder's attention (the vision blocks' size channel), which the decoder block does not have; see
 docs/learned_prefill.md. Because the named starts include both baselines' shapes, the result never
@@ -101,14 +104,15 @@ class PrefillSearchResult:
     candidates: list[dict] = field(default_factory=list)  # every scored schedule: kind, KL, first drop, last share
 
 
-def named_starts(layers: int) -> dict[str, list[float]]:
-    """Drop-weight shapes of the baselines and two simple ones, over the layers a drop may follow."""
-    slots = layers - 1
+def named_starts(layers: int, allowed: Sequence[int]) -> dict[str, list[float]]:
+    """Drop-weight shapes of the baselines and two simple ones, over the `allowed` layers (the slots):
+    a drop after layer index i moves to the first allowed index at or after i (else the last)."""
+    slots = len(allowed)
 
     def at(*blocks: int) -> list[float]:
         weights = [0.0] * slots
         for block in blocks:
-            weights[min(max(block, 0), slots - 1)] += 1.0
+            weights[next((k for k, index in enumerate(allowed) if index >= block), slots - 1)] += 1.0
         return weights
 
     pyramid = sorted({max(round(layers * end / 18) - 1, 0) for end in (2, 6, 12)})
@@ -122,6 +126,7 @@ def named_starts(layers: int) -> dict[str, list[float]]:
 
 def search_keep_shares(
     layers: int,
+    allowed: Sequence[int],
     macs_of: Callable[[list[float]], int],
     score: Callable[[list[float]], float],
     target_macs: int,
@@ -129,13 +134,22 @@ def search_keep_shares(
     evaluations: int,
     seed: int,
 ) -> PrefillSearchResult:
-    """Score `evaluations` per-layer share lists at the target FLOPs; a drop may follow any layer but the last."""
+    """Score `evaluations` per-layer share lists at the target FLOPs; a drop may follow only the `allowed`
+    layer indices (ascending, never the last layer)."""
+    if not allowed or allowed[-1] >= layers - 1 or list(allowed) != sorted(set(allowed)):
+        raise ValueError(f"allowed drop layers {list(allowed)}: ascending indices below the last layer ({layers - 1})")
 
-    def every_layer(shares: list[float]) -> list[float]:
-        return [*shares, shares[-1]]
+    def every_layer(slot_shares: list[float]) -> list[float]:
+        """Per-layer shares: each layer keeps the share of the last allowed layer at or before it."""
+        shares, current = [], 1.0
+        slot = dict(zip(allowed, slot_shares, strict=True))
+        for index in range(layers):
+            current = slot.get(index, current)
+            shares.append(current)
+        return shares
 
     result = search_shares(
-        named_starts(layers),
+        named_starts(layers, allowed),
         lambda shares: macs_of(every_layer(shares)),
         lambda shares: score(every_layer(shares)),
         target_macs,

@@ -7,7 +7,9 @@
 After every layer each prompt keeps a share of its own reducible span (every prompt token but the first
 `sink` and the last `question`, as in `fastv`), ranked by the attention its last token pays them
 (reducers/attention_drop.py, FastV's rule); the shares are non-increasing, a drop may follow any layer
-but the last, and kept tokens keep their original positions, order and KV-cache entries.
+but the last, and kept tokens keep their original positions, order and KV-cache entries. The search
+places drops after full-attention layers only (`search_layers`): a sliding-window layer's last token
+sees only its window, so ranking there would drop the start of every longer prompt unseen.
 
 The search (calibrate/prefill.py) is a discrete, KL-scored search over per-layer keep shares, not
 DiffRate's gradient: every candidate is scaled to the FLOPs target and scored, without labels, by
@@ -67,6 +69,11 @@ class LearnedDropConfig(LastTokenRanking):
     prompts: int = Field(8, ge=1, description="calibration prompts (sequence_length tokens each)")
     continuation: int = Field(16, ge=1, description="teacher-forced continuation tokens scored per prompt")
     evaluations: int = Field(40, ge=1, description="schedules the search scores on the calibration prompts")
+    search_layers: Literal["full_attention", "all"] = Field(
+        "full_attention",
+        description="layers a searched drop may follow: full_attention skips sliding-window layers (their last "
+        "token cannot see a prompt longer than the window, so it would drop the start unseen); all: any but the last",
+    )
 
     @model_validator(mode="after")
     def _search_or_known(self):
@@ -140,8 +147,22 @@ class LearnedDropPass(Pass):
         install_drops(site, recorded_ranking(metadata), rates)
 
 
-def resolve_target(target: float | str, original_macs: int, geometry: Geometry, reducible: int, protected: int) -> int:
-    """The target as MACs; refuses a cut above MAX_CUT or beyond dropping the whole span after layer 1."""
+def search_slots(site: BlockSite, search_layers: str) -> list[int]:
+    """Layer indices a searched drop may follow: never the last; with full_attention, no sliding-window layer."""
+    allowed = [i for i, block in enumerate(site.blocks[:-1]) if search_layers == "all" or block.window is None]
+    if not allowed:
+        raise RecipeError(
+            "learned_drop: every layer but the last has a sliding window, so no drop can rank over the whole prompt",
+            hint="give search_layers: all (drops may lose tokens beyond the window), or known shares (keep: [...])",
+        )
+    return allowed
+
+
+def resolve_target(
+    target: float | str, original_macs: int, geometry: Geometry, reducible: int, protected: int, first: int = 0
+) -> int:
+    """The target as MACs; refuses a cut above MAX_CUT or beyond dropping the whole span after layer index `first`
+    (the first layer a drop may follow)."""
     try:
         target_macs = resolve_flops_target(target, original_macs)
     except TokcompError as error:
@@ -151,11 +172,12 @@ def resolve_target(target: float | str, original_macs: int, geometry: Geometry, 
         raise RecipeError(
             f"learned_drop target_flops {target!r} is a prefill cut of {cut:.1%}; give a cut from 0% to {MAX_CUT:.0%}"
         )
-    floor = prefill_macs(geometry, drop_reducers([0.0] * geometry.num_layers, reducible, protected))
+    everything_after_first = [1.0] * first + [0.0] * (geometry.num_layers - first)
+    floor = prefill_macs(geometry, drop_reducers(everything_after_first, reducible, protected))
     if target_macs < floor:
         raise RecipeError(
             f"learned_drop target_flops {target!r} ({cut:.1%} cut) would need to drop protected tokens: dropping the "
-            f"whole span after layer 1 cuts {1 - floor / original_macs:.1%}; lower the cut, sink or question"
+            f"whole span after layer {first + 1} cuts {1 - floor / original_macs:.1%}; lower the cut, sink or question"
         )
     return target_macs
 
@@ -170,8 +192,9 @@ def _search(model, site: BlockSite, geometry: Geometry, reducible: int, config: 
     from tokcomp.calibrate.share_search import achieved_cut
 
     protected = site.protected
+    allowed = search_slots(site, config.search_layers)
     original_macs = prefill_macs(geometry, [None] * geometry.num_layers)
-    target_macs = resolve_target(config.target_flops, original_macs, geometry, reducible, protected)
+    target_macs = resolve_target(config.target_flops, original_macs, geometry, reducible, protected, allowed[0])
     length = geometry.input_tokens
     if config.data == "prose":
         tokenizer = None if ctx.loaded is None else ctx.loaded.processor
@@ -194,6 +217,7 @@ def _search(model, site: BlockSite, geometry: Geometry, reducible: int, config: 
 
     result = search_keep_shares(
         geometry.num_layers,
+        allowed,
         lambda shares: prefill_macs(geometry, drop_reducers(shares, reducible, protected)),
         score,
         target_macs,
@@ -203,6 +227,7 @@ def _search(model, site: BlockSite, geometry: Geometry, reducible: int, config: 
     )
     report = {
         "method": "discrete KL-scored search over per-layer keep shares (calibrate/prefill.py)",
+        "drop_layers_allowed": [i + 1 for i in allowed],
         "target_cut": achieved_cut(target_macs, original_macs),
         "achieved_cut": achieved_cut(result.achieved_macs, original_macs),
         "target_gmacs": target_macs / 1e9,
