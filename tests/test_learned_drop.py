@@ -153,6 +153,9 @@ def test_gemma_search_on_calibration_prose_meets_the_target(tmp_path):
     kept = [block.reducer is not None for block in model.model.layers]
     assert any(kept) and not kept[-1]
     report = read_state(tmp_path / "learned").passes[0].metadata["report"]
+    # Gemma-3-270m's full-attention layers are 6, 12 and 18: drops rank only after 6 and 12
+    assert report["drop_layers_allowed"] == [6, 12]
+    assert {i + 1 for i, dropping in enumerate(kept) if dropping} <= {6, 12}
     assert abs(report["achieved_cut"] / report["target_cut"] - 1) <= CUT_TOLERANCE
     assert report["calibration"]["data"] == "zoo:prose-calib" and max(report["calibration"]["prompt_tokens"]) <= 256
     assert len(report["candidates"]) == 8 and report["kl"] > 0  # eight schedules at the target, each a real drop
