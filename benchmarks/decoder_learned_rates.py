@@ -1,10 +1,11 @@
 """Learned per-layer prefill keep rates (`learned_drop`) against FastV and PyramidDrop at the same prefill FLOPs.
 
-    python benchmarks/decoder_learned_rates.py [--cuts 40,55] [--calibration-prompts 3] [--calibration-length 512]
-        [--calibration-continuation 8] [--evaluations 12] [--samples 12] [--length 768] [--continuation 32] [--seed 0]
+    python benchmarks/decoder_learned_rates.py [--cuts 40,55] [--calibration-prompts 8] [--calibration-length 768]
+        [--calibration-continuation 16] [--evaluations 16] [--samples 12] [--length 768] [--continuation 32] [--seed 0]
 
-The defaults fit about 15 minutes of a shared 2-core CPU (a 512-token gemma-3-270m prefill takes 4-9 s
-there); the recipe's search (8 prompts, more schedules) is the setting to use where time allows.
+The defaults are the recipe's search (8 prompts, 16 continuation tokens, 16 schedules) at the evaluation
+length, so calibration prompts cross the 512-token sliding window as the held-out passages do; about 30
+minutes on a shared 2-core CPU.
 
 For every prefill FLOPs cut: `learned_drop` searches its per-layer shares on zoo:prose-calib (calibration
 split; the time is recorded), then FastV (after layer 6) and PyramidDrop (stage ends 6, 12, `target_keep`), the
@@ -112,8 +113,8 @@ def baseline_at(base, name: str, target_macs: int, geometry, length: int):
 def score_row(cut: float, name: str, keep: float | None, macs: int, original_macs: int, scores: list[dict]) -> dict:
     """One method's row: its budget, prefill GMACs and cut at the evaluation length, KL and top-1 per passage."""
     return {
-        "cut_target": cut / 100, "method": name, "keep": keep,
-        "gmacs_at_length": macs / 1e9, "cut_at_length": 1 - macs / original_macs,
+        "cut_target": cut / 100, "target_flops": f"-{cut:g}%", "method": name, "keep": keep,
+        "gmacs_at_length": macs / 1e9, "cut_at_length": 1 - macs / original_macs, "flops_cut": 1 - macs / original_macs,
         "kl": statistics.fmean(r["kl"] for r in scores), "kl_per_prompt": [r["kl"] for r in scores],
         "top1_agreement": statistics.fmean(r["top1_agreement"] for r in scores),
         "top1_per_prompt": [r["top1_agreement"] for r in scores],
@@ -133,10 +134,10 @@ def paired(a: list[dict], b: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cuts", default="40,55", help="prefill FLOPs cuts in percent")
-    parser.add_argument("--calibration-prompts", type=int, default=3)
-    parser.add_argument("--calibration-length", type=int, default=512)
-    parser.add_argument("--calibration-continuation", type=int, default=8)
-    parser.add_argument("--evaluations", type=int, default=12, help="schedules the search scores per cut")
+    parser.add_argument("--calibration-prompts", type=int, default=8)
+    parser.add_argument("--calibration-length", type=int, default=768)
+    parser.add_argument("--calibration-continuation", type=int, default=16)
+    parser.add_argument("--evaluations", type=int, default=16, help="schedules the search scores per cut")
     parser.add_argument("--samples", type=int, default=12, help="held-out prose passages")
     parser.add_argument("--length", type=int, default=768, help="held-out passage tokens (at most)")
     parser.add_argument("--continuation", type=int, default=32)
@@ -199,6 +200,11 @@ def main() -> None:
     write_results(args.output, "decoder_learned_rates", result, markdown(result))
 
 
+def _allowed_layers(result: dict) -> str:
+    allowed = {tuple(r["calibration"].get("drop_layers_allowed", [])) for r in result["rows"] if "calibration" in r}
+    return " / ".join(", ".join(map(str, layers)) for layers in sorted(allowed)) or "?"
+
+
 def markdown(result: dict) -> str:
     ev = result["evaluation"]
     lines = [
@@ -206,7 +212,11 @@ def markdown(result: dict) -> str:
         "",
         f"Held-out: {ev['samples']} passages of {ev['data']} ({min(ev['prompt_tokens'])}-{max(ev['prompt_tokens'])} "
         f"tokens), the original's greedy continuation of {ev['continuation']} tokens teacher-forced. GMACs: prefill "
-        f"at {result['settings']['length']} tokens. Calibration: zoo:prose-calib (disjoint).",
+        f"at {result['settings']['length']} tokens. Calibration: {result['settings']['calibration_prompts']} passages "
+        f"of zoo:prose-calib (disjoint) of at most {result['settings']['calibration_length']} tokens, "
+        f"{result['settings']['calibration_continuation']} teacher-forced tokens each, "
+        f"{result['settings']['evaluations']} schedules per cut; drops may follow layers "
+        f"{_allowed_layers(result)} (search_layers: full_attention).",
         "",
         f"FastV ranks after layer {result['baselines']['fastv_layer']}, PyramidDrop at stage ends "
         f"{result['baselines']['pyramid_layers']} (the shipped recipes); every pass ranks by the last token's "
