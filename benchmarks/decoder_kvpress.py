@@ -4,6 +4,7 @@
         [--depths 0.1,0.5,0.9] [--samples 4] [--keeps 0.5,0.25,0.1]
         [--passes '[{"type": "fastv", "layer": 6, "sink": 4, "question": 32}, ...]']
         [--presses snapkv,streaming_llm,expected_attention,knorm] [--fidelity-length 1024] [--fidelity-samples 4]
+        [--note TEXT] [--scope TEXT] [--output benchmarks/results/decoder_kvpress]
 
 Rows: the original model; every tokcomp pass spec at every kept share (`keep` set to the share, or the
 field a spec names in "keep_field", so passes with another budget name slot in); every kvpress press
@@ -232,6 +233,11 @@ def main() -> None:
     parser.add_argument("--kvpress-python", default=None, help="an interpreter with kvpress (default: .venv-kvpress)")
     parser.add_argument("--kvpress-threads", type=int, default=1, help="torch threads of the kvpress worker")
     parser.add_argument("--note", default="", help="a line for the table header (e.g. reduced sizes)")
+    parser.add_argument(
+        "--scope",
+        default="",
+        help="what sets this run apart from the main grid (README rows keep it: '8,192-token prompts')",
+    )
     parser.add_argument("--output", default=str(RESULTS / "decoder_kvpress"), help="path without suffix")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,7 +292,7 @@ def run(args) -> None:
             "lengths": lengths, "depths": depths, "samples_per_cell": args.samples, "keys": args.keys,
             "keeps": keeps, "passes": specs, "presses": presses, "haystack": needle.HAYSTACK_SOURCE,
             "fidelity": {"prompt_tokens": [int(i.shape[1]) for i in prose_ids], "continuation": args.continuation},
-            "kvpress": kvpress_info, "note": args.note,
+            "kvpress": kvpress_info, "note": args.note, "scope": args.scope,
             "machine_before": machine_before, "machine_after": machine(),
             "rows": rows, "seconds": round(time.perf_counter() - started, 1),
         }  # fmt: skip

@@ -34,7 +34,9 @@ enclosing object, the file name (cpu / gpu / cuda, e.g. onnx_cpu.json), or else 
 file's `machine` object (GPU when it names one, CPU otherwise); a `runtime` other than
 eager PyTorch (e.g. onnxruntime) gets its own column. `"matched": false` marks a
 budget the reducer could not meet. Rows for the same (model, reducer, budget) from
-several files are merged: one file may bring fidelity and FLOPs, another the speed.
+several files are merged: one file may bring fidelity and FLOPs, another the speed. A file
+whose top-level `scope` names a condition the others do not share (e.g. "8,192-token
+prompts") keeps its rows apart: the scope is appended to each row's budget.
 A file without any such row is linked under "Other results".
 """
 
@@ -230,8 +232,11 @@ def _speed_key(device: str | None, runtime: Any) -> str:
 def _file_rows(name: str, data: Any, root: Path) -> list[dict]:
     """Normalised rows of one file, with speed-ups derived from throughput / latency against its baseline rows."""
     file_device, parsed = _file_device(data, name), []
+    scope = data.get("scope") if isinstance(data, dict) else None
     for row, context in _rows(data, {}):
         model, reducer, budget = _identity(row, context, root)
+        if scope:
+            budget = f"{_budget_key(budget)} ({scope})" if budget is not None else f"({scope})"
         runtime = _first(row, "runtime", False) or context.get("runtime")
         numbers = {n: _first(row, n, True) for n in NUMBERS}
         ratio, cut = numbers.pop("flops_ratio"), numbers.pop("flops_cut")

@@ -215,6 +215,12 @@ def results_root(tmp_path, swept):
     (tmp_path / "recipes" / "r.yaml").write_text(yaml.safe_dump(recipe))
     onnx = {"results": [{"recipe": "recipes/r.yaml", "runtime": "onnxruntime", "speedup": 1.4}]}
     (results / "onnx_cpu.json").write_text(json.dumps(onnx))
+    # The same (model, reducer, budget) measured under another condition: kept apart by the file's scope.
+    scoped = {
+        "scope": "long inputs",
+        "rows": [{"model": model, "reducer": "tome", "budget": 0.8, "cosine_mean": 0.125}],
+    }
+    (results / "long_inputs.json").write_text(json.dumps(scoped))
     (results / "broken.json").write_text("{")
     (results / "notes.json").write_text('{"comment": "no rows here"}')
     return tmp_path
@@ -239,7 +245,9 @@ def test_readme_table_merges_every_results_file_and_touches_only_the_marked_sect
     rows = _table_rows(readme)
     model = read_json(swept / "sweep.json")["model"]
     tiny = {budget: row for (m, _, budget), row in rows.items() if m == model}
-    assert sorted(tiny) == ["0.6", "0.8", "1"]  # every budget of the sweep; the original is no row
+    assert sorted(tiny) == ["0.6", "0.8", "0.8 (long inputs)", "1"]  # every budget of the sweep; the original is no row
+    assert tiny["0.8 (long inputs)"]["Output cosine"] == "0.1250"
+    assert tiny["0.8 (long inputs)"]["Source"] == "`long_inputs.json`"
     sweep = {str(r["budget"]): r for r in read_json(swept / "sweep.json")["rows"]}
     assert tiny["0.8"]["Output cosine"] == f"{sweep['0.8']['cosine_mean']:.4f}"
     assert tiny["0.8"]["GMACs"] == f"{sweep['0.8']['gmacs']:.3f}"
