@@ -53,6 +53,11 @@ def interleaved_throughput(
     }
 
 
+def no_timing_line(machine_info: dict) -> str:
+    """The machine line of a results table that holds no timings."""
+    return f"Machine: {machine_info['cpu']}, load average {machine_info['load_average']} (no timings)."
+
+
 def bootstrap_mean(values, resamples: int = 10_000, seed: int = 0) -> dict:
     """Mean of `values` with a 95% bootstrap interval (percentile method, seeded)."""
     values = torch.as_tensor(values, dtype=torch.float64)

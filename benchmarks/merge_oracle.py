@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import bootstrap_mean, load_average, machine, write_results  # noqa: E402
+from benchmarks.common import bootstrap_mean, load_average, machine, no_timing_line, write_results  # noqa: E402
 from benchmarks.dynamic_padding import CUT, REFERENCE_LENGTH, buckets  # noqa: E402
 from tokcomp.pipeline import apply_passes  # noqa: E402
 from tokcomp.sources import load_model  # noqa: E402
@@ -147,7 +147,7 @@ def markdown(result: dict) -> str:
             "",
             f"Sentences at or above 0.95: oracle {result['oracle_at_least_0_95']} of {n}.",
             "",
-            f"Machine: {result['machine']['cpu']}, load average {result['machine']['load_average']} (no timings).",
+            no_timing_line(result["machine"]),
             "",
         ]
     )

@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import load_average, machine, write_results  # noqa: E402
+from benchmarks.common import load_average, machine, no_timing_line, write_results  # noqa: E402
 
 MODEL = "zoo:gemma-3-270m"
 SPEC = {"type": "fastv", "layer": 6, "sink": 4, "question": 32}
@@ -108,11 +108,7 @@ def markdown(result: dict) -> str:
         kl = f"{row['prose_kl']:.4f}" if "prose_kl" in row else "-"
         top1 = f"{row['prose_top1']:.3f}" if "prose_top1" in row else "-"
         lines.append(f"| {row['keep']:g} | {row['kernel']} | {row['correct']} / {row['n']} | {kl} | {top1} |")
-    lines += [
-        "",
-        f"Machine: {result['machine']['cpu']}, load average {result['machine']['load_average']} (no timings).",
-        "",
-    ]
+    lines += ["", no_timing_line(result["machine"]), ""]
     return "\n".join(lines)
 
 
