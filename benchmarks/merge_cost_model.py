@@ -23,7 +23,8 @@ measures, at ToMe's counts per block and with ToMe's size-weighted merge, how fa
 
 Held-out data: the sentences of benchmarks/dynamic_padding.py (Python reference documentation),
 one at a time; fidelity: cosine of the size-weighted mean-pooled output to the original model's
-(mean, 95% bootstrap interval; differences paired per sentence). No timing.
+(mean, 95% bootstrap interval; differences paired per sentence). No timing. The numbers repeat
+exactly at the recorded thread count; another count can flip a near-tie in a greedy choice.
 Writes benchmarks/results/merge_cost_model.{json,md}.
 """
 
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import bootstrap_mean, load_average, machine, no_timing_line, write_results  # noqa: E402
 from benchmarks.dynamic_padding import CUT, REFERENCE_LENGTH, buckets  # noqa: E402
-from benchmarks.merge_oracle import finish, pooled  # noqa: E402
+from benchmarks.merge_oracle import apply_merges, finish, pooled  # noqa: E402
 from tokcomp.data.sources import load_samples  # noqa: E402
 from tokcomp.pipeline import apply_passes  # noqa: E402
 from tokcomp.sources import load_model  # noqa: E402
@@ -122,16 +123,6 @@ def greedy_merges(cost: torch.Tensor, removal: int) -> tuple[list[tuple[int, int
         received.add(target)
         merges.append((source, target))
     return merges, [t for t in range(tokens) if t not in moved]
-
-
-def apply_merges(x: torch.Tensor, size: torch.Tensor, merges, order: list[int]):
-    """Each (source, target) merged size-weighted; the output keeps `order` (sources absent)."""
-    x, size = x.clone(), size.clone()
-    for source, target in merges:
-        total = size[0, source] + size[0, target]
-        x[0, target] = (x[0, source] * size[0, source] + x[0, target] * size[0, target]) / total
-        size[0, target] = total
-    return x[:, order], size[:, order]
 
 
 def run_with(blocks, embeddings, ids: torch.Tensor, cost: CostFn, choose) -> torch.Tensor:

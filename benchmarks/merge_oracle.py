@@ -41,14 +41,19 @@ def state_of(size: torch.Tensor) -> TokenState:
     return TokenState(size=size, real=None, protected=positions < 1, position=positions)
 
 
+def apply_merges(x: torch.Tensor, size: torch.Tensor, merges, order: list[int]):
+    """Each (source, target) merged size-weighted; the output keeps `order` (sources absent)."""
+    x, size = x.clone(), size.clone()
+    for source, target in merges:
+        total = size[0, source] + size[0, target]
+        x[0, target] = (x[0, source] * size[0, source] + x[0, target] * size[0, target]) / total
+        size[0, target] = total
+    return x[:, order], size[:, order]
+
+
 def merge_pair(x: torch.Tensor, size: torch.Tensor, source: int, target: int):
     """Token `source` merged whole into `target` (size-weighted), then removed."""
-    x, size = x.clone(), size.clone()
-    total = size[0, source] + size[0, target]
-    x[0, target] = (x[0, source] * size[0, source] + x[0, target] * size[0, target]) / total
-    size[0, target] = total
-    keep = [i for i in range(x.shape[1]) if i != source]
-    return x[:, keep], size[:, keep]
+    return apply_merges(x, size, [(source, target)], [i for i in range(x.shape[1]) if i != source])
 
 
 def pooled(x: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
