@@ -44,9 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import bootstrap_mean, load_average, machine, no_timing_line, write_results  # noqa: E402
 from benchmarks.dynamic_padding import CUT, REFERENCE_LENGTH, buckets  # noqa: E402
-from benchmarks.merge_oracle import apply_merges, finish, pooled  # noqa: E402
+from benchmarks.merge_oracle import apply_merges, finish, pooled, state_of  # noqa: E402
 from tokcomp.data.sources import load_samples  # noqa: E402
 from tokcomp.pipeline import apply_passes  # noqa: E402
+from tokcomp.reducers.matching import alternate_index, matching_from_scores, merge_matched  # noqa: E402
 from tokcomp.sources import load_model  # noqa: E402
 from tokcomp.surgery import token_blocks  # noqa: E402
 
@@ -96,17 +97,18 @@ def measured_costs(blocks, index: int, x: torch.Tensor, size: torch.Tensor, refe
     return cost
 
 
-def bipartite_merges(cost: torch.Tensor, removal: int) -> tuple[list[tuple[int, int]], list[int]]:
-    """ToMe's choice on a cost: A = even, B = odd positions (0 protected); each A token's cheapest B;
-    the `removal` cheapest A tokens move. Returns (merges, output order as ToMe's: 0, A that stay, B)."""
-    tokens = cost.shape[0]
-    a_tokens, b_tokens = list(range(2, tokens, 2)), list(range(1, tokens, 2))
-    best = {a: min((cost[a, b].item(), b) for b in b_tokens) for a in a_tokens}
-    movers = sorted(a_tokens, key=lambda a: best[a][0])[:removal]
-    return [(a, best[a][1]) for a in movers], [0, *[a for a in a_tokens if a not in movers], *b_tokens]
+def tome_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, removal: int):
+    """ToMe's own matching and merge (reducers/matching.py) on a cost instead of a similarity."""
+    tokens = x.shape[1]
+    a_index, b_index = (alternate_index(tokens, start, x.device) for start in (0, 1))
+    scores = -cost.nan_to_num(float("inf"))[a_index][:, b_index][None]
+    state = state_of(size)
+    matching = matching_from_scores(scores, state, a_index, b_index)
+    x, state = merge_matched(x, state, matching, removal, removal, tokens - removal)
+    return x, state.size
 
 
-def greedy_merges(cost: torch.Tensor, removal: int) -> tuple[list[tuple[int, int]], list[int]]:
+def greedy_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, removal: int):
     """Cheapest pairs first (either direction); a token that moved or received never moves again."""
     tokens = cost.shape[0]
     cost = cost.nan_to_num(float("inf")).clone()
@@ -122,17 +124,17 @@ def greedy_merges(cost: torch.Tensor, removal: int) -> tuple[list[tuple[int, int
         moved.add(source)
         received.add(target)
         merges.append((source, target))
-    return merges, [t for t in range(tokens) if t not in moved]
+    return apply_merges(x, size, merges, [t for t in range(tokens) if t not in moved])
 
 
-def run_with(blocks, embeddings, ids: torch.Tensor, cost: CostFn, choose) -> torch.Tensor:
-    """Pooled output when every reducing block merges `choose(cost(...), removal)`."""
+def run_with(blocks, embeddings, ids: torch.Tensor, cost: CostFn, merge) -> torch.Tensor:
+    """Pooled output when every reducing block runs `merge(x, size, cost(...), removal)`."""
     x, size = embeddings(input_ids=ids), torch.ones(1, ids.shape[1])
     for index, block in enumerate(blocks):
         x, info = block.attention_residual(x, torch.log(size)[:, None, None, :])
         removal = block.reducer.removal(x.shape[1] - 1)
         if removal:
-            x, size = apply_merges(x, size, *choose(cost(index, x, size, info.key_metric()), removal))
+            x, size = merge(x, size, cost(index, x, size, info.key_metric()), removal)
         x = block.mlp_residual(x)
     return pooled(x, size)
 
@@ -184,7 +186,7 @@ def collect(blocks, embeddings, original, tokenizer, texts: list[str]) -> list[d
             )
             return cost
 
-        run_with(blocks, embeddings, ids, measured, greedy_merges)
+        run_with(blocks, embeddings, ids, measured, greedy_merge)
         if number % 25 == 0 or number == len(texts):
             print(f"measured costs: {number}/{len(texts)} calibration sentences", flush=True)
     return records
@@ -244,12 +246,12 @@ def run(args) -> dict:
 
                 outputs = {
                     "tome": finish(blocks, 0, embeddings(input_ids=ids), torch.ones(1, ids.shape[1]), False),
-                    "greedy_cosine": run_with(blocks, embeddings, ids, negative_cosine, greedy_merges),
-                    "greedy_learned": run_with(blocks, embeddings, ids, learned, greedy_merges),
+                    "greedy_cosine": run_with(blocks, embeddings, ids, negative_cosine, greedy_merge),
+                    "greedy_learned": run_with(blocks, embeddings, ids, learned, greedy_merge),
                 }
                 if bucket in BOUND_BUCKETS:
-                    outputs["bipartite_measured"] = run_with(blocks, embeddings, ids, measured, bipartite_merges)
-                    outputs["greedy_measured"] = run_with(blocks, embeddings, ids, measured, greedy_merges)
+                    outputs["bipartite_measured"] = run_with(blocks, embeddings, ids, measured, tome_merge)
+                    outputs["greedy_measured"] = run_with(blocks, embeddings, ids, measured, greedy_merge)
                 for name, output in outputs.items():
                     scores[name].append(F.cosine_similarity(reference, output).item())
             tome = torch.tensor(scores["tome"])

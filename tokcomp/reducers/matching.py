@@ -62,6 +62,11 @@ def bipartite_matching(metric: Tensor, state: TokenState) -> Matching:
     # One pair of index tensors for the metric and the free mask (each arange is a kernel launch).
     a_index, b_index = (alternate_index(metric.shape[1], start, metric.device) for start in (0, 1))
     scores = metric.index_select(1, a_index) @ metric.index_select(1, b_index).transpose(-1, -2)
+    return matching_from_scores(scores, state, a_index, b_index)
+
+
+def matching_from_scores(scores: Tensor, state: TokenState, a_index: Tensor, b_index: Tensor) -> Matching:
+    """Best partners of A x B scores [B, Na, Nb] (higher merges first); pairs that may not merge are forbidden."""
     free = state.free()
     allowed = free.index_select(1, a_index)[:, :, None] & free.index_select(1, b_index)[:, None, :]
     forbidden = torch.finfo(scores.dtype).min
