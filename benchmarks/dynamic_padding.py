@@ -8,7 +8,8 @@ documentation, `tokcomp.zoo.samples.english_prose`; no pass here calibrates, so 
 them) in dynamically padded batches, bucketed by real length: 8-16, 17-32 and 33-64 tokens.
 
 Reducers: ToMe (with its BERT-family default metric, hidden states, and with attention keys,
-its vision default), Token Transforming and Zero-TPrune at their defaults. Per bucket and reducer:
+its vision default; and with greedy matching instead of its bipartite split), Token Transforming
+and Zero-TPrune at their defaults. Per bucket and reducer:
 - fidelity: cosine of the size-weighted mean-pooled embedding to the original model's mean
   over the real tokens, with a 95% bootstrap interval and the minimum;
 - the same for random token dropping at the same rates (the simple baseline);
@@ -52,6 +53,7 @@ CUT = "-35%"
 PASSES = {
     "ToMe": {"type": "tome", "target_flops": CUT},  # BERT-family default metric: hidden states
     "ToMe, metric: keys": {"type": "tome", "target_flops": CUT, "metric": "keys"},  # the vision default
+    "ToMe, matching: greedy": {"type": "tome", "target_flops": CUT, "matching": "greedy"},
     "Token Transforming": {"type": "token_transform", "target_flops": CUT},
     "Zero-TPrune": {"type": "zero_tprune", "target_flops": CUT},
 }
@@ -160,7 +162,9 @@ def markdown(result: dict) -> str:
             "ToMe's similarity metric on BERT-family encoders defaults to the hidden states (passes/tome.py); "
             "with it ToMe is the same construction as Token Transforming's default (k = 1, alternating targets, "
             "hidden states), so those two rows coincide. The `metric: keys` row is ToMe with the attention keys "
-            "averaged over heads, its metric on vision models and its only metric before."
+            "averaged over heads, its metric on vision models and its only metric before. The `matching: greedy` "
+            "row is ToMe without the bipartite split: the most similar allowed pair merges first, over all pairs "
+            "(reducers/greedy_matching.py)."
         ),
         "",
         "Reference-input cut (128 tokens): "

@@ -7,6 +7,10 @@ feature the paper ablates) for BERT-family text encoders. On MiniLM-L6 at -35% F
 sentences, hidden states 0.9290 / 0.9549 / 0.9669 (benchmarks/results/dynamic_padding.md).
 The choice is recorded in the pass metadata, so a checkpoint rebuilds what was compiled;
 records without it (version 1) were compiled with keys.
+
+`matching: greedy` replaces ToMe's alternating bipartite split by greedy matching over all
+pairs (reducers/greedy_matching.py): 0.9343 / 0.9564 / 0.9730 on the same sentences
+(dynamic_padding.md). Records before version 3 were compiled with the bipartite split.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ class ToMeConfig(BudgetConfig):
         default=None,
         description="similarity of attention keys (ToMe's, vision default) or of hidden states (BERT-family default)",
     )
+    matching: Literal["bipartite", "greedy"] = Field(
+        default="bipartite",
+        description="ToMe's alternating bipartite split, or greedy over all pairs, most similar first (order kept)",
+    )
 
 
 def default_metric(family: str) -> str:
@@ -43,13 +51,13 @@ def default_metric(family: str) -> str:
 @register_pass
 class ToMePass(ScheduledReductionPass):
     name = "tome"
-    version = 2  # 2: the metric is recorded (and defaults per family)
+    version = 3  # 2: the metric is recorded (and defaults per family); 3: greedy matching
     Config = ToMeConfig
     reducer = ToMe
     summary = "ToMe bipartite soft matching: merge r tokens per block"
 
     def make_reducer(self, config: ToMeConfig, rate: Rate, protected: int) -> ToMe:
-        return ToMe(rate, protected, metric=config.metric)
+        return ToMe(rate, protected, metric=config.metric, matching=config.matching)
 
     def apply(self, model, config: ToMeConfig, ctx) -> dict[str, Any]:
         metric = config.metric or default_metric(find_adapter(model).family)

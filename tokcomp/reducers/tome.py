@@ -11,6 +11,9 @@
    into their partners (several may share one), size-weighted;
 5. output order [protected, A that stay in index order, all of B], then padding.
 
+With `matching="greedy"` steps 2-5 are replaced by greedy pair matching on the same metric
+(reducers/greedy_matching.py): no split, the most similar allowed pair first, order kept.
+
 Which metric a model gets by default is the pass's choice (passes/tome.py): keys for
 vision, hidden states for BERT-family text, where head-averaged keys are a poor
 similarity (measured: benchmarks/results/dynamic_padding.md).
@@ -24,26 +27,40 @@ from torch import Tensor
 
 from tokcomp.errors import TokcompError
 from tokcomp.reducers.base import Reducer
+from tokcomp.reducers.greedy_matching import merge_greedy
 from tokcomp.reducers.matching import METRICS, bipartite_matching, merge_matched, similarity_metric
 from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
+# How pairs are chosen: ToMe's alternating bipartite split, or greedy over all pairs.
+MATCHINGS = ("bipartite", "greedy")
+
 
 class ToMe(Reducer):
     kind = "tome"
 
-    def __init__(self, rate: Rate, protected: int, metric: str = "keys"):
+    def __init__(self, rate: Rate, protected: int, metric: str = "keys", matching: str = "bipartite"):
         super().__init__(rate, protected)
         if metric not in METRICS:
             raise TokcompError(f"unknown ToMe metric {metric!r}", hint=f"valid: {', '.join(METRICS)}")
+        if matching not in MATCHINGS:
+            raise TokcompError(f"unknown ToMe matching {matching!r}", hint=f"valid: {', '.join(MATCHINGS)}")
         self.metric = metric
+        self.matching = matching
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
         length = self.kept_tokens(tokens)
-        matching = bipartite_matching(similarity_metric(x, attn, self.metric), state)
-        return merge_matched(x, state, matching, self.per_sample_removal(state, tokens), tokens - length, length)
+        metric = similarity_metric(x, attn, self.metric)
+        removed = self.per_sample_removal(state, tokens)
+        if self.matching == "greedy":
+            scores = metric @ metric.transpose(-1, -2)
+            # exactly symmetric: a pair's two directions tie, and the tie is broken by index (the
+            # earlier token moves), not by rounding that differs with the batch's padded length
+            scores = (scores + scores.transpose(-1, -2)) / 2
+            return merge_greedy(x, state, scores, removed, tokens - length, length)
+        return merge_matched(x, state, bipartite_matching(metric, state), removed, tokens - length, length)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "metric": self.metric}
+        return {**super().describe(), "metric": self.metric, "matching": self.matching}
