@@ -1,6 +1,6 @@
 """Merge choices at ToMe's own counts on short sentences: similarity, a learned merge cost, measured costs.
 
-    python benchmarks/merge_cost_model.py [--calibration 167 100] [--sentences 64] [--threads 1]
+    python benchmarks/merge_cost_model.py [--calibration 167 498 100] [--sentences 64] [--threads 1]
 
 benchmarks/merge_oracle.py shows that on 8-16-token sentences MiniLM-L6 with ToMe at -35% FLOPs
 (set at 128 tokens, applied as a rate) loses mostly to its choice of which tokens merge. This
@@ -13,8 +13,16 @@ measures, at ToMe's counts per block and with ToMe's size-weighted merge, how fa
   per block, log cost(i, j) = g_i + g_j + b1 log(1 - cos h) + b2 log(1 - cos k)
   + a log(s_i s_j / (s_i + s_j)) + c, with g = w . h linear in the hidden state (h: hidden
   states, k: head-averaged keys, s: sizes; 388 numbers a block), fitted by least squares with
-  weight decay to the measured costs below on zoo:prose-calib:en sentences of 8-16 and 17-32
-  tokens (never the held-out data).
+  weight decay to the measured costs below (every pair of a calibration sentence, each sentence
+  weighted alike).
+- **greedy, learned cost with pair MLP**: the same cost plus a small MLP of the pair,
+  [h_i * h_j, |h_i - h_j|] -> 32 -> 1 (24,641 more numbers a block), fitted the same way.
+- **... norm-preserving merge**: that choice, with each merged token rescaled to the size-weighted
+  mean norm of its parts (benchmarks/merge_oracle.apply_merges).
+
+Calibration: sentences of 8-16 tokens from zoo:prose-calib:en and zoo:prose:en (Debian Reference
+prose, both splits) and of 17-32 tokens from zoo:prose-calib:en; never the held-out data. The
+learned costs are evaluated on the held-out Python documentation only.
 - **measured cost (bound)**: the cost of merging a pair alone, measured: 1 - cosine of the
   mean-pooled output of the rest of the *unreduced* model to the original's output. It sees the
   original and needs a forward per pair: an analysis bound, not a reducer. Taken with ToMe's
@@ -51,15 +59,21 @@ from tokcomp.reducers.matching import alternate_index, matching_from_scores, mer
 from tokcomp.sources import load_model  # noqa: E402
 from tokcomp.surgery import token_blocks  # noqa: E402
 
-CALIBRATION = "zoo:prose-calib:en"
-CALIBRATION_BUCKETS = ((8, 16), (17, 32))
-WEIGHT_DECAY = 0.1
-FIT_STEPS = 300
+# (data, token range): the calibration sentences, disjoint from the held-out Python documentation
+CALIBRATION = (("zoo:prose-calib:en", (8, 16)), ("zoo:prose:en", (8, 16)), ("zoo:prose-calib:en", (17, 32)))
+WEIGHT_DECAY = 0.1  # on the linear token term
+LINEAR_STEPS = 300
+PAIR_HIDDEN = 32
+PAIR_STEPS = 700
+PAIR_LR = 3e-3
+PAIR_WEIGHT_DECAY = 0.01
 BOUND_BUCKETS = ("8-16", "17-32")
 ROWS = {  # row -> label
     "tome": "ToMe (bipartite, cosine)",
     "greedy_cosine": "greedy, cosine",
     "greedy_learned": "greedy, learned cost",
+    "greedy_pair": "greedy, learned cost with pair MLP",
+    "greedy_pair_norm": "greedy, learned cost with pair MLP, norm-preserving merge",
     "bipartite_measured": "bipartite, measured cost (bound)",
     "greedy_measured": "greedy, measured cost (bound)",
 }
@@ -108,7 +122,7 @@ def tome_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, removal:
     return x, state.size
 
 
-def greedy_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, removal: int):
+def greedy_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, removal: int, preserve_norm: bool = False):
     """Cheapest pairs first (either direction); a token that moved or received never moves again."""
     tokens = cost.shape[0]
     cost = cost.nan_to_num(float("inf")).clone()
@@ -124,7 +138,7 @@ def greedy_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, remova
         moved.add(source)
         received.add(target)
         merges.append((source, target))
-    return apply_merges(x, size, merges, [t for t in range(tokens) if t not in moved])
+    return apply_merges(x, size, merges, [t for t in range(tokens) if t not in moved], preserve_norm)
 
 
 def run_with(blocks, embeddings, ids: torch.Tensor, cost: CostFn, merge) -> torch.Tensor:
@@ -145,31 +159,49 @@ def negative_cosine(index, x, size, keys) -> torch.Tensor:
 
 
 class CostModel(torch.nn.Module):
-    """log cost = g_i + g_j + b1 log(1 - cos h) + b2 log(1 - cos k) + a log harmonic size + c, g = w . h."""
+    """log cost(i, j) = g_i + g_j + b1 log(1 - cos h) + b2 log(1 - cos k) + a log harmonic size + c, g = w . h;
+    with `hidden` > 0 plus a pair MLP of [h_i * h_j, |h_i - h_j|] (symmetric in i and j)."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, width: int, hidden: int = 0):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(hidden))
-        self.coefficients = torch.nn.Parameter(torch.tensor([1.0, 0.0, 1.0, 0.0]))  # b1, b2, a, c
+        self.weight = torch.nn.Parameter(torch.zeros(width))
+        self.coefficients = torch.nn.Parameter(torch.zeros(4))  # b1, b2, a, c
+        self.pair = None
+        if hidden:
+            self.pair = torch.nn.Sequential(
+                torch.nn.Linear(2 * width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1)
+            )
+            torch.nn.init.zeros_(self.pair[2].weight)  # starts as the linear model
+            torch.nn.init.zeros_(self.pair[2].bias)
 
-    def forward(self, x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """x, keys [N, d], size [N] -> [N, N]."""
+    @staticmethod
+    def pair_terms(x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """[N, N, 3]: log(1 - cos h), log(1 - cos k), log(s_i s_j / (s_i + s_j)); x, keys [N, d], size [N]."""
 
         def log_distance(features):
             unit = F.normalize(features, dim=-1)
             return torch.log((1 - unit @ unit.T).clamp_min(1e-4))
 
         harmonic = torch.log(size[:, None] * size[None] / (size[:, None] + size[None]))
-        token = x @ self.weight
-        hidden_term, key_term, size_term, bias = self.coefficients
-        return (
-            token[:, None]
-            + token[None]
-            + hidden_term * log_distance(x)
-            + key_term * log_distance(keys)
-            + size_term * harmonic
-            + bias
-        )
+        return torch.stack([log_distance(x), log_distance(keys), harmonic], dim=-1)
+
+    @staticmethod
+    def pair_input(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return torch.cat([first * second, (first - second).abs()], dim=-1)
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor, terms: torch.Tensor, pair_input=None) -> torch.Tensor:
+        """log cost [P] of P pairs: hidden states first, second [P, d], terms [P, 3]."""
+        out = (first + second) @ self.weight + terms @ self.coefficients[:3] + self.coefficients[3]
+        if self.pair is not None:
+            out = out + self.pair(self.pair_input(first, second) if pair_input is None else pair_input)[:, 0]
+        return out
+
+    def matrix(self, x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """[N, N] log cost of every pair; x, keys [N, d], size [N]."""
+        tokens = x.shape[0]
+        first, second = (index.flatten() for index in torch.meshgrid(*[torch.arange(tokens)] * 2, indexing="ij"))
+        terms = self.pair_terms(x, size, keys)[first, second]
+        return self(x[first], x[second], terms).view(tokens, tokens)
 
 
 def collect(blocks, embeddings, original, tokenizer, texts: list[str]) -> list[dict]:
@@ -192,24 +224,32 @@ def collect(blocks, embeddings, original, tokenizer, texts: list[str]) -> list[d
     return records
 
 
-def fit(records: list[dict], blocks: int) -> list[CostModel]:
+def fit(records: list[dict], blocks: int, hidden: int, steps: int) -> list[CostModel]:
+    """Least squares on log measured cost, every pair of a record weighted 1 / its record's pairs."""
     models = []
     for block in range(blocks):
-        # clone(): the records were made under inference mode, whose tensors autograd cannot save
-        data = [
-            (r["x"].clone(), r["size"].clone(), r["keys"].clone(), ~r["cost"].isnan(), r["cost"].clamp_min(1e-7).log())
-            for r in records
-            if r["block"] == block
-        ]
-        model = CostModel(records[0]["x"].shape[-1])
-        if data:
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-            for _ in range(FIT_STEPS):
+        columns = []
+        for r in (r for r in records if r["block"] == block):
+            first, second = torch.triu(~r["cost"].isnan(), 1).nonzero(as_tuple=True)
+            weight = torch.full((len(first),), 1.0 / len(first))
+            terms = CostModel.pair_terms(r["x"], r["size"], r["keys"])[first, second]
+            target = r["cost"][first, second].clamp_min(1e-7).log()
+            columns.append((r["x"][first], r["x"][second], terms, target, weight))
+        model = CostModel(records[0]["x"].shape[-1], hidden)
+        if columns:
+            # clone(): the records were made under inference mode, whose tensors autograd cannot save
+            first, second, terms, target, weight = (torch.cat(c).clone() for c in zip(*columns, strict=True))
+            pair_input = CostModel.pair_input(first, second) if hidden else None
+            groups = [{"params": [model.weight, model.coefficients], "lr": 1e-2, "weight_decay": 0.0}]
+            if hidden:
+                groups.append({"params": model.pair.parameters(), "lr": PAIR_LR, "weight_decay": PAIR_WEIGHT_DECAY})
+            optimizer = torch.optim.AdamW(groups)
+            for _ in range(steps):
                 optimizer.zero_grad()
-                loss = sum((model(x, s, k)[m] - y[m]).pow(2).mean() for x, s, k, m, y in data) / len(data)
+                loss = ((model(first, second, terms, pair_input) - target).pow(2) * weight).sum() / weight.sum()
                 (loss + WEIGHT_DECAY * model.weight.pow(2).sum()).backward()
                 optimizer.step()
-            print(f"block {block}: {len(data)} records, fit loss {loss.item():.3f}", flush=True)
+            print(f"block {block}: {len(columns)} records, {len(target)} pairs, fit loss {loss.item():.3f}", flush=True)
         models.append(model.requires_grad_(False))
     return models
 
@@ -221,17 +261,20 @@ def run(args) -> dict:
     apply_passes(model, [{"type": "tome", "target_flops": CUT}], sequence_length=REFERENCE_LENGTH)
     blocks, embeddings = token_blocks(model), model.embeddings
 
-    calibration = [sample.value for sample in load_samples(CALIBRATION, "text")]
-    lengths = [len(tokenizer(text)["input_ids"]) for text in calibration]
     fit_texts = []
-    for (low, high), count in zip(CALIBRATION_BUCKETS, args.calibration, strict=True):
-        fit_texts += [t for t, n in zip(calibration, lengths, strict=True) if low <= n <= high][:count]
+    for (data, (low, high)), count in zip(CALIBRATION, args.calibration, strict=True):
+        texts = [sample.value for sample in load_samples(data, "text")]
+        fit_texts += [t for t in texts if low <= len(tokenizer(t)["input_ids"]) <= high][:count]
     with torch.inference_mode():
         records = collect(blocks, embeddings, original, tokenizer, fit_texts)
-    models = fit(records, len(blocks))
+    linear = fit(records, len(blocks), 0, LINEAR_STEPS)
+    pair = fit(records, len(blocks), PAIR_HIDDEN, PAIR_STEPS)
 
-    def learned(index, x, size, keys):
-        return models[index](x[0], size[0], keys[0])
+    def learned(models):
+        return lambda index, x, size, keys: models[index].matrix(x[0], size[0], keys[0])
+
+    def norm_preserving(x, size, cost, removal):
+        return greedy_merge(x, size, cost, removal, preserve_norm=True)
 
     rows = {}
     with torch.inference_mode():
@@ -247,7 +290,9 @@ def run(args) -> dict:
                 outputs = {
                     "tome": finish(blocks, 0, embeddings(input_ids=ids), torch.ones(1, ids.shape[1]), False),
                     "greedy_cosine": run_with(blocks, embeddings, ids, negative_cosine, greedy_merge),
-                    "greedy_learned": run_with(blocks, embeddings, ids, learned, greedy_merge),
+                    "greedy_learned": run_with(blocks, embeddings, ids, learned(linear), greedy_merge),
+                    "greedy_pair": run_with(blocks, embeddings, ids, learned(pair), greedy_merge),
+                    "greedy_pair_norm": run_with(blocks, embeddings, ids, learned(pair), norm_preserving),
                 }
                 if bucket in BOUND_BUCKETS:
                     outputs["bipartite_measured"] = run_with(blocks, embeddings, ids, measured, tome_merge)
@@ -271,12 +316,19 @@ def run(args) -> dict:
         "model": "zoo:minilm-l6",
         "pass": {"type": "tome", "target_flops": CUT, "reference_tokens": REFERENCE_LENGTH},
         "calibration": {
-            "data": CALIBRATION,
-            "buckets": [list(b) for b in CALIBRATION_BUCKETS],
+            "sets": [
+                {"data": data, "tokens": list(tokens), "sentences": count}
+                for (data, tokens), count in zip(CALIBRATION, args.calibration, strict=True)
+            ],
             "sentences": len(fit_texts),
             "block_records": len(records),
-            "weight_decay": WEIGHT_DECAY,
-            "steps": FIT_STEPS,
+            "linear": {"weight_decay": WEIGHT_DECAY, "steps": LINEAR_STEPS},
+            "pair_mlp": {
+                "hidden": PAIR_HIDDEN,
+                "steps": PAIR_STEPS,
+                "learning_rate": PAIR_LR,
+                "weight_decay": PAIR_WEIGHT_DECAY,
+            },
         },
         "data": "held-out English prose (tokcomp.zoo.samples.english_prose), as benchmarks/dynamic_padding.py",
         "buckets": rows,
@@ -300,10 +352,12 @@ def markdown(result: dict) -> str:
         "# Merge choices at ToMe's counts, MiniLM-L6 at -35% FLOPs (set at 128 tokens)",
         "",
         (
-            f"Held-out: {result['data']}, one sentence at a time. Learned cost fitted on "
-            f"{calibration['sentences']} sentences of {calibration['data']} "
-            f"({', '.join(f'{lo}-{hi}' for lo, hi in calibration['buckets'])} tokens; "
-            f"{calibration['block_records']} block records). Measured costs see the original's output: "
+            f"Held-out: {result['data']}, one sentence at a time. Learned costs fitted on "
+            f"{calibration['sentences']} calibration sentences ("
+            + ", ".join(
+                f"{c['sentences']} of {c['data']}, {c['tokens'][0]}-{c['tokens'][1]}" for c in calibration["sets"]
+            )
+            + f"; {calibration['block_records']} block records). Measured costs see the original's output: "
             "bounds, not reducers. Cells: cosine of the size-weighted mean-pooled output to the original's "
             "(mean, 95% bootstrap interval); then the difference to ToMe, paired per sentence, with its interval."
         ),
@@ -322,7 +376,11 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--calibration", type=int, nargs=2, default=[167, 100], help="sentences of 8-16 and 17-32 tokens"
+        "--calibration",
+        type=int,
+        nargs=len(CALIBRATION),
+        default=[167, 498, 100],
+        help="sentences of each calibration set: " + ", ".join(f"{d} {lo}-{hi} tokens" for d, (lo, hi) in CALIBRATION),
     )
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)

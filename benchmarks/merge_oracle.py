@@ -41,13 +41,20 @@ def state_of(size: torch.Tensor) -> TokenState:
     return TokenState(size=size, real=None, protected=positions < 1, position=positions)
 
 
-def apply_merges(x: torch.Tensor, size: torch.Tensor, merges, order: list[int]):
-    """Each (source, target) merged size-weighted; the output keeps `order` (sources absent)."""
-    x, size = x.clone(), size.clone()
+def apply_merges(x: torch.Tensor, size: torch.Tensor, merges, order: list[int], preserve_norm: bool = False):
+    """Each (source, target) merged size-weighted; the output keeps `order` (sources absent).
+
+    With `preserve_norm` a merged token is rescaled to the size-weighted mean of its parts' norms:
+    a mean of two directions is shorter than either, which the next layers read as a different token.
+    """
+    x, size, norm = x.clone(), size.clone(), x.norm(dim=-1)
     for source, target in merges:
         total = size[0, source] + size[0, target]
         x[0, target] = (x[0, source] * size[0, source] + x[0, target] * size[0, target]) / total
+        norm[0, target] = (norm[0, source] * size[0, source] + norm[0, target] * size[0, target]) / total
         size[0, target] = total
+    if preserve_norm:
+        x = x * (norm / x.norm(dim=-1))[..., None]
     return x[:, order], size[:, order]
 
 
