@@ -8,8 +8,8 @@ documentation, `tokcomp.zoo.samples.english_prose`; no pass here calibrates, so 
 them) in dynamically padded batches, bucketed by real length: 8-16, 17-32 and 33-64 tokens.
 
 Reducers: ToMe (with its BERT-family default metric, hidden states, and with attention keys,
-its vision default; and with greedy matching instead of its bipartite split), Token Transforming
-and Zero-TPrune at their defaults. Per bucket and reducer:
+its vision default; with greedy matching instead of its bipartite split; and greedy with the
+norm-preserving merge), Token Transforming and Zero-TPrune at their defaults. Per bucket and reducer:
 - fidelity: cosine of the size-weighted mean-pooled embedding to the original model's mean
   over the real tokens, with a 95% bootstrap interval and the minimum;
 - the same for random token dropping at the same rates (the simple baseline);
@@ -54,6 +54,12 @@ PASSES = {
     "ToMe": {"type": "tome", "target_flops": CUT},  # BERT-family default metric: hidden states
     "ToMe, metric: keys": {"type": "tome", "target_flops": CUT, "metric": "keys"},  # the vision default
     "ToMe, matching: greedy": {"type": "tome", "target_flops": CUT, "matching": "greedy"},
+    "ToMe, greedy, norm-preserving": {
+        "type": "tome",
+        "target_flops": CUT,
+        "matching": "greedy",
+        "merge": "norm_preserving",
+    },
     "Token Transforming": {"type": "token_transform", "target_flops": CUT},
     "Zero-TPrune": {"type": "zero_tprune", "target_flops": CUT},
 }
@@ -164,7 +170,8 @@ def markdown(result: dict) -> str:
             "hidden states), so those two rows coincide. The `metric: keys` row is ToMe with the attention keys "
             "averaged over heads, its metric on vision models and its only metric before. The `matching: greedy` "
             "row is ToMe without the bipartite split: the most similar allowed pair merges first, over all pairs "
-            "(reducers/greedy_matching.py)."
+            "(reducers/greedy_matching.py); `norm-preserving` also rescales each merged token to the size-weighted "
+            "mean of its tokens' norms."
         ),
         "",
         "Reference-input cut (128 tokens): "

@@ -24,7 +24,7 @@ from tokcomp.export.validate import validate_onnx
 SCHEDULE = {"prune": [14], "merge": [11]}
 REDUCERS = {
     "tome": ({"type": "tome", "r": 4}, {"IndexMerge": 1}),
-    "tome_greedy": ({"type": "tome", "r": 4, "matching": "greedy"}, {"IndexMerge": 1}),
+    "tome_greedy": ({"type": "tome", "r": 4, "matching": "greedy", "merge": "norm_preserving"}, {"IndexMerge": 1}),
     "prune": ({"type": "prune", "r": 4}, {"GatherTokens": 1}),
     "zero_tprune": ({"type": "zero_tprune", "r": 4}, {"GatherTokens": 1}),
     "evit": ({"type": "evit", "r": 4}, {"IndexMerge": 1}),  # the inattentive tokens fuse into one

@@ -36,6 +36,7 @@ FAMILY_PASSES = [
     {"type": "evit"},
     {"type": "zero_tprune"},
     {"type": "tome", "matching": "greedy"},
+    {"type": "tome", "matching": "greedy", "merge": "norm_preserving"},
 ]
 
 
@@ -346,9 +347,9 @@ def tiny_model_dir(tmp_path_factory):
          "target_selection": "cls_attention", "proportional_attention": False},
         {"type": "prune", "target_flops": "-30%", "ignore": ["vit.encoder.layer.0"]},
         {"type": "evit", "r": 4, "proportional_attention": False},
-        {"type": "tome", "r": [5, 4, 4, 3], "matching": "greedy"},
+        {"type": "tome", "r": [5, 4, 4, 3], "matching": "greedy", "merge": "norm_preserving"},
     ],
-    ids=["token_transform-defaults", "token_transform-cls-keys", "prune", "evit", "tome-greedy"],
+    ids=["token_transform-defaults", "token_transform-cls-keys", "prune", "evit", "tome-greedy-norm"],
 )  # fmt: skip
 def test_checkpoint_round_trip_is_exact(spec, tiny_model_dir, tmp_path):
     from transformers import ViTForImageClassification

@@ -53,6 +53,23 @@ def test_tome_size_weighted_average():
     assert state.size[0].tolist() == [1.0, 1.0, 6.0, 1.0]
 
 
+def test_norm_preserving_merge_rescales_merged_tokens_only():
+    x = torch.arange(6 * 3, dtype=torch.float32).view(1, 6, 3)
+    sizes = torch.tensor([[1.0, 1, 2, 1, 3, 1]])
+    key = METRIC[None, None]
+    info = AttentionInfo(query=key, key=key, bias=None, scale=1.0)
+    plain, plain_state = ToMe(rate_at(2, 6), 1)(x, state_of(sizes), info)
+    kept, state = ToMe(rate_at(2, 6), 1, merge="norm_preserving")(x, state_of(sizes), info)
+    assert torch.equal(state.size, plain_state.size) and torch.equal(state.source, plain_state.source)
+    # row 2 is tokens 2 + 3 + 4: the plain mean's direction, at the size-weighted mean of their norms
+    norms = x[0, [2, 3, 4]].norm(dim=-1)
+    expected_norm = (2 * norms[0] + 1 * norms[1] + 3 * norms[2]) / 6
+    assert torch.allclose(kept[0, 2].norm(), expected_norm)
+    assert torch.allclose(F.normalize(kept[0, 2], dim=0), F.normalize(plain[0, 2], dim=0))
+    assert kept[0, 2].norm() > plain[0, 2].norm()
+    assert torch.allclose(kept[0, [0, 1, 3]], plain[0, [0, 1, 3]])  # rows that merged nothing keep their value
+
+
 def test_tome_protects_distillation_token_as_destination():
     # With B0 (token 1) protected, A1 and A2 still pick B1; make A2 prefer B0 to check it is refused.
     metric = METRIC.clone()

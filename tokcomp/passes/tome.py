@@ -10,7 +10,9 @@ records without it (version 1) were compiled with keys.
 
 `matching: greedy` replaces ToMe's alternating bipartite split by greedy matching over all
 pairs (reducers/greedy_matching.py): 0.9343 / 0.9564 / 0.9730 on the same sentences
-(dynamic_padding.md). Records before version 3 were compiled with the bipartite split.
+(dynamic_padding.md); `merge: norm_preserving` rescales each merged token to its tokens'
+size-weighted mean norm. Records before version 3 were compiled with the bipartite split and
+the plain mean.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class ToMeConfig(BudgetConfig):
         default="bipartite",
         description="ToMe's alternating bipartite split, or greedy over all pairs, most similar first (order kept)",
     )
+    merge: Literal["mean", "norm_preserving"] = Field(
+        default="mean",
+        description="a merged token is the size-weighted mean (ToMe's), or that mean rescaled to its tokens' mean norm",
+    )
 
 
 def default_metric(family: str) -> str:
@@ -51,13 +57,13 @@ def default_metric(family: str) -> str:
 @register_pass
 class ToMePass(ScheduledReductionPass):
     name = "tome"
-    version = 3  # 2: the metric is recorded (and defaults per family); 3: greedy matching
+    version = 3  # 2: the metric is recorded (and defaults per family); 3: matching and merge options
     Config = ToMeConfig
     reducer = ToMe
     summary = "ToMe bipartite soft matching: merge r tokens per block"
 
     def make_reducer(self, config: ToMeConfig, rate: Rate, protected: int) -> ToMe:
-        return ToMe(rate, protected, metric=config.metric, matching=config.matching)
+        return ToMe(rate, protected, metric=config.metric, matching=config.matching, merge=config.merge)
 
     def apply(self, model, config: ToMeConfig, ctx) -> dict[str, Any]:
         metric = config.metric or default_metric(find_adapter(model).family)

@@ -81,6 +81,7 @@ def merge(
     assignment: Tensor | None = None,
     scale: Tensor | None = None,
     null: bool = False,
+    preserve_norm: bool = False,
 ) -> tuple[Tensor, TokenState]:
     """Output row i = weighted mean of token kept[i] and every token moved into row i.
 
@@ -88,10 +89,16 @@ def merge(
     Transforming): it moves a share assignment[b, s, i] into each output row i (shares of
     a row of `assignment` sum to 1). `scale` [B, N] multiplies token weights (EViT's
     attention shares). Sizes follow the same sums, so token mass is conserved.
+
+    With `preserve_norm` each output row is rescaled to the weighted mean of its tokens'
+    norms: a mean of tokens pointing different ways is shorter than any of them, which the
+    next layers read as a different token.
     """
     dtype = carrier_dtype(x.dtype)
     weight = state.weight() if scale is None else state.weight() * scale
     parts = [x.to(dtype) * weight[..., None], weight[..., None]]
+    if preserve_norm:
+        parts.append(x.to(dtype).norm(dim=-1, keepdim=True) * weight[..., None])
     if state.source is not None:  # the source map follows T itself (scaled rows included)
         parts.append(state.source if scale is None else state.source * scale[..., None])
     t = torch.cat(parts, dim=-1)
@@ -105,7 +112,13 @@ def merge(
     total = out[..., hidden]
     real = total > 0
     size = torch.where(real, total, torch.ones_like(total))
-    merged_x = (out[..., :hidden] / size[..., None]).to(x.dtype)
+    merged_x = out[..., :hidden] / size[..., None]
+    extra = hidden + 1  # where the source map starts
+    if preserve_norm:
+        norm = out[..., extra] / size
+        merged_x = merged_x * (norm / merged_x.norm(dim=-1).clamp_min(torch.finfo(merged_x.dtype).tiny))[..., None]
+        extra += 1
+    merged_x = merged_x.to(x.dtype)
     protected, position = state.protected, state.position
     if null:
         protected, position = with_null(protected), with_null(position)
@@ -114,5 +127,5 @@ def merge(
         real=real if state.real is not None else None,
         protected=protected.gather(1, kept),
         position=position.gather(1, kept),
-        source=out[..., hidden + 1 :] if state.source is not None else None,
+        source=out[..., extra:] if state.source is not None else None,
     )

@@ -72,8 +72,8 @@ def greedy_plan(scores: Tensor, state: TokenState, removed: Count, slots: int, l
 
 
 def merge_greedy(
-    x: Tensor, state: TokenState, scores: Tensor, removed: Count, slots: int, length: int
+    x: Tensor, state: TokenState, scores: Tensor, removed: Count, slots: int, length: int, preserve_norm: bool = False
 ) -> tuple[Tensor, TokenState]:
     """Greedy matching on `scores` [B, N, N], then each moving token whole into its target, size-weighted."""
     plan = greedy_plan(scores, state, removed, slots, length)
-    return merge(x, state, plan.kept, plan.src, plan.dst, null=state.real is not None)
+    return merge(x, state, plan.kept, plan.src, plan.dst, null=state.real is not None, preserve_norm=preserve_norm)

@@ -112,13 +112,19 @@ def plan_bipartite(matching: Matching, state: TokenState, removed: Count, slots:
 
 
 def merge_matched(
-    x: Tensor, state: TokenState, matching: Matching, removed: Count, slots: int, length: int
+    x: Tensor,
+    state: TokenState,
+    matching: Matching,
+    removed: Count,
+    slots: int,
+    length: int,
+    preserve_norm: bool = False,
 ) -> tuple[Tensor, TokenState]:
     """ToMe's merge: each moving A token whole into its best B partner, size-weighted."""
     plan = plan_bipartite(matching, state, removed, slots, length)
     partner = 2 * matching.partner.gather(1, plan.src_a) + 1
     dst = torch.where(plan.moving, plan.rows.gather(1, partner), torch.zeros_like(partner))
-    return merge(x, state, plan.kept, plan.src, dst, null=state.real is not None)
+    return merge(x, state, plan.kept, plan.src, dst, null=state.real is not None, preserve_norm=preserve_norm)
 
 
 def scores_to_kept(metric: Tensor, state: TokenState, kept: Tensor, moved: Tensor, null: bool) -> Tensor:

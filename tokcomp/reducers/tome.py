@@ -13,6 +13,8 @@
 
 With `matching="greedy"` steps 2-5 are replaced by greedy pair matching on the same metric
 (reducers/greedy_matching.py): no split, the most similar allowed pair first, order kept.
+With `merge="norm_preserving"` a merged token is rescaled to the size-weighted mean of its
+tokens' norms (reducers/apply.py `merge`).
 
 Which metric a model gets by default is the pass's choice (passes/tome.py): keys for
 vision, hidden states for BERT-family text, where head-averaged keys are a poor
@@ -35,32 +37,41 @@ from tokcomp.surgery.state import TokenState
 
 # How pairs are chosen: ToMe's alternating bipartite split, or greedy over all pairs.
 MATCHINGS = ("bipartite", "greedy")
+# What a merged token is: the size-weighted mean, or that mean rescaled to the mean norm.
+MERGES = ("mean", "norm_preserving")
 
 
 class ToMe(Reducer):
     kind = "tome"
 
-    def __init__(self, rate: Rate, protected: int, metric: str = "keys", matching: str = "bipartite"):
+    def __init__(
+        self, rate: Rate, protected: int, metric: str = "keys", matching: str = "bipartite", merge: str = "mean"
+    ):
         super().__init__(rate, protected)
         if metric not in METRICS:
             raise TokcompError(f"unknown ToMe metric {metric!r}", hint=f"valid: {', '.join(METRICS)}")
         if matching not in MATCHINGS:
             raise TokcompError(f"unknown ToMe matching {matching!r}", hint=f"valid: {', '.join(MATCHINGS)}")
+        if merge not in MERGES:
+            raise TokcompError(f"unknown ToMe merge {merge!r}", hint=f"valid: {', '.join(MERGES)}")
         self.metric = metric
         self.matching = matching
+        self.merge = merge
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
         length = self.kept_tokens(tokens)
         metric = similarity_metric(x, attn, self.metric)
         removed = self.per_sample_removal(state, tokens)
+        preserve_norm = self.merge == "norm_preserving"
         if self.matching == "greedy":
             scores = metric @ metric.transpose(-1, -2)
             # exactly symmetric: a pair's two directions tie, and the tie is broken by index (the
             # earlier token moves), not by rounding that differs with the batch's padded length
             scores = (scores + scores.transpose(-1, -2)) / 2
-            return merge_greedy(x, state, scores, removed, tokens - length, length)
-        return merge_matched(x, state, bipartite_matching(metric, state), removed, tokens - length, length)
+            return merge_greedy(x, state, scores, removed, tokens - length, length, preserve_norm)
+        matching = bipartite_matching(metric, state)
+        return merge_matched(x, state, matching, removed, tokens - length, length, preserve_norm)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "metric": self.metric, "matching": self.matching}
+        return {**super().describe(), "metric": self.metric, "matching": self.matching, "merge": self.merge}
