@@ -126,8 +126,8 @@ def test_one_graph_and_bounded_recompiles_under_torch_compile(kind):
         model = tokcomp.apply(tiny_vision("dinov2"), [{"type": "tome", "r": 8}])
         inputs = [{"pixel_values": torch.randn(b, 3, s, s)} for b, s in ((1, 32), (2, 32), (3, 32), (2, 48), (1, 64))]
     else:
-        matching = "greedy" if kind == "bert-greedy" else "bipartite"
-        model = tokcomp.apply(tiny_bert(), [{"type": "tome", "r": 3, "matching": matching}], sequence_length=16)
+        options = {"matching": "greedy", "merge": "norm_preserving"} if kind == "bert-greedy" else {}
+        model = tokcomp.apply(tiny_bert(), [{"type": "tome", "r": 3, **options}], sequence_length=16)
         inputs = []
         for batch, length in ((1, 8), (2, 11), (3, 20), (2, 33)):
             ids, mask = _padded_batch([length] + [max(2, length // 2)] * (batch - 1), length)
