@@ -19,15 +19,15 @@ measures, at ToMe's counts per block and with ToMe's size-weighted merge, how fa
   [h_i * h_j, |h_i - h_j|] -> 32 -> 1 (24,641 more numbers a block), fitted the same way.
 - **... norm-preserving merge**: that choice, with each merged token rescaled to the size-weighted
   mean norm of its parts (benchmarks/merge_oracle.apply_merges).
-
-Calibration: sentences of 8-16 tokens from zoo:prose-calib:en and zoo:prose:en (Debian Reference
-prose, both splits) and of 17-32 tokens from zoo:prose-calib:en; never the held-out data. The
-learned costs are evaluated on the held-out Python documentation only.
 - **measured cost (bound)**: the cost of merging a pair alone, measured: 1 - cosine of the
   mean-pooled output of the rest of the *unreduced* model to the original's output. It sees the
   original and needs a forward per pair: an analysis bound, not a reducer. Taken with ToMe's
   bipartite split and with the greedy choice. Run on the 8-16 and 17-32 buckets (its cost grows
   with the square of the length).
+
+Calibration: sentences of 8-16 tokens from zoo:prose-calib:en and zoo:prose:en (Debian Reference
+prose, both splits) and of 17-32 tokens from zoo:prose-calib:en; never the held-out data. The
+learned costs are evaluated on the held-out Python documentation only.
 
 Held-out data: the sentences of benchmarks/dynamic_padding.py (Python reference documentation),
 one at a time; fidelity: cosine of the size-weighted mean-pooled output to the original model's
@@ -123,7 +123,11 @@ def tome_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, removal:
 
 
 def greedy_merge(x: torch.Tensor, size: torch.Tensor, cost: torch.Tensor, removal: int, preserve_norm: bool = False):
-    """Cheapest pairs first (either direction); a token that moved or received never moves again."""
+    """Cheapest pairs first (either direction); a token that moved or received never moves again.
+
+    The rule of tokcomp/reducers/greedy_matching.py (`matching: greedy`), which came later; this copy
+    breaks exact ties by argsort rather than by index, and the committed results were made with it.
+    """
     tokens = cost.shape[0]
     cost = cost.nan_to_num(float("inf")).clone()
     cost[0, :] = cost[:, 0] = float("inf")
