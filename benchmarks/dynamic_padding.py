@@ -8,8 +8,10 @@ documentation, `tokcomp.zoo.samples.english_prose`; no pass here calibrates, so 
 them) in dynamically padded batches, bucketed by real length: 8-16, 17-32 and 33-64 tokens.
 
 Reducers: ToMe (with its BERT-family default metric, hidden states, and with attention keys,
-its vision default; with greedy matching instead of its bipartite split; and greedy with the
-norm-preserving merge), Token Transforming and Zero-TPrune at their defaults. Per bucket and reducer:
+its vision default; with greedy matching instead of its bipartite split; greedy with the
+norm-preserving merge; and that with `cost: learned`, a merge cost fitted during the compile on
+calibration text: Debian Reference prose, `zoo:prose:en`, never the held-out sentences), Token
+Transforming and Zero-TPrune at their defaults. Per bucket and reducer:
 - fidelity: cosine of the size-weighted mean-pooled embedding to the original model's mean
   over the real tokens, with a 95% bootstrap interval and the minimum;
 - the same for random token dropping at the same rates (the simple baseline);
@@ -60,9 +62,19 @@ PASSES = {
         "matching": "greedy",
         "merge": "norm_preserving",
     },
+    "ToMe, greedy, norm-preserving, learned cost": {
+        "type": "tome",
+        "target_flops": CUT,
+        "matching": "greedy",
+        "merge": "norm_preserving",
+        "cost": "learned",
+    },
     "Token Transforming": {"type": "token_transform", "target_flops": CUT},
     "Zero-TPrune": {"type": "zero_tprune", "target_flops": CUT},
 }
+
+# Rows that calibrate: Debian Reference prose, disjoint from the held-out Python documentation.
+CALIBRATION = {"ToMe, greedy, norm-preserving, learned cost": {"data": "zoo:prose:en", "samples": 800}}
 
 
 def buckets(tokenizer, per_bucket: int) -> dict[str, list[str]]:
@@ -107,11 +119,21 @@ def run(args) -> dict:
     rows = []
     for name, spec in PASSES.items():
         model = copy.deepcopy(original)
-        (record,) = apply_passes(model, [spec], sequence_length=REFERENCE_LENGTH)
+        calibration = CALIBRATION.get(name)
+        (record,) = apply_passes(
+            model, [spec], sequence_length=REFERENCE_LENGTH, processor=tokenizer, calibration=calibration
+        )
         meta = record.metadata
         reducers = [block.reducer for block in token_blocks(model)]
         baseline = random_drop_like(original, meta["input_tokens"], meta["tokens_per_layer"], seed=0)
-        row = {"reducer": name, "pass": spec, "reference_cut": 1 - meta["gmacs"] / _dense_gmacs(original), "buckets": {}}
+        learned = meta.get("report", {}).get("merge_cost")
+        row = {
+            "reducer": name,
+            "pass": spec,
+            "calibration": learned and learned["calibration"],
+            "reference_cut": 1 - meta["gmacs"] / _dense_gmacs(original),
+            "buckets": {},
+        }
         for label, bucket in texts.items():
             lengths = [len(tokenizer(t)["input_ids"]) for t in bucket]
             cuts = torch.tensor([flops_cut(original, reducers, n) for n in lengths])
@@ -171,7 +193,15 @@ def markdown(result: dict) -> str:
             "averaged over heads, its metric on vision models and its only metric before. The `matching: greedy` "
             "row is ToMe without the bipartite split: the most similar allowed pair merges first, over all pairs "
             "(reducers/greedy_matching.py); `norm-preserving` also rescales each merged token to the size-weighted "
-            "mean of its tokens' norms."
+            "mean of its tokens' norms; `learned cost` ranks greedy matching's pairs by a per-block merge cost "
+            "fitted during the compile on calibration text (reducers/merge_cost.py, calibrate/merge_cost.py): "
+            + "; ".join(
+                f"{row['reducer']}: {row['calibration']['used']} of {row['calibration']['drawn']} sentences drawn "
+                f"from {row['calibration']['data']} (the others are longer than cost_model.max_tokens)"
+                for row in result["rows"]
+                if row.get("calibration")
+            )
+            + "."
         ),
         "",
         "Reference-input cut (128 tokens): "

@@ -1,6 +1,6 @@
 """`SentenceTransformer.encode` throughput, original vs compressed, on held-out sentences.
 
-    python benchmarks/sentence_encode.py [--sentences 512] [--repeats 5] [--onnx]
+    python benchmarks/sentence_encode.py [--sentences 512] [--repeats 5] [--onnx] [--learned]
 
 MiniLM-L6 (`zoo:minilm-l6`) compiled with ToMe at -35% FLOPs (reference 128 tokens) is
 loaded with `SentenceTransformer(out, trust_remote_code=True)`; the original with
@@ -10,7 +10,9 @@ sentence-transformers does (it sorts by length first), timed alternately in one 
 2 threads. The FLOPs ratio beside it is the corpus's: the sum over sentences of each
 model's MACs at that sentence's own length. With `--onnx`, ONNX Runtime
 (`tokcomp.runtime.OnnxSentenceEncoder`) on the compressed export and on an r = 0 export
-(the original's graph) are timed in the same run.
+(the original's graph) are timed in the same run. With `--learned`, ToMe with greedy matching on a
+learned merge cost (`cost: learned`, calibrated on Debian Reference prose, `zoo:prose:en`, 800
+drawn: the recipe of benchmarks/dynamic_padding.py) at the same counts is timed in the same run.
 
 Writes benchmarks/results/sentence_encode.{json,md}.
 """
@@ -18,6 +20,7 @@ Writes benchmarks/results/sentence_encode.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +39,8 @@ from tokcomp.zoo.samples import english_prose  # noqa: E402
 
 CUT = "-35%"
 BATCH = 32
+LEARNED = {"type": "tome", "matching": "greedy", "merge": "norm_preserving", "cost": "learned"}
+LEARNED_CALIBRATION = {"data": "zoo:prose:en", "samples": 800}
 
 
 def held_out(count: int) -> list[str]:
@@ -48,6 +53,16 @@ def compile_pair(folder: Path) -> tuple[Path, Path]:
     compressed = tokcomp.compile(recipe, folder / "tome")
     original = tokcomp.compile({**recipe, "passes": [{"type": "tome", "r": 0}]}, folder / "r0")
     return compressed, original
+
+
+def compile_learned(folder: Path) -> Path:
+    recipe = {
+        "model": "zoo:minilm-l6",
+        "passes": [{**LEARNED, "target_flops": CUT}],
+        "calibration": LEARNED_CALIBRATION,
+        "evaluation": False,
+    }
+    return tokcomp.compile(recipe, folder / "learned")
 
 
 def corpus_flops_ratio(model, tokenizer, texts: list[str], max_length: int) -> float:
@@ -86,12 +101,21 @@ def run(args) -> dict:
             onnx_original, onnx_compressed = OnnxSentenceEncoder(r0_dir, threads=2), OnnxSentenceEncoder(compressed_dir, threads=2)
             runners["onnxruntime original"] = lambda: onnx_original.encode(texts, batch_size=BATCH)
             runners["onnxruntime compressed"] = lambda: onnx_compressed.encode(texts, batch_size=BATCH)
+        if args.learned:
+            learned_dir = compile_learned(Path(tmp))
+            calibration = json.loads((learned_dir / "report.json").read_text())["tome"]["merge_cost"]
+            learned = SentenceTransformer(str(learned_dir), trust_remote_code=True, device="cpu")
+            runners["learned cost"] = lambda: learned.encode(texts, batch_size=BATCH)
         load_before = load_average()
         speed = interleaved_throughput(runners, batch=len(texts), repeats=args.repeats, warmup=1)
         load_after = load_average()
         a = original.encode(texts, batch_size=BATCH, convert_to_tensor=True)
         b = compressed.encode(texts, batch_size=BATCH, convert_to_tensor=True)
         cosine = torch.nn.functional.cosine_similarity(a, b)
+        learned_cosine = None
+        if args.learned:
+            c = learned.encode(texts, batch_size=BATCH, convert_to_tensor=True)
+            learned_cosine = bootstrap_mean(torch.nn.functional.cosine_similarity(a, c))
         ratio = corpus_flops_ratio(compressed[0].model, compressed[0].tokenizer, texts, compressed.max_seq_length)
     lengths = [min(len(original.tokenizer(t)["input_ids"]), original.max_seq_length) for t in texts]
     return {
@@ -108,6 +132,17 @@ def run(args) -> dict:
         "onnx_speedup": (
             speed["onnxruntime compressed"]["items_per_s"] / speed["onnxruntime original"]["items_per_s"]
             if args.onnx
+            else None
+        ),
+        "learned": (
+            {
+                "pass": {**LEARNED, "target_flops": CUT},
+                "calibration": LEARNED_CALIBRATION,
+                "compile_report": calibration,
+                "speedup": speed["learned cost"]["items_per_s"] / speed["original"]["items_per_s"],
+                "cosine_to_original": learned_cosine,
+            }
+            if args.learned
             else None
         ),
         "flops_ratio": ratio,
@@ -139,12 +174,29 @@ def markdown(result: dict) -> str:
         prefix = "" if key == "speedup" else "onnxruntime "
         rate = f"{speed[prefix + 'original']['items_per_s']:.1f} -> {speed[prefix + 'compressed']['items_per_s']:.1f}"
         lines.append(f"| {runtime} | {rate} | {result[key]:.2f}x | {ideal:.2f}x | {result[key] / ideal:.2f} |")
+    learned = result.get("learned")
+    if learned:
+        rate = f"{speed['original']['items_per_s']:.1f} -> {speed['learned cost']['items_per_s']:.1f}"
+        gain = learned["speedup"]
+        label = "PyTorch, greedy matching on a learned cost"
+        lines.append(f"| {label} | {rate} | {gain:.2f}x | {ideal:.2f}x | {gain / ideal:.2f} |")
     lines += [
         "",
         f"Embedding cosine, compressed vs original: {cos['mean']:.4f} (95% CI {cos['ci95'][0]:.4f}-{cos['ci95'][1]:.4f}, "
         f"min {cos['min']:.4f}, {cos['samples']} sentences).",
         "",
     ]
+    if learned:
+        c, report = learned["cosine_to_original"], learned["compile_report"]
+        lines[-1:-1] = [
+            (
+                f"With the learned merge cost (calibrated on {learned['calibration']['samples']} drawn from "
+                f"{learned['calibration']['data']}): {c['mean']:.4f} (95% CI {c['ci95'][0]:.4f}-{c['ci95'][1]:.4f}, "
+                f"min {c['min']:.4f}). Its compile measured merge costs for {report['measure_seconds']:.0f} s and "
+                f"fitted them for {report['fit_seconds']:.0f} s ({report['calibration']['used']} sentences)."
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -153,6 +205,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime exports")
+    parser.add_argument("--learned", action="store_true", help="also time ToMe with a learned merge cost")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     result = run(args)

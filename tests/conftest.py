@@ -66,6 +66,25 @@ def tiny_bert():
 
 
 @pytest.fixture(scope="module")
+def tiny_vit_with_images(tmp_path_factory):
+    """A tiny random ViT classifier (65 tokens) saved as model/, and four random images in images/."""
+    import numpy as np
+    from PIL import Image
+    from transformers import ViTImageProcessor
+
+    root = tmp_path_factory.mktemp("family")
+    model = tiny_vision("vit")
+    model.config.architectures = ["ViTForImageClassification"]
+    model.save_pretrained(root / "model")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "model")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
 def tiny_vit_dir(tmp_path_factory):
     """A tiny random ViT classifier saved as a model folder (shared by the DiffRate tests)."""
     from transformers import ViTImageProcessor

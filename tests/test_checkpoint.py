@@ -56,7 +56,8 @@ def test_checkpoint_files_and_state(compiled):
         assert (compiled / name).is_file(), name
     state = read_json(compiled / STATE_FILE)
     (record,) = state["passes"]
-    assert record["name"] == "tome" and record["version"] == 3  # 2: the similarity metric is recorded; 3: matching
+    # version 2: the similarity metric is recorded; 3: matching and merge; 4: cost
+    assert record["name"] == "tome" and record["version"] == 4
     assert record["metadata"]["metric"] == "keys"  # the vision default
     assert record["metadata"]["tokens_per_layer"] == [59, 53, 47, 41]
     report = read_json(compiled / "report.json")

@@ -56,6 +56,11 @@ def test_reducer_exports_with_tokcomp_ops(name, tmp_path):
     passes, expected_steps = REDUCERS[name]
     model = small_vision("dinov2", layers=1)
     tokcomp.apply(model, [passes])
+    check_tokcomp_export(model, expected_steps, tmp_path)
+
+
+def check_tokcomp_export(model, expected_steps: dict[str, int], tmp_path) -> None:
+    """The tokcomp flavour has `expected_steps`, matches PyTorch at batch 1 and 4, and its TensorRT flavour checks."""
     spec = io_spec(model, "transformers", "image", 16, None)
     wrapper = ExportWrapper(model, spec, "transformers")
     graph = export_onnx(wrapper, spec, "tokcomp")

@@ -7,11 +7,9 @@ attention targets); all-zero shares give pruning.
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import tokcomp
 from tests.conftest import rate_at, state_of, tiny_bert, tiny_vision
@@ -323,22 +321,6 @@ def test_example_recipe_parses(kind):
     assert [p.type for p in recipe.passes] == [kind]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from transformers import ViTImageProcessor
-
-    root = tmp_path_factory.mktemp("family")
-    model = tiny_vision("vit")
-    model.config.architectures = ["ViTForImageClassification"]
-    model.save_pretrained(root / "model")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "model")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-    return root
-
-
 @pytest.mark.parametrize(
     "spec",
     [
@@ -351,17 +333,17 @@ def tiny_model_dir(tmp_path_factory):
     ],
     ids=["token_transform-defaults", "token_transform-cls-keys", "prune", "evit", "tome-greedy-norm"],
 )  # fmt: skip
-def test_checkpoint_round_trip_is_exact(spec, tiny_model_dir, tmp_path):
+def test_checkpoint_round_trip_is_exact(spec, tiny_vit_with_images, tmp_path):
     from transformers import ViTForImageClassification
 
     out = tmp_path / "ckpt"
     recipe = {
-        "model": str(tiny_model_dir / "model"),
+        "model": str(tiny_vit_with_images / "model"),
         "passes": [spec],
-        "evaluation": {"data": str(tiny_model_dir / "images"), "samples": 4, "batch_size": 4, "random_baseline": False},
+        "evaluation": {"data": str(tiny_vit_with_images / "images"), "samples": 4, "batch_size": 4, "random_baseline": False},
     }
     tokcomp.compile(recipe, out)
-    original = ViTForImageClassification.from_pretrained(tiny_model_dir / "model").eval()
+    original = ViTForImageClassification.from_pretrained(tiny_vit_with_images / "model").eval()
     in_memory = tokcomp.apply(original, [spec])
     reloaded = tokcomp.load(out)
     pixels = torch.randn(2, 3, 32, 32)

@@ -113,7 +113,7 @@ def test_sizes_and_positions_are_exact_in_bfloat16():
     assert state.position[:, 0].eq(0).all()  # CLS keeps position 0
 
 
-@pytest.mark.parametrize("kind", ["dinov2", "bert", "bert-greedy"])
+@pytest.mark.parametrize("kind", ["dinov2", "bert", "bert-greedy", "bert-learned-cost"])
 def test_one_graph_and_bounded_recompiles_under_torch_compile(kind):
     """No graph break, and compiling once covers new batch sizes and lengths (dynamic shapes)."""
     graphs = []
@@ -126,8 +126,12 @@ def test_one_graph_and_bounded_recompiles_under_torch_compile(kind):
         model = tokcomp.apply(tiny_vision("dinov2"), [{"type": "tome", "r": 8}])
         inputs = [{"pixel_values": torch.randn(b, 3, s, s)} for b, s in ((1, 32), (2, 32), (3, 32), (2, 48), (1, 64))]
     else:
-        options = {"matching": "greedy", "merge": "norm_preserving"} if kind == "bert-greedy" else {}
+        options = {"matching": "greedy", "merge": "norm_preserving"} if kind != "bert" else {}
         model = tokcomp.apply(tiny_bert(), [{"type": "tome", "r": 3, **options}], sequence_length=16)
+        if kind == "bert-learned-cost":
+            from tests.test_merge_cost import attach_random_costs
+
+            attach_random_costs(model)
         inputs = []
         for batch, length in ((1, 8), (2, 11), (3, 20), (2, 33)):
             ids, mask = _padded_batch([length] + [max(2, length // 2)] * (batch - 1), length)

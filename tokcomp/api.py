@@ -29,6 +29,7 @@ def apply(
     sequence_length: int | None = None,
     seed: int = 0,
     processor=None,
+    calibration: dict[str, Any] | None = None,
 ) -> nn.Module:
     """In-memory surgery, e.g. tokcomp.apply(model, [{"type": "tome", "target_flops": "-35%"}], image_size=224).
 
@@ -36,10 +37,19 @@ def apply(
     for vision models and `sequence_length` for text models (default: the model config's image
     size, 128 tokens), and applied as a rate of each input's own tokens, so the model is right
     at every resolution and length. The tokens each block keeps at the reference input are
-    logged. `processor` is for passes that calibrate on data (`rates: learned` on Whisper).
-    Returns the model, rewritten in place.
+    logged. `processor` and `calibration` (a recipe's calibration section, e.g. {"data":
+    "zoo:prose-calib:en", "samples": 400}) are for passes that calibrate on data (`rates: learned`
+    on Whisper, `cost: learned`). Returns the model, rewritten in place.
     """
-    apply_passes(model, passes, image_size=image_size, sequence_length=sequence_length, seed=seed, processor=processor)
+    apply_passes(
+        model,
+        passes,
+        image_size=image_size,
+        sequence_length=sequence_length,
+        seed=seed,
+        processor=processor,
+        calibration=calibration,
+    )
     return model
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from tokcomp.checkpoint import save_checkpoint
@@ -76,16 +77,18 @@ def apply_passes(
     input_spec: InputSpec | None = None,
     seed: int = 0,
     processor=None,
+    calibration: dict[str, Any] | None = None,
 ) -> list[PassRecord]:
     """In-memory surgery: validate pass dicts like [{"type": "tome", "r": 8}] and apply them.
 
     Budgets are resolved at the reference input (`image_size` / `sequence_length`, default
     the model's own) and applied as rates of every input's own tokens. Returns the pass
     records (with each token pass's tokens per layer at the reference input), also logged.
-    `processor` (the model's processor or tokenizer) is for passes that calibrate on data
-    (`rates: learned` on Whisper: its WhisperProcessor).
+    `processor` (the model's processor or tokenizer) and `calibration` (a recipe's calibration
+    section as a dict) are for passes that calibrate on data (`rates: learned` on Whisper with its
+    WhisperProcessor, `cost: learned` with the tokenizer or image processor).
     """
-    from tokcomp.recipe import parse_pass_list
+    from tokcomp.recipe import CalibrationSpec, parse_pass_list
     from tokcomp.surgery import find_adapter
 
     specs = parse_pass_list(passes)
@@ -100,7 +103,14 @@ def apply_passes(
 
         pooling = default_pooling(model, input_spec.modality)
         loaded = LoadedModel(model, "in-memory", "transformers", type(model).__name__, input_spec, processor, pooling)
-    records = run_passes(model, specs, PassContext(input_spec, seed, loaded=loaded))
+    spec = None
+    if calibration is not None:
+        try:
+            spec = CalibrationSpec.model_validate(calibration)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise RecipeError(f"calibration {calibration!r}: {problems}", hint="keys: data, samples, augment") from None
+    records = run_passes(model, specs, PassContext(input_spec, seed, calibration=spec, loaded=loaded))
     for record in records:
         if "tokens_per_layer" in record.metadata:
             tokens = record.metadata["tokens_per_layer"]

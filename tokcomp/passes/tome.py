@@ -13,25 +13,42 @@ pairs (reducers/greedy_matching.py): 0.9343 / 0.9564 / 0.9730 on the same senten
 (dynamic_padding.md); `merge: norm_preserving` rescales each merged token to its tokens'
 size-weighted mean norm. Records before version 3 were compiled with the bipartite split and
 the plain mean.
+
+`cost: learned` (greedy matching only) ranks pairs by a merge cost fitted per block on the
+recipe's calibration data (calibrate/merge_cost.py, reducers/merge_cost.py); the record keeps
+its shape, the checkpoint's weights its parameters. Records before version 4 rank by similarity.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from tokcomp.passes.base import register_pass
+from tokcomp.passes.base import StrictModel, register_pass
 from tokcomp.passes.budget import BudgetConfig
 from tokcomp.passes.token_reduction import ScheduledReductionPass
+from tokcomp.reducers.merge_cost import LearnedMergeCost
 from tokcomp.reducers.rate import Rate
 from tokcomp.reducers.tome import ToMe
-from tokcomp.surgery import find_adapter
+from tokcomp.surgery import find_adapter, token_blocks
 
 # Families whose default metric is the hidden state; every other family uses the keys.
 HIDDEN_METRIC_FAMILIES = ("bert",)
 # What a record without a recorded metric (pass version 1) was compiled with.
 VERSION_1_METRIC = "keys"
+
+
+class MergeCostSettings(StrictModel):
+    """Settings of `cost: learned` (calibrate/merge_cost.py)."""
+
+    candidates: int = Field(8, ge=1, description="partners per token the cost is evaluated on: its most similar")
+    hidden: int = Field(32, ge=1, description="width of the pair MLP")
+    max_tokens: int = Field(
+        32, ge=4, description="calibration samples longer than this are skipped (measuring grows with the cube)"
+    )
+    steps: int = Field(700, ge=1, description="optimizer steps of each block's fit")
+    batch_pairs: int = Field(4096, ge=1, description="measured pairs each optimizer step draws")
 
 
 class ToMeConfig(BudgetConfig):
@@ -48,6 +65,23 @@ class ToMeConfig(BudgetConfig):
         default="mean",
         description="a merged token is the size-weighted mean (ToMe's), or that mean rescaled to its tokens' mean norm",
     )
+    cost: Literal["similarity", "learned"] = Field(
+        default="similarity",
+        description="greedy matching ranks pairs by similarity, or by a merge cost fitted on the calibration data",
+    )
+    cost_model: MergeCostSettings | None = Field(default=None, description="settings of cost: learned")
+
+    @model_validator(mode="after")
+    def _learned_cost_is_greedy(self):
+        if self.cost == "learned" and self.matching != "greedy":
+            raise ValueError("cost: learned ranks the pairs of greedy matching; add matching: greedy")
+        if self.cost_model is not None and self.cost != "learned":
+            raise ValueError("'cost_model' settings apply to cost: learned only")
+        return self
+
+    @property
+    def cost_settings(self) -> MergeCostSettings:
+        return self.cost_model or MergeCostSettings()
 
 
 def default_metric(family: str) -> str:
@@ -57,7 +91,7 @@ def default_metric(family: str) -> str:
 @register_pass
 class ToMePass(ScheduledReductionPass):
     name = "tome"
-    version = 3  # 2: the metric is recorded (and defaults per family); 3: matching and merge options
+    version = 4  # 2: the metric is recorded (and defaults per family); 3: matching and merge options; 4: cost
     Config = ToMeConfig
     reducer = ToMe
     summary = "ToMe bipartite soft matching: merge r tokens per block"
@@ -67,9 +101,30 @@ class ToMePass(ScheduledReductionPass):
 
     def apply(self, model, config: ToMeConfig, ctx) -> dict[str, Any]:
         metric = config.metric or default_metric(find_adapter(model).family)
-        metadata = super().apply(model, config.model_copy(update={"metric": metric}), ctx)
-        return {**metadata, "metric": metric}
+        metadata = {**super().apply(model, config.model_copy(update={"metric": metric}), ctx), "metric": metric}
+        if config.cost != "learned":
+            return metadata
+        from tokcomp.calibrate.merge_cost import learn_merge_costs
+
+        blocks = token_blocks(model)
+        preserve_norm = config.merge == "norm_preserving"
+        settings = config.cost_settings
+        models, report = learn_merge_costs(
+            model, blocks, settings, preserve_norm, metadata["input_tokens"], ctx, self.name
+        )
+        for index, cost in models.items():
+            blocks[index].reducer.cost = cost
+        shape = {"hidden": settings.hidden, "candidates": settings.candidates}
+        return {**metadata, "merge_cost": shape, "report": {**metadata.get("report", {}), "merge_cost": report}}
 
     def restore(self, model, config: ToMeConfig, metadata: dict[str, Any]) -> None:
         metric = metadata.get("metric", VERSION_1_METRIC)
         super().restore(model, config.model_copy(update={"metric": metric}), metadata)
+        if config.cost == "learned":
+            # empty cost models of the recorded shape; the checkpoint's weights fill them
+            shape = metadata["merge_cost"]
+            for block in token_blocks(model):
+                if block.reducer is not None:
+                    dtype = next(block.parameters()).dtype
+                    cost = LearnedMergeCost(block.hidden_size, shape["hidden"], shape["candidates"])
+                    block.reducer.cost = cost.to(dtype)

@@ -2,9 +2,11 @@
 
 A reducer runs inside a rewritten block, between the attention residual and the MLP,
 and maps N tokens to N' tokens. Every reducer can be written X' = T X (see
-docs/ARCHITECTURE.md); they differ in how T is built. Reducers are parameter-free
-nn.Modules configured by plain integers and floats, so a checkpoint records them in
-JSON and rebuilds them exactly.
+docs/ARCHITECTURE.md); they differ in how T is built. Reducers are nn.Modules
+configured by plain integers and floats, so a checkpoint records them in JSON and
+rebuilds them exactly. The one exception that holds parameters, ToMe's learned merge cost
+(reducers/merge_cost.py), is a submodule of known shape: its pass records the shape and
+rebuilds it empty, and the checkpoint's weights fill it.
 
 Contract:
 - A budget is a `Rate` (reducers/rate.py): the share of each sample's own reducible

@@ -14,7 +14,9 @@
 With `matching="greedy"` steps 2-5 are replaced by greedy pair matching on the same metric
 (reducers/greedy_matching.py): no split, the most similar allowed pair first, order kept.
 With `merge="norm_preserving"` a merged token is rescaled to the size-weighted mean of its
-tokens' norms (reducers/apply.py `merge`).
+tokens' norms (reducers/apply.py `merge`). Greedy matching may rank pairs by a learned merge
+cost instead of the similarity (`cost`, a reducers/merge_cost.py LearnedMergeCost, fitted by
+calibrate/merge_cost.py): a submodule, so its parameters travel in the checkpoint's weights.
 
 Which metric a model gets by default is the pass's choice (passes/tome.py): keys for
 vision, hidden states for BERT-family text, where head-averaged keys are a poor
@@ -25,12 +27,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from tokcomp.errors import TokcompError
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.greedy_matching import merge_greedy
 from tokcomp.reducers.matching import METRICS, bipartite_matching, merge_matched, similarity_metric
+from tokcomp.reducers.merge_cost import symmetric_similarity
 from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
@@ -45,7 +48,13 @@ class ToMe(Reducer):
     kind = "tome"
 
     def __init__(
-        self, rate: Rate, protected: int, metric: str = "keys", matching: str = "bipartite", merge: str = "mean"
+        self,
+        rate: Rate,
+        protected: int,
+        metric: str = "keys",
+        matching: str = "bipartite",
+        merge: str = "mean",
+        cost: nn.Module | None = None,
     ):
         super().__init__(rate, protected)
         if metric not in METRICS:
@@ -57,21 +66,29 @@ class ToMe(Reducer):
         self.metric = metric
         self.matching = matching
         self.merge = merge
+        # scores [B, N, N] for greedy matching from (x, state, attn); None: the metric's similarity
+        self.cost = cost
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
         length = self.kept_tokens(tokens)
-        metric = similarity_metric(x, attn, self.metric)
         removed = self.per_sample_removal(state, tokens)
         preserve_norm = self.merge == "norm_preserving"
         if self.matching == "greedy":
-            scores = metric @ metric.transpose(-1, -2)
-            # exactly symmetric: a pair's two directions tie, and the tie is broken by index (the
-            # earlier token moves), not by rounding that differs with the batch's padded length
-            scores = (scores + scores.transpose(-1, -2)) / 2
+            if self.cost is None:
+                scores = symmetric_similarity(similarity_metric(x, attn, self.metric))
+            else:
+                scores = self.cost(x, state, attn)
             return merge_greedy(x, state, scores, removed, tokens - length, length, preserve_norm)
-        matching = bipartite_matching(metric, state)
+        matching = bipartite_matching(similarity_metric(x, attn, self.metric), state)
         return merge_matched(x, state, matching, removed, tokens - length, length, preserve_norm)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "metric": self.metric, "matching": self.matching, "merge": self.merge}
+        cost = "similarity" if self.cost is None else "learned"
+        return {
+            **super().describe(),
+            "metric": self.metric,
+            "matching": self.matching,
+            "merge": self.merge,
+            "cost": cost,
+        }
