@@ -12,8 +12,8 @@ tokens the next block sees, so the fit sees the states that good choices lead to
 Fitting, per block: least squares on the log measured cost of the measured pairs, each
 sample's pairs weighted alike, with AdamW for `steps` steps on `batch_pairs` pairs drawn at
 random with those weights: the linear terms at lr 1e-2 with an L2 penalty of 0.1 on the
-per-token weight, the pair MLP at 3e-3 with weight decay 0.01 (the rates
-benchmarks/merge_cost_model.py chose on calibration text, where each step used every pair).
+per-token weight, the pair MLP at 3e-3 with weight decay 0.01 (rates chosen on calibration
+text when the cost was designed; results: benchmarks/results/merge_cost_model.md).
 """
 
 from __future__ import annotations
