@@ -54,7 +54,6 @@ class ToMe(Reducer):
         metric: str = "keys",
         matching: str = "bipartite",
         merge: str = "mean",
-        cost: nn.Module | None = None,
     ):
         super().__init__(rate, protected)
         if metric not in METRICS:
@@ -66,8 +65,8 @@ class ToMe(Reducer):
         self.metric = metric
         self.matching = matching
         self.merge = merge
-        # scores [B, N, N] for greedy matching from (x, state, attn); None: the metric's similarity
-        self.cost = cost
+        # set by the pass for cost: learned: (x, state, attn) -> greedy scores [B, N, N]; None: the similarity
+        self.cost: nn.Module | None = None
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
