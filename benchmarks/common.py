@@ -37,7 +37,8 @@ def machine() -> dict:
 def interleaved_throughput(
     runners: dict[str, Callable[[], object]], batch: int, repeats: int, warmup: int = 2
 ) -> dict[str, dict]:
-    """Images (or sequences) per second for each runner; median over alternating repeats."""
+    """Images (or sequences) per second for each runner; median over alternating repeats (each repeat's
+    seconds are kept, in order, so paired ratios per round can be read)."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -48,7 +49,12 @@ def interleaved_throughput(
             run()
             times[name].append(time.perf_counter() - start)
     return {
-        name: {"median_s": statistics.median(t), "items_per_s": batch / statistics.median(t), "repeats": len(t)}
+        name: {
+            "median_s": statistics.median(t),
+            "items_per_s": batch / statistics.median(t),
+            "repeats": len(t),
+            "seconds": t,
+        }
         for name, t in times.items()
     }
 

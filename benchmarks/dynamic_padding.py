@@ -86,10 +86,16 @@ def buckets(tokenizer, per_bucket: int) -> dict[str, list[str]]:
     }
 
 
-def flops_cut(model, reducers, length: int) -> float:
+def flops_cut(model, reducers, length: int, count_cost_model: bool = False) -> float:
+    """FLOPs cut at `length` tokens; with `count_cost_model` the learned merge costs' own MACs count too."""
     geometry = find_adapter(model).geometry(model, InputSpec("text", sequence_length=length))
     dense = model_macs(geometry, [length] * geometry.num_layers)
-    return 1 - model_macs(geometry, tokens_after_layers(length, reducers)) / dense
+    after = tokens_after_layers(length, reducers)
+    extra = 0
+    if count_cost_model:
+        entering = [length, *after[:-1]]
+        extra = sum(r.cost.macs(n) for r, n in zip(reducers, entering) if getattr(r, "cost", None) is not None)
+    return 1 - (model_macs(geometry, after) + extra) / dense
 
 
 def cosines(original, model, tokenizer, texts: list[str], batch: int) -> torch.Tensor:
@@ -131,18 +137,21 @@ def run(args) -> dict:
             "reducer": name,
             "pass": spec,
             "calibration": learned and learned["calibration"],
+            "cost_model": meta.get("merge_cost"),
             "reference_cut": 1 - meta["gmacs"] / _dense_gmacs(original),
             "buckets": {},
         }
         for label, bucket in texts.items():
             lengths = [len(tokenizer(t)["input_ids"]) for t in bucket]
             cuts = torch.tensor([flops_cut(original, reducers, n) for n in lengths])
+            with_cost = torch.tensor([flops_cut(original, reducers, n, count_cost_model=True) for n in lengths])
             row["buckets"][label] = {
                 "sentences": len(bucket),
                 "tokens": [min(lengths), max(lengths)],
                 "cosine": bootstrap_mean(cosines(original, model, tokenizer, bucket, args.batch)),
                 "random_drop": bootstrap_mean(cosines(original, baseline, tokenizer, bucket, args.batch)),
                 "flops_cut": {"mean": cuts.mean().item(), "min": cuts.min().item(), "max": cuts.max().item()},
+                "flops_cut_counting_cost_model": with_cost.mean().item() if learned else None,
                 "batch_invariance_max_abs": batch_invariance(model, tokenizer, bucket, args.batch),
             }
             print(name, label, json.dumps(row["buckets"][label]["cosine"]), flush=True)
@@ -201,7 +210,16 @@ def markdown(result: dict) -> str:
                 for row in result["rows"]
                 if row.get("calibration")
             )
-            + "."
+            + ". "
+            + " ".join(
+                f"Counting the {row['reducer']} row's own cost model (the pair MLP on each token's "
+                f"{row['cost_model']['candidates']} candidate partners, reducers/merge_cost.py "
+                "LearnedMergeCost.macs) its FLOPs cut is "
+                + " / ".join(f"{100 * row['buckets'][label]['flops_cut_counting_cost_model']:.1f}%" for label in labels)
+                + " (mean per bucket)."
+                for row in result["rows"]
+                if row.get("calibration")
+            )
         ),
         "",
         "Reference-input cut (128 tokens): "

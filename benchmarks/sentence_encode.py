@@ -164,8 +164,8 @@ def markdown(result: dict) -> str:
         f"{result['machine']['threads']} threads; load average {result['load_average']['before']:.2f} before, "
         f"{result['load_average']['after']:.2f} after.",
         "",
-        "| runtime | sentences/s | speed-up | FLOPs speed-up (corpus) | speed-up / FLOPs | >= 0.9 |",
-        "|---|---|---|---|---|---|",
+        "| runtime | sentences/s | speed-up | rounds (range) | FLOPs speed-up (corpus) | speed-up / FLOPs | >= 0.9 |",
+        "|---|---|---|---|---|---|---|",
     ]
     speed, ideal = result["throughput"], result["ideal_speedup"]
     for runtime, key in (("PyTorch (SentenceTransformer)", "speedup"), ("ONNX Runtime", "onnx_speedup")):
@@ -173,13 +173,15 @@ def markdown(result: dict) -> str:
             continue
         prefix = "" if key == "speedup" else "onnxruntime "
         rate = f"{speed[prefix + 'original']['items_per_s']:.1f} -> {speed[prefix + 'compressed']['items_per_s']:.1f}"
-        lines.append(f"| {runtime} | {rate} | {result[key]:.2f}x | {ideal:.2f}x | {_share(result[key], ideal)} |")
+        rounds = _rounds(speed, prefix + "original", prefix + "compressed")
+        lines.append(f"| {runtime} | {rate} | {result[key]:.2f}x | {rounds} | {ideal:.2f}x | {_share(result[key], ideal)} |")
     learned = result.get("learned")
     if learned:
         rate = f"{speed['original']['items_per_s']:.1f} -> {speed['learned cost']['items_per_s']:.1f}"
         gain = learned["speedup"]
         label = "PyTorch, greedy matching on a learned cost"
-        lines.append(f"| {label} | {rate} | {gain:.2f}x | {ideal:.2f}x | {_share(gain, ideal)} |")
+        rounds = _rounds(speed, "original", "learned cost")
+        lines.append(f"| {label} | {rate} | {gain:.2f}x | {rounds} | {ideal:.2f}x | {_share(gain, ideal)} |")
     lines += [
         "",
         f"Embedding cosine, compressed vs original: {cos['mean']:.4f} (95% CI {cos['ci95'][0]:.4f}-{cos['ci95'][1]:.4f}, "
@@ -198,6 +200,14 @@ def markdown(result: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _rounds(speed: dict, original: str, compressed: str) -> str:
+    """Range of the speed-up over the interleaved rounds (each round times every runner once, in turn)."""
+    if "seconds" not in speed[original]:  # results written before the rounds were kept
+        return "-"
+    ratios = [a / b for a, b in zip(speed[original]["seconds"], speed[compressed]["seconds"])]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 
 
 def _share(speedup: float, ideal: float) -> str:

@@ -66,6 +66,22 @@ def test_scores_are_minus_the_predicted_log_cost_at_candidates_which_rank_first(
     assert torch.allclose(scores[others], hidden[others] - NON_CANDIDATE_OFFSET)
 
 
+def test_macs_are_what_torch_counts_for_the_pair_mlp():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    batch, tokens, width = 2, 9, 16
+    x, keys = torch.randn(batch, tokens, width), torch.randn(batch, tokens, 8)
+    cost = random_cost(width, hidden=8, candidates=3)
+    with FlopCounterMode(display=False) as counter:
+        cost(x, state_of(torch.ones(batch, tokens)), _attention(keys))
+    counts = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
+    pair_mlp = (counts["aten.mm"] + counts["aten.addmm"]) // 2  # the counter reports 2 FLOPs a MAC
+    per_token_term = batch * tokens * width  # a matrix-vector product, which the counter leaves out
+    assert pair_mlp + per_token_term == batch * cost.macs(tokens)
+    assert cost.macs(2) == 2 * width + 2 * (2 * width * 8 + 8)  # one partner each below k + 1 tokens
+
+
 def test_candidates_are_each_tokens_most_similar_allowed_partners_either_way():
     similarity = symmetric_similarity(torch.nn.functional.normalize(torch.randn(1, 6, 4), dim=-1))
     state = state_of(torch.ones(1, 6), real=[[1, 1, 1, 1, 1, 0]])  # token 0 protected, token 5 padding
@@ -128,7 +144,7 @@ def test_compile_fits_a_cost_per_block_and_the_checkpoint_reloads_it(tiny_vit_wi
 
     out = tokcomp.compile(_recipe(tiny_vit_with_images), tmp_path / "ckpt")
     (record,) = json.loads((out / "tokcomp.json").read_text())["passes"]
-    assert record["metadata"]["merge_cost"] == {"hidden": 32, "candidates": 8}
+    assert record["metadata"]["merge_cost"] == {"hidden": 32, "candidates": 2}
     report = json.loads((out / "report.json").read_text())
     fits = report["tome"]["merge_cost"]
     assert fits["calibration"]["used"] == 4 and sorted(fits["blocks"]) == ["0", "1", "2", "3"]

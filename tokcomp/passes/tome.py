@@ -42,7 +42,7 @@ VERSION_1_METRIC = "keys"
 class MergeCostSettings(StrictModel):
     """Settings of `cost: learned` (calibrate/merge_cost.py)."""
 
-    candidates: int = Field(8, ge=1, description="partners per token the cost is evaluated on: its most similar")
+    candidates: int = Field(2, ge=1, description="partners per token the cost is evaluated on: its most similar")
     hidden: int = Field(32, ge=1, description="width of the pair MLP")
     max_tokens: int = Field(
         32, ge=4, description="calibration samples longer than this are skipped (measuring grows with the cube)"

@@ -46,6 +46,7 @@ def greedy_plan(scores: Tensor, state: TokenState, removed: Count, slots: int, l
     allowed = free[:, :, None] & free[:, None, :] & (position[:, None] != position[None, :])
     forbidden = torch.finfo(scores.dtype).min
     scores = torch.where(allowed, scores, torch.full_like(scores, forbidden))
+    samples = torch.arange(batch, device=device)
     moved = torch.zeros_like(free)
     sources, targets = [], []
     for step in range(slots):
@@ -53,12 +54,13 @@ def greedy_plan(scores: Tensor, state: TokenState, removed: Count, slots: int, l
         best = scores.flatten(1).argmax(dim=-1)
         source = torch.div(best, tokens, rounding_mode="floor")
         target = best - source * tokens
-        is_source = (position[None, :] == source[:, None]) & active[:, None]
-        is_target = (position[None, :] == target[:, None]) & active[:, None]
-        moved = moved | is_source
-        # the source is gone (no row, no column); the target has received (no row)
-        cannot_move = is_source | is_target
-        scores = torch.where(cannot_move[:, :, None] | is_source[:, None, :], forbidden, scores)
+        moved = moved | ((position[None, :] == source[:, None]) & active[:, None])
+        # the source is gone (no row, no column); the target has received (no row): written in
+        # place, not as a masked copy of the whole matrix per step. A sample past its `removed`
+        # idles and never reads its scores again, so writing its rows too changes nothing.
+        scores[samples, source] = forbidden
+        scores[samples, target] = forbidden
+        scores[samples, :, source] = forbidden
         sources.append(torch.where(active, source, torch.full_like(source, null)))
         targets.append(torch.where(active, target, torch.zeros_like(target)))
     gone = moved if state.real is None else moved | ~state.real

@@ -97,17 +97,43 @@ class LearnedMergeCost(nn.Module):
         size_second: Tensor,
     ) -> Tensor:
         """Predicted log cost of pairs: hidden states [..., d], the rest [...] (any leading shape)."""
+        return self._log_cost(
+            first @ self.weight,
+            second @ self.weight,
+            self._first_layer(first, second),
+            cos_hidden,
+            cos_keys,
+            size_first,
+            size_second,
+        )
+
+    def _first_layer(self, first: Tensor, second: Tensor) -> Tensor:
+        """The pair MLP's first layer on [h_i * h_j, |h_i - h_j|], as two halves (no concatenation)."""
+        layer, width = self.pair[0], self.width
+        hidden = F.linear(first * second, layer.weight[:, :width])
+        return hidden + F.linear((first - second).abs(), layer.weight[:, width:], layer.bias)
+
+    def _log_cost(
+        self,
+        token_first: Tensor,
+        token_second: Tensor,
+        first_layer: Tensor,
+        cos_hidden: Tensor,
+        cos_keys: Tensor,
+        size_first: Tensor,
+        size_second: Tensor,
+    ) -> Tensor:
+        """The log cost from its parts: w . h of each token [...], the first layer's output [..., hidden]."""
         terms = torch.stack(
             [
                 torch.log((1 - cos_hidden).clamp_min(MIN_DISTANCE)),
                 torch.log((1 - cos_keys).clamp_min(MIN_DISTANCE)),
-                torch.log(size_first * size_second / (size_first + size_second)).to(first.dtype),
+                torch.log(size_first * size_second / (size_first + size_second)).to(token_first.dtype),
             ],
             dim=-1,
         )
-        pair_input = torch.cat([first * second, (first - second).abs()], dim=-1)
-        linear = (first + second) @ self.weight + terms @ self.coefficients[:3] + self.coefficients[3]
-        return linear + self.pair(pair_input)[..., 0]
+        linear = token_first + token_second + terms @ self.coefficients[:3] + self.coefficients[3]
+        return linear + self.pair[2](self.pair[1](first_layer))[..., 0]
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> Tensor:
         """[B, N, N] greedy scores: minus the predicted log cost at candidate pairs."""
@@ -116,17 +142,29 @@ class LearnedMergeCost(nn.Module):
         partners = candidate_partners(similarity, allowed_pairs(state), self.candidates)
         k = partners.shape[-1]
         flat = partners.flatten(1)
-        second = x.gather(1, flat[..., None].expand(-1, -1, width)).view(batch, tokens, k, width)
+        token_term = x @ self.weight
+        # one partner slot at a time: [B, N, d] pair features stay in cache, [B, N, k, d] would not
+        first_layer = torch.stack(
+            [self._first_layer(x, x.gather(1, partners[:, :, slot, None].expand(-1, -1, width))) for slot in range(k)],
+            dim=2,
+        )
         key_similarity = symmetric_similarity(F.normalize(attn.key_metric(), dim=-1))
-        log_cost = self.log_cost(
-            x[:, :, None, :].expand_as(second),
-            second,
+        log_cost = self._log_cost(
+            token_term[:, :, None],
+            token_term.gather(1, flat).view(batch, tokens, k),
+            first_layer,
             similarity.gather(-1, partners),
             key_similarity.gather(-1, partners),
             state.size[:, :, None],
             state.size.gather(1, flat).view(batch, tokens, k),
         )
         return rank_candidates_first(similarity, partners, -log_cost)
+
+    def macs(self, tokens: int) -> int:
+        """Multiply-accumulates of `forward` on `tokens` tokens per sample: the per-token term and the pair
+        MLP on N x k candidate pairs (the similarity matrices it shares with greedy matching not counted)."""
+        pairs = tokens * min(self.candidates, max(tokens - 1, 0))
+        return tokens * self.width + pairs * (2 * self.width * self.hidden + self.hidden)
 
     def extra_repr(self) -> str:
         return f"width={self.width}, hidden={self.hidden}, candidates={self.candidates}"
