@@ -204,8 +204,6 @@ def markdown(result: dict) -> str:
 
 def _rounds(speed: dict, original: str, compressed: str) -> str:
     """Range of the speed-up over the interleaved rounds (each round times every runner once, in turn)."""
-    if "seconds" not in speed[original]:  # results written before the rounds were kept
-        return "-"
     ratios = [a / b for a, b in zip(speed[original]["seconds"], speed[compressed]["seconds"])]
     return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 

@@ -86,14 +86,10 @@ def write_results(rows: list[dict], info: dict) -> None:
         lines.append(
             f"| {row['recipe']} | {row['model']} | {row['batch']} | {t['original']['items_per_s']:.2f} | "
             f"{t['compressed']['items_per_s']:.2f} | {row['speedup']:.3f}x | {row['flops_ratio']:.3f}x | "
-            f"{row['speedup_over_flops_ratio']:.3f} | {'yes' if row['target_met'] else 'no'} | {_load(row)} |"
+            f"{row['speedup_over_flops_ratio']:.3f} | {'yes' if row['target_met'] else 'no'} | "
+            f"{row['load_average']['before']:.2f} / {row['load_average']['after']:.2f} |"
         )
     (RESULTS / "cpu_throughput.md").write_text("\n".join(lines) + "\n")
-
-
-def _load(row: dict) -> str:
-    load = row.get("load_average")  # rows written before the load was recorded have none
-    return f"{load['before']:.2f} / {load['after']:.2f}" if load else "not recorded"
 
 
 def main() -> None:
