@@ -91,11 +91,7 @@ def flops_cut(model, reducers, length: int, count_cost_model: bool = False) -> f
     geometry = find_adapter(model).geometry(model, InputSpec("text", sequence_length=length))
     dense = model_macs(geometry, [length] * geometry.num_layers)
     after = tokens_after_layers(length, reducers)
-    extra = 0
-    if count_cost_model:
-        entering = [length, *after[:-1]]
-        extra = sum(r.cost.macs(n) for r, n in zip(reducers, entering) if getattr(r, "cost", None) is not None)
-    return 1 - (model_macs(geometry, after) + extra) / dense
+    return 1 - model_macs(geometry, after, reducers if count_cost_model else None) / dense
 
 
 def cosines(original, model, tokenizer, texts: list[str], batch: int) -> torch.Tensor:
@@ -215,9 +211,10 @@ def markdown(result: dict) -> str:
             )
             + ". "
             + " ".join(
-                f"Counting the {row['reducer']} row's own cost model (the pair MLP on each token's "
-                f"{row['cost_model']['candidates']} candidate partners, reducers/merge_cost.py "
-                "LearnedMergeCost.macs) its FLOPs cut is "
+                f"The {row['reducer']} row's target_flops budget counts its own cost model (the pair MLP on each "
+                f"token's {row['cost_model']['candidates']} candidate partners, reducers/merge_cost.py "
+                "LearnedMergeCost.macs), which its FLOPs cut column leaves out like every other row's matching; "
+                "counting it the cut is "
                 + " / ".join(f"{100 * row['buckets'][label]['flops_cut_counting_cost_model']:.1f}%" for label in labels)
                 + " (mean per bucket)."
                 for row in result["rows"]

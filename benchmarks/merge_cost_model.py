@@ -9,8 +9,8 @@ measures, at ToMe's counts per block, how far other choices go:
 - **ToMe**: the compiled reducer (bipartite split on the current order, hidden-state cosine).
 - **greedy, cosine**: `matching: greedy` (reducers/greedy_matching.py): no split, the most similar
   allowed pair first; a token that has moved or received never moves again.
-- **greedy, learned cost, norm-preserving**: the `cost: learned` pass as it compiles
-  (`matching: greedy`, `merge: norm_preserving`; reducers/merge_cost.py, calibrated by
+- **greedy, learned cost, norm-preserving**: the `cost: learned` pass as it compiles, at ToMe's
+  counts (`matching: greedy`, `merge: norm_preserving`; reducers/merge_cost.py, calibrated by
   calibrate/merge_cost.py on Debian Reference prose, `zoo:prose:en`, 800 drawn, those of at most
   32 tokens measured: the calibration of benchmarks/dynamic_padding.py).
 - **measured cost (bound)**: the cost of merging a pair alone, measured: 1 - cosine of the
@@ -109,13 +109,16 @@ def measured_bound(blocks, embeddings, ids: torch.Tensor, reference: torch.Tenso
     return pooled(x, size)
 
 
-def compiled(original, tokenizer, name: str):
+def compiled(original, tokenizer, name: str, r_per_layer: list[int] | None = None):
     """(a copy of MiniLM compiled with benchmarks/dynamic_padding.py's pass `name` and its calibration, the
-    pass metadata)."""
+    pass metadata); with `r_per_layer`, at those counts instead of the pass's FLOPs target."""
     model = copy.deepcopy(original)
+    spec = PASSES[name]
+    if r_per_layer is not None:
+        spec = {**{k: v for k, v in spec.items() if k != "target_flops"}, "r": r_per_layer}
     (record,) = apply_passes(
         model,
-        [PASSES[name]],
+        [spec],
         sequence_length=REFERENCE_LENGTH,
         processor=tokenizer,
         calibration=CALIBRATION.get(name),
@@ -126,11 +129,10 @@ def compiled(original, tokenizer, name: str):
 def run(args) -> dict:
     loaded = load_model("zoo:minilm-l6")
     tokenizer, original = loaded.processor, loaded.model
-    models = {
-        "tome": compiled(original, tokenizer, "ToMe")[0],
-        "greedy_cosine": compiled(original, tokenizer, "ToMe, matching: greedy")[0],
-    }
-    models["greedy_learned"], learned = compiled(original, tokenizer, LEARNED)
+    tome, tome_record = compiled(original, tokenizer, "ToMe")
+    models = {"tome": tome, "greedy_cosine": compiled(original, tokenizer, "ToMe, matching: greedy")[0]}
+    # at ToMe's counts: its own target_flops budget, which counts the cost model's MACs, removes more
+    models["greedy_learned"], learned = compiled(original, tokenizer, LEARNED, tome_record["r_per_layer"])
     blocks = token_blocks(models["tome"])  # ToMe's counts; the bounds take its blocks' reducers for them
     embeddings = models["tome"].embeddings
 
@@ -164,7 +166,11 @@ def run(args) -> dict:
     return {
         "model": "zoo:minilm-l6",
         "pass": {"type": "tome", "target_flops": CUT, "reference_tokens": REFERENCE_LENGTH},
-        "learned_cost": {"pass": PASSES[LEARNED], "calibration": learned["report"]["merge_cost"]},
+        "learned_cost": {
+            "pass": PASSES[LEARNED],
+            "r_per_layer": learned["r_per_layer"],
+            "calibration": learned["report"]["merge_cost"],
+        },
         "data": "held-out English prose (tokcomp.zoo.samples.english_prose), as benchmarks/dynamic_padding.py",
         "buckets": rows,
         "machine": {**machine(), "load_average": load_average()},
@@ -187,7 +193,9 @@ def markdown(result: dict) -> str:
         "# Merge choices at ToMe's counts, MiniLM-L6 at -35% FLOPs (set at 128 tokens)",
         "",
         (
-            f"Held-out: {result['data']}, one sentence at a time. The learned cost is the `cost: learned` pass, "
+            f"Held-out: {result['data']}, one sentence at a time. The learned cost is the `cost: learned` pass at "
+            f"ToMe's counts (r = {result['learned_cost']['r_per_layer']} at 128 tokens; its own -35% budget, which "
+            "counts the cost model, removes more: benchmarks/results/dynamic_padding.md), "
             f"calibrated on {calibration['used']} of {calibration['drawn']} sentences drawn from "
             f"{calibration['data']} (those of at most cost_model.max_tokens tokens). Measured costs see the "
             "original's output: bounds, not reducers. Cells: cosine of the size-weighted mean-pooled output to the "

@@ -39,11 +39,16 @@ def launching(counts: Counter) -> int:
 
 
 def count_ops(run) -> Counter:
-    """aten op name -> calls during one run() (after one warm-up run)."""
+    """aten op name -> calls during one run() (after one warm-up run), on the path a GPU takes: token
+    gathers as one `gather` each, not the CPU's row copies (reducers/ops.py ROW_COPY_DEVICES)."""
+    from unittest import mock
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode():
+    from tokcomp.reducers import ops
+
+    with torch.inference_mode(), mock.patch.object(ops, "ROW_COPY_DEVICES", ()):
         run()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             run()

@@ -129,10 +129,11 @@ def test_learned_cost_needs_calibration_data_and_preprocessing():
         tokcomp.apply(tiny_vision("vit"), [{**GREEDY_LEARNED, "r": 2}])
 
 
-def _recipe(root, **cost_model) -> dict:
+def _recipe(root, budget: dict | None = None, **cost_model) -> dict:
+    budget = budget or {"r": [6, 5, 5, 4]}
     return {
         "model": str(root / "model"),
-        "passes": [{**GREEDY_LEARNED, "r": [6, 5, 5, 4], "cost_model": {"steps": 20, "max_tokens": 65, **cost_model}}],
+        "passes": [{**GREEDY_LEARNED, **budget, "cost_model": {"steps": 20, "max_tokens": 65, **cost_model}}],
         "calibration": {"data": str(root / "images"), "samples": 4},
         "evaluation": {"data": str(root / "images"), "samples": 4, "batch_size": 4, "random_baseline": False},
     }
@@ -173,6 +174,35 @@ def test_calibration_is_deterministic_and_skips_samples_over_max_tokens(tiny_vit
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     with pytest.raises(RecipeError, match=r"no calibration sample of at most 64 tokens.*raise cost_model.max_tokens"):
         tokcomp.compile(_recipe(tiny_vit_with_images, max_tokens=64), tmp_path / "c")
+
+
+def test_a_flops_target_counts_the_cost_models_macs(tiny_vit_with_images, tmp_path):
+    """The checkpoint cuts what target_flops says, the learned cost's own MACs included: at this tiny
+    width the cost model is a large share of a block, so it must remove more tokens than similarity."""
+    from tokcomp.analysis.flops import model_macs
+    from tokcomp.surgery import find_adapter
+    from tokcomp.surgery.adapters.base import InputSpec
+
+    budget = {"target_flops": "-30%"}
+    learned = tokcomp.compile(_recipe(tiny_vit_with_images, budget), tmp_path / "learned")
+    similarity_recipe = _recipe(tiny_vit_with_images, budget)
+    similarity_recipe["passes"][0] = {**GREEDY_LEARNED, **budget, "cost": "similarity"}
+    similarity = tokcomp.compile(similarity_recipe, tmp_path / "similarity")
+    (record,) = json.loads((learned / "tokcomp.json").read_text())["passes"]
+    (baseline,) = json.loads((similarity / "tokcomp.json").read_text())["passes"]
+    assert sum(record["metadata"]["r_per_layer"]) > sum(baseline["metadata"]["r_per_layer"])
+
+    model = tokcomp.load(learned)
+    reducers = [block.reducer for block in token_blocks(model)]
+    tokens = record["metadata"]["tokens_per_layer"]
+    geometry = find_adapter(model).geometry(model, InputSpec("image", image_size=32))
+    overhead = sum(r.cost.macs(n) for r, n in zip(reducers, [geometry.input_tokens, *tokens[:-1]], strict=True))
+    assert overhead > 0
+    with_cost = model_macs(geometry, tokens, reducers)
+    assert with_cost == model_macs(geometry, tokens) + overhead
+    assert record["metadata"]["gmacs"] == pytest.approx(with_cost / 1e9)
+    report = json.loads((learned / "report.json").read_text())
+    assert report["flops"]["compressed"] == pytest.approx(with_cost / 1e9, abs=1e-6)
 
 
 def test_exports_to_onnx_with_tokcomp_ops(tmp_path):

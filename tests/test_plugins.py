@@ -59,6 +59,18 @@ def test_custom_ops_pass_opcheck_and_equal_the_reference(name):
     assert torch.equal(TOKEN_OPS[name](*args), reference.REFERENCE_OPS[name](*args))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_row_copies_equal_one_gather(dtype, monkeypatch):
+    """Eager CPU gathers whole rows of the flattened tensor; GPUs and traced graphs take one `gather`."""
+    t, kept, src, _ = _random_case(dtype)
+    for index in (kept, src, src.flip(-1)[:, :4]):
+        rows = reference.gather_tokens_reference(t, index)
+        with monkeypatch.context() as patched:
+            patched.setattr(reference, "ROW_COPY_DEVICES", ())
+            assert torch.equal(rows, reference.gather_tokens_reference(t, index))
+        assert torch.equal(rows, t.gather(1, index[..., None].expand(-1, -1, t.shape[-1])))
+
+
 def test_swapping_ops_keeps_model_outputs_identical():
     model = tiny_vision("vit")
     tokcomp.apply(model, [{"type": "tome", "r": 4}])

@@ -246,8 +246,10 @@ def minilm_learned(minilm):
 
     name = "ToMe, greedy, norm-preserving, learned cost"
     model = copy.deepcopy(minilm.model)
-    _record(model, [PASSES[name]], sequence_length=128, processor=minilm.processor, calibration=CALIBRATION[name])
-    return model
+    record = _record(
+        model, [PASSES[name]], sequence_length=128, processor=minilm.processor, calibration=CALIBRATION[name]
+    )
+    return model, record.metadata["r_per_layer"]
 
 
 @pytest.mark.heavy
@@ -258,8 +260,8 @@ def minilm_learned(minilm):
             "8-16",
             marks=pytest.mark.xfail(
                 strict=False,
-                reason="at the mark, not above it: 0.9494 (95% interval 0.937-0.960) in "
-                "benchmarks/results/dynamic_padding.md; that it beats similarity there is "
+                reason="below the mark once the -35% budget counts the cost model's MACs: 0.9352 (95% interval "
+                "0.924-0.945) in benchmarks/results/dynamic_padding.md; that it beats similarity there is "
                 "test_minilm_learned_merge_cost_beats_similarity_on_short_sentences",
             ),
         ),
@@ -268,9 +270,10 @@ def minilm_learned(minilm):
     ],
 )
 def test_minilm_learned_merge_cost_reaches_0_95(minilm, minilm_buckets, minilm_learned, label):
-    """The 64 held-out sentences of each bucket, in dynamically padded batches, at the same counts as ToMe."""
+    """The 64 held-out sentences of each bucket, in dynamically padded batches, at its own -35% budget (which
+    counts the cost model's MACs, so it removes more tokens than ToMe)."""
     _, texts = minilm_buckets
-    assert _bucket_cosines(minilm, minilm_learned, texts[label]).mean() >= 0.95
+    assert _bucket_cosines(minilm, minilm_learned[0], texts[label]).mean() >= 0.95
 
 
 @pytest.mark.heavy
@@ -279,9 +282,12 @@ def test_minilm_learned_merge_cost_beats_similarity_on_short_sentences(minilm, m
     from benchmarks.dynamic_padding import PASSES
 
     _, texts = minilm_buckets
+    learned_model, r_per_layer = minilm_learned
     similarity = copy.deepcopy(minilm.model)
-    _record(similarity, [PASSES["ToMe, greedy, norm-preserving"]], sequence_length=128)
-    learned = _bucket_cosines(minilm, minilm_learned, texts["8-16"])
+    spec = {**PASSES["ToMe, greedy, norm-preserving"], "r": r_per_layer}
+    del spec["target_flops"]
+    _record(similarity, [spec], sequence_length=128)
+    learned = _bucket_cosines(minilm, learned_model, texts["8-16"])
     ranked_by_similarity = _bucket_cosines(minilm, similarity, texts["8-16"])
     difference = learned - ranked_by_similarity
     # the paired mean difference is above zero by more than twice its standard error

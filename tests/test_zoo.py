@@ -265,4 +265,5 @@ def test_pull_is_idempotent(dinov2_dir: Path, minilm_dir: Path) -> None:
     assert pull("zoo:minilm-l6") == minilm_dir
     assert time.perf_counter() - start < 1.0
     assert (dinov2_dir / "zoo.json").stat().st_mtime_ns == stamp
-    assert all(row["cached"] for row in list_models())
+    # the two models pulled here (others are built only where a test or a user pulled them)
+    assert all(row["cached"] for row in list_models() if row["name"] in ("dinov2-small", "minilm-l6"))

@@ -18,7 +18,7 @@ from tokcomp.passes import PassRecord
 from tokcomp.progress import info, progress_bar, step
 from tokcomp.recipe import EvaluationSpec
 from tokcomp.sources import LoadedModel
-from tokcomp.surgery import find_adapter
+from tokcomp.surgery import find_adapter, token_blocks
 
 
 def count_params(model: nn.Module) -> int:
@@ -60,7 +60,9 @@ def _flops_and_tokens(original: nn.Module, loaded: LoadedModel, token_pass: Pass
         return {"flops": None, "tokens_per_layer": None}
     dense = [geometry.input_tokens] * geometry.num_layers
     reduced = token_pass.metadata["tokens_per_layer"] if token_pass else dense
-    before, after = gmacs(model_macs(geometry, dense)), gmacs(model_macs(geometry, reduced))
+    # the compressed count includes what its reducers' learned models cost (Reducer.overhead_macs)
+    reducers = ([block.reducer for block in token_blocks(loaded.model)] or None) if token_pass else None
+    before, after = gmacs(model_macs(geometry, dense)), gmacs(model_macs(geometry, reduced, reducers))
     return {
         "flops": {
             "unit": "GMACs",
@@ -69,7 +71,7 @@ def _flops_and_tokens(original: nn.Module, loaded: LoadedModel, token_pass: Pass
             "ratio": after / before,
             "per_layer": {
                 "original": [round(gmacs(m), 6) for m in per_layer_macs(geometry, dense)],
-                "compressed": [round(gmacs(m), 6) for m in per_layer_macs(geometry, reduced)],
+                "compressed": [round(gmacs(m), 6) for m in per_layer_macs(geometry, reduced, reducers)],
             },
         },
         "tokens_per_layer": {"input": geometry.input_tokens, "original": dense, "compressed": reduced},

@@ -3,7 +3,9 @@
 DiffRate's per-block convention (reproduces its published GMACs to 3 decimals):
 attention 4 N C^2 + 2 N^2 C with N tokens entering the block; MLP (2 C I per token,
 8 C^2 for a 4x MLP) over the N' tokens left after the reduction; plus the patch
-embedding and the head. Softmax, LayerNorm and the matching itself are not counted.
+embedding and the head. Softmax, LayerNorm and the matching itself are not counted; a learned
+model a reducer runs to choose tokens (ToMe's learned merge cost) is, when the reducers are given
+(`Reducer.overhead_macs`): a budget then owns everything the checkpoint adds.
 Decoders (prefill): their own q/k/v/o projection sizes (grouped-query heads), and
 2 x (visible query-key pairs) x H d for attention: causal, within each layer's window.
 """
@@ -36,17 +38,20 @@ def visible_pairs(tokens: int, window: int | None) -> int:
     return window * (window + 1) // 2 + (tokens - window) * window
 
 
-def model_macs(geometry: Geometry, tokens_per_layer: Sequence[int]) -> int:
-    """Total MACs given the token count after every block."""
+def model_macs(geometry: Geometry, tokens_per_layer: Sequence[int], reducers: Sequence | None = None) -> int:
+    """Total MACs given the token count after every block (and, with `reducers`, their overhead)."""
     if len(tokens_per_layer) != geometry.num_layers:
         raise ValueError(f"expected {geometry.num_layers} token counts, got {len(tokens_per_layer)}")
-    return geometry.embed_macs + geometry.head_macs + sum(per_layer_macs(geometry, tokens_per_layer))
+    return geometry.embed_macs + geometry.head_macs + sum(per_layer_macs(geometry, tokens_per_layer, reducers))
 
 
-def per_layer_macs(geometry: Geometry, tokens_per_layer: Sequence[int]) -> list[int]:
+def per_layer_macs(geometry: Geometry, tokens_per_layer: Sequence[int], reducers: Sequence | None = None) -> list[int]:
+    """MACs of every block; a block's reducer (None: none) adds its `overhead_macs` at the block's input count."""
     out, tokens_in = [], geometry.input_tokens
-    for layer, tokens_out in enumerate(tokens_per_layer):
-        out.append(block_macs(tokens_in, tokens_out, geometry, layer))
+    reducers = reducers if reducers is not None else [None] * len(tokens_per_layer)
+    for layer, (tokens_out, reducer) in enumerate(zip(tokens_per_layer, reducers, strict=True)):
+        overhead = 0 if reducer is None else reducer.overhead_macs(tokens_in)
+        out.append(block_macs(tokens_in, tokens_out, geometry, layer) + overhead)
         tokens_in = tokens_out
     return out
 

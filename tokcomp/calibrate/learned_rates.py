@@ -86,7 +86,8 @@ def learn_removals(
         return make_reducers(removals_for(shares, selected, geometry.input_tokens, protected))
 
     def macs_of(shares: Sequence[float]) -> int:
-        return model_macs(geometry, tokens_after_layers(geometry.input_tokens, reducers_for(shares)))
+        reducers = reducers_for(shares)
+        return model_macs(geometry, tokens_after_layers(geometry.input_tokens, reducers), reducers)
 
     def score(shares: Sequence[float]) -> float:
         install(reducers_for(shares))

@@ -195,6 +195,7 @@ def measure_costs(model: nn.Module, blocks: list[TokenBlock], text: CalibrationT
     """Measured pair costs at every reducing block of every sample, along greedy measured-cost choices."""
     measurement = Measurement(pooling, preserve_norm)
     reducing = [index for index, block in enumerate(blocks) if block.reducer is not None]
+    saved = {index: blocks[index].reducer.cost for index in reducing}
     for index in reducing:
         blocks[index].reducer.cost = MeasuredMergeCost(blocks, index, settings.candidates, measurement)
     try:
@@ -206,7 +207,7 @@ def measure_costs(model: nn.Module, blocks: list[TokenBlock], text: CalibrationT
                 bar.advance(task)
     finally:
         for index in reducing:
-            blocks[index].reducer.cost = None
+            blocks[index].reducer.cost = saved[index]
     return measurement.records
 
 

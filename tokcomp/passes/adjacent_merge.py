@@ -42,5 +42,5 @@ class AdjacentMergePass(ScheduledReductionPass):
     reducer = AdjacentMerge
     summary = "A-ToMe: merge neighbouring tokens with similar keys, time order kept (by rate or threshold)"
 
-    def make_reducer(self, config: AdjacentMergeConfig, rate: Rate, protected: int) -> AdjacentMerge:
+    def make_reducer(self, config: AdjacentMergeConfig, rate: Rate, protected: int, width: int) -> AdjacentMerge:
         return AdjacentMerge(rate, protected, config.threshold)

@@ -6,8 +6,9 @@ applied as a rate of each input's own tokens (reducers/rate.py).
 `r` is how many tokens a block removes at the reference input (ToMe's convention): an
 int for every block, a per-block list, or ToMe's {r, inflect} schedule. `target_flops`
 instead picks the constant r whose FLOPs land closest to the target (a fraction 0.62, a
-cut "-38%", or absolute GMACs "2.9G"); with `rates: learned` the per-block counts are
-searched for that target on calibration data instead (calibrate/learned_rates.py).
+cut "-38%", or absolute GMACs "2.9G"), counting any learned model a reducer runs
+(`Reducer.overhead_macs`); with `rates: learned` the per-block counts are searched for that
+target on calibration data instead (calibrate/learned_rates.py).
 Budgets the model cannot meet are refused with the range it can.
 """
 
@@ -122,7 +123,7 @@ def _constant_r_for_target(
     candidates = []
     for r in range(geometry.input_tokens // 2 + 1):
         reducers = make_reducers([r if s else 0 for s in selected])
-        candidates.append((r, model_macs(geometry, tokens_after_layers(geometry.input_tokens, reducers))))
+        candidates.append((r, model_macs(geometry, tokens_after_layers(geometry.input_tokens, reducers), reducers)))
     reachable = sorted({macs for _, macs in candidates if macs < original})
     if not reachable:
         raise RecipeError(f"{pass_name} cannot remove any token of this model's reference input")

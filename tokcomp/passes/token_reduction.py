@@ -81,7 +81,7 @@ def token_metadata(site: BlockSite, geometry: Geometry, reducers: list[Reducer |
         "protected": site.protected,
         "input_tokens": geometry.input_tokens,
         "tokens_per_layer": tokens,
-        "gmacs": model_macs(geometry, tokens) / 1e9,
+        "gmacs": model_macs(geometry, tokens, reducers) / 1e9,
     }
 
 
@@ -91,7 +91,8 @@ class ScheduledReductionPass(Pass):
     Config: ClassVar[type[BudgetConfig]] = BudgetConfig
     reducer: ClassVar[type[Reducer]]
 
-    def make_reducer(self, config: BudgetConfig, rate: Rate, protected: int) -> Reducer:
+    def make_reducer(self, config: BudgetConfig, rate: Rate, protected: int, width: int) -> Reducer:
+        """One block's reducer; `width` is the model's hidden size (for reducers that hold a model of it)."""
         return self.reducer(rate, protected)
 
     def proportional_attention(self, config: BudgetConfig) -> bool:
@@ -102,7 +103,7 @@ class ScheduledReductionPass(Pass):
         geometry = geometry_of(model, ctx.input_spec)
 
         def make(r_list: list[int]) -> list[Reducer | None]:
-            return self._reducers(config, r_list, geometry.input_tokens, site.protected)
+            return self._reducers(config, r_list, geometry.input_tokens, site.protected, geometry.hidden_size)
 
         selected = select_blocks(site.names, config)
         r_list = resolve_r_list(config, selected, geometry, make, self.name, site.protected)
@@ -126,9 +127,12 @@ class ScheduledReductionPass(Pass):
 
     def restore(self, model, config: BudgetConfig, metadata: dict[str, Any]) -> None:
         site = BlockSite.prepare(model, self.name)
-        reducers = self._reducers(config, metadata["r_per_layer"], metadata["input_tokens"], metadata["protected"])
+        r_list, width = metadata["r_per_layer"], site.blocks[0].hidden_size
+        reducers = self._reducers(config, r_list, metadata["input_tokens"], metadata["protected"], width)
         site.install(reducers, self.proportional_attention(config))
 
-    def _reducers(self, config: BudgetConfig, r_list: list[int], input_tokens: int, protected: int) -> list[Reducer | None]:
+    def _reducers(
+        self, config: BudgetConfig, r_list: list[int], input_tokens: int, protected: int, width: int
+    ) -> list[Reducer | None]:
         rates = rates_from_removals(r_list, input_tokens, protected, self.reducer.limit)
-        return [self.make_reducer(config, rate, protected) if rate.removed else None for rate in rates]
+        return [self.make_reducer(config, rate, protected, width) if rate.removed else None for rate in rates]

@@ -42,5 +42,5 @@ class TokenTransformPass(ScheduledReductionPass):
     reducer = TokenTransform
     summary = "Token Transforming: spread r tokens per block over their top-k most similar tokens"
 
-    def make_reducer(self, config: TokenTransformConfig, rate: Rate, protected: int) -> TokenTransform:
+    def make_reducer(self, config: TokenTransformConfig, rate: Rate, protected: int, width: int) -> TokenTransform:
         return TokenTransform(rate, protected, config.k, config.temperature, config.target_selection, config.metric)

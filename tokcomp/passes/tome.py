@@ -17,6 +17,8 @@ the plain mean.
 `cost: learned` (greedy matching only) ranks pairs by a merge cost fitted per block on the
 recipe's calibration data (calibrate/merge_cost.py, reducers/merge_cost.py); the record keeps
 its shape, the checkpoint's weights its parameters. Records before version 4 rank by similarity.
+A `target_flops` budget counts the cost model's own MACs (Reducer.overhead_macs), so at the same
+target it removes more tokens than ranking by similarity (MiniLM at -35%: r = 15 against 14).
 """
 
 from __future__ import annotations
@@ -96,8 +98,13 @@ class ToMePass(ScheduledReductionPass):
     reducer = ToMe
     summary = "ToMe bipartite soft matching: merge r tokens per block"
 
-    def make_reducer(self, config: ToMeConfig, rate: Rate, protected: int) -> ToMe:
-        return ToMe(rate, protected, metric=config.metric, matching=config.matching, merge=config.merge)
+    def make_reducer(self, config: ToMeConfig, rate: Rate, protected: int, width: int) -> ToMe:
+        # cost: learned starts from an empty cost model of the recorded shape: the budget counts its MACs, and
+        # fitting (apply) or the checkpoint's weights (restore) fill it
+        cost = None
+        if config.cost == "learned":
+            cost = LearnedMergeCost(width, config.cost_settings.hidden, config.cost_settings.candidates)
+        return ToMe(rate, protected, metric=config.metric, matching=config.matching, merge=config.merge, cost=cost)
 
     def apply(self, model, config: ToMeConfig, ctx) -> dict[str, Any]:
         metric = config.metric or default_metric(find_adapter(model).family)
@@ -119,12 +126,10 @@ class ToMePass(ScheduledReductionPass):
 
     def restore(self, model, config: ToMeConfig, metadata: dict[str, Any]) -> None:
         metric = metadata.get("metric", VERSION_1_METRIC)
-        super().restore(model, config.model_copy(update={"metric": metric}), metadata)
-        if config.cost == "learned":
-            # empty cost models of the recorded shape; the checkpoint's weights fill them
-            shape = metadata["merge_cost"]
-            for block in token_blocks(model):
-                if block.reducer is not None:
-                    dtype = next(block.parameters()).dtype
-                    cost = LearnedMergeCost(block.hidden_size, shape["hidden"], shape["candidates"])
-                    block.reducer.cost = cost.to(dtype)
+        update = {"metric": metric}
+        if config.cost == "learned":  # the recorded shape (the checkpoint's weights fill the models)
+            update["cost_model"] = config.cost_settings.model_copy(update=metadata["merge_cost"])
+        super().restore(model, config.model_copy(update=update), metadata)
+        for block in token_blocks(model):
+            if block.reducer is not None and block.reducer.cost is not None:
+                block.reducer.cost.to(next(block.parameters()).dtype)

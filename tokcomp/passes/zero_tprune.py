@@ -25,5 +25,5 @@ class ZeroTPrunePass(ScheduledReductionPass):
     reducer = ZeroTPrune
     summary = "Zero-TPrune: rank by PageRank on the attention graph, prune the less important tokens most like the important ones"
 
-    def make_reducer(self, config: ZeroTPruneConfig, rate: Rate, protected: int) -> ZeroTPrune:
+    def make_reducer(self, config: ZeroTPruneConfig, rate: Rate, protected: int, width: int) -> ZeroTPrune:
         return ZeroTPrune(rate, protected, config.iterations)

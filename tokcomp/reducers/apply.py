@@ -31,13 +31,15 @@ def first(order: Tensor, count: Count, length: int, null: int) -> Tensor:
         return head
     slots = torch.arange(length, device=order.device)
     limit = count[:, None] if isinstance(count, Tensor) else count
-    return torch.where(slots < limit, head, torch.full_like(head, null))
+    return torch.where(slots < limit, head, null)
 
 
-def inverse(order: Tensor) -> Tensor:
-    """Where each token sits in `order` [B, N] (the inverse permutation)."""
-    ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return torch.zeros_like(order).scatter(1, order, ranks)
+def inverse(order: Tensor, width: int | None = None) -> Tensor:
+    """Where each token sits in `order` [B, N] (the inverse permutation); with `width` > N, [B, width]
+    with 0 in the columns past N (what the null index reads, without a concatenation)."""
+    batch, tokens = order.shape
+    ranks = torch.arange(tokens, device=order.device).expand_as(order)
+    return order.new_zeros(batch, width or tokens).scatter(1, order, ranks)
 
 
 def with_null(t: Tensor) -> Tensor:

@@ -16,6 +16,9 @@ Contract:
 - `kept_tokens(n)` is the token count after the layer for a sample of n tokens (shapes,
   FLOPs and metadata use it: no forward pass needed). For a padded batch it is also the
   output length: the longest sample's own count.
+- `overhead_macs(n)` is what choosing the tokens costs, where a FLOPs budget must own it:
+  0, as the field counts (similarity, sorting and matching are left out), except for a
+  learned model a reducer runs (ToMe's learned merge cost), which is counted.
 - `forward(x, state, attn) -> (x', state')`: x [B, N, C]; state carries sizes, flags and
   positions (surgery/state.py); attn gives keys and attention rows (surgery/attention.py).
   Tokens are chosen per sample and applied with reducers/apply.py. A reducer runs even
@@ -62,6 +65,10 @@ class Reducer(nn.Module, ABC):
     def kept_tokens(self, tokens_in: int) -> int:
         return tokens_in - self.removal(tokens_in - self.protected)
 
+    def overhead_macs(self, tokens_in: int) -> int:
+        """MACs the reducer spends choosing tokens on `tokens_in` tokens that a budget counts (see above)."""
+        return 0
+
     def per_sample_removal(self, state: TokenState, tokens: int) -> Count:
         """Tokens each sample removes: an int when no sample is padded, else [B]."""
         return self.removal(reducible_tokens(state, self.protected, tokens))
@@ -75,4 +82,3 @@ class Reducer(nn.Module, ABC):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.describe().items() if k != "kind")
-

@@ -54,6 +54,7 @@ class ToMe(Reducer):
         metric: str = "keys",
         matching: str = "bipartite",
         merge: str = "mean",
+        cost: nn.Module | None = None,
     ):
         super().__init__(rate, protected)
         if metric not in METRICS:
@@ -65,8 +66,8 @@ class ToMe(Reducer):
         self.metric = metric
         self.matching = matching
         self.merge = merge
-        # set by the pass for cost: learned: (x, state, attn) -> greedy scores [B, N, N]; None: the similarity
-        self.cost: nn.Module | None = None
+        # cost: learned: (x, state, attn) -> greedy scores [B, N, N] (a LearnedMergeCost); None: the similarity
+        self.cost = cost
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
@@ -81,6 +82,10 @@ class ToMe(Reducer):
             return merge_greedy(x, state, scores, removed, tokens - length, length, preserve_norm)
         matching = bipartite_matching(similarity_metric(x, attn, self.metric), state)
         return merge_matched(x, state, matching, removed, tokens - length, length, preserve_norm)
+
+    def overhead_macs(self, tokens_in: int) -> int:
+        """The learned cost's own MACs (a model the budget must own); similarity matching counts 0, as in the field."""
+        return 0 if self.cost is None else self.cost.macs(tokens_in)
 
     def describe(self) -> dict[str, Any]:
         cost = "similarity" if self.cost is None else "learned"

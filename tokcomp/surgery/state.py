@@ -88,7 +88,7 @@ class TokenState(NamedTuple):
         masked = torch.finfo(dtype).min
         bias = torch.log(self.size) if proportional else torch.zeros_like(self.size)
         if self.real is not None:
-            bias = torch.where(self.real, bias, torch.full_like(bias, masked))
+            bias = bias.masked_fill(~self.real, masked)
         if not causal:
             return bias.to(dtype)[:, None, None, :] if proportional or self.real is not None else None
         return causal_bias(self.position, self.position, bias, dtype, window)
@@ -169,7 +169,8 @@ def pack(x: Tensor, state: TokenState) -> Tensor:
 
 
 def unpack(packed: Tensor, hidden: int, dtype: torch.dtype, padded: bool, trace_source: bool) -> tuple[Tensor, TokenState]:
-    """Inverse of `pack`; x comes back in the model's `dtype` (exact: it was widened to float32)."""
+    """Inverse of `pack`; x comes back in the model's `dtype` (exact: it was widened to float32),
+    as a channel slice of `packed` where the dtypes agree (see BertTokenBlock on contiguity)."""
     x = packed[..., :hidden].to(dtype)
     state = TokenState(
         size=packed[..., hidden],

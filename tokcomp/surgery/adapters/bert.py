@@ -23,6 +23,9 @@ class BertTokenBlock(TokenBlock):
         adopt(self, original, ["attention", "intermediate", "output"])
 
     def attention_residual(self, x: Tensor, bias: Tensor | None) -> tuple[Tensor, AttentionInfo]:
+        # Post-norm: three linear layers read x first. A channel slice of the packed state (surgery/state.py)
+        # would make each copy it (matmul's path for strided inputs: copy, mm, add); one copy serves all three.
+        x = x.contiguous()
         attn = self.attention.self
         out, info = separate_qkv_attention(
             x,
