@@ -73,6 +73,12 @@ PASSES = {
     "Zero-TPrune": {"type": "zero_tprune", "target_flops": CUT},
 }
 
+def at_counts(name: str, r_per_layer: list[int]) -> dict:
+    """Pass `name` at fixed tokens removed per block (at the reference input) instead of its FLOPs target."""
+    spec = {key: value for key, value in PASSES[name].items() if key != "target_flops"}
+    return {**spec, "r": r_per_layer}
+
+
 # Rows that calibrate: Debian Reference prose, disjoint from the held-out Python documentation.
 CALIBRATION = {"ToMe, greedy, norm-preserving, learned cost": {"data": "zoo:prose:en", "samples": 800}}
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import bootstrap_mean, load_average, machine, no_timing_line, write_results  # noqa: E402
-from benchmarks.dynamic_padding import CALIBRATION, CUT, PASSES, REFERENCE_LENGTH, buckets  # noqa: E402
+from benchmarks.dynamic_padding import CALIBRATION, CUT, PASSES, REFERENCE_LENGTH, at_counts, buckets  # noqa: E402
 from benchmarks.merge_oracle import pooled, state_of  # noqa: E402
 from tokcomp.analysis.fidelity import model_outputs  # noqa: E402
 from tokcomp.calibrate.merge_cost import Measurement, pooled_after_merging  # noqa: E402
@@ -113,9 +113,7 @@ def compiled(original, tokenizer, name: str, r_per_layer: list[int] | None = Non
     """(a copy of MiniLM compiled with benchmarks/dynamic_padding.py's pass `name` and its calibration, the
     pass metadata); with `r_per_layer`, at those counts instead of the pass's FLOPs target."""
     model = copy.deepcopy(original)
-    spec = PASSES[name]
-    if r_per_layer is not None:
-        spec = {**{k: v for k, v in spec.items() if k != "target_flops"}, "r": r_per_layer}
+    spec = PASSES[name] if r_per_layer is None else at_counts(name, r_per_layer)
     (record,) = apply_passes(
         model,
         [spec],

@@ -280,14 +280,12 @@ def test_minilm_learned_merge_cost_reaches_0_95(minilm, minilm_buckets, minilm_l
 @pytest.mark.heavy
 def test_minilm_learned_merge_cost_beats_similarity_on_short_sentences(minilm, minilm_buckets, minilm_learned):
     """Same sentences, same counts, same greedy matching and merge: only the ranking of pairs differs."""
-    from benchmarks.dynamic_padding import PASSES
+    from benchmarks.dynamic_padding import at_counts
 
     _, texts = minilm_buckets
     learned_model, r_per_layer = minilm_learned
     similarity = copy.deepcopy(minilm.model)
-    spec = {**PASSES["ToMe, greedy, norm-preserving"], "r": r_per_layer}
-    del spec["target_flops"]
-    _record(similarity, [spec], sequence_length=128)
+    _record(similarity, [at_counts("ToMe, greedy, norm-preserving", r_per_layer)], sequence_length=128)
     learned = _bucket_cosines(minilm, learned_model, texts["8-16"])
     ranked_by_similarity = _bucket_cosines(minilm, similarity, texts["8-16"])
     difference = learned - ranked_by_similarity
