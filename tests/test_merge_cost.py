@@ -145,7 +145,7 @@ def test_compile_fits_a_cost_per_block_and_the_checkpoint_reloads_it(tiny_vit_wi
 
     out = tokcomp.compile(_recipe(tiny_vit_with_images), tmp_path / "ckpt")
     (record,) = json.loads((out / "tokcomp.json").read_text())["passes"]
-    assert record["metadata"]["merge_cost"] == {"hidden": 32, "candidates": 2}
+    assert record["metadata"]["merge_cost"] == {"hidden": 8, "candidates": 2}
     report = json.loads((out / "report.json").read_text())
     fits = report["tome"]["merge_cost"]
     assert fits["calibration"]["used"] == 4 and sorted(fits["blocks"]) == ["0", "1", "2", "3"]

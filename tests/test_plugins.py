@@ -60,15 +60,37 @@ def test_custom_ops_pass_opcheck_and_equal_the_reference(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_row_copies_equal_one_gather(dtype, monkeypatch):
-    """Eager CPU gathers whole rows of the flattened tensor; GPUs and traced graphs take one `gather`."""
-    t, kept, src, _ = _random_case(dtype)
+def test_cpu_row_copies_equal_one_gather_and_one_scatter(dtype, monkeypatch):
+    """Eager CPU gathers and adds whole rows of the flattened tensor; GPUs and traced graphs take one
+    `gather` / `scatter_add`. Same values, same order of additions: bit-identical."""
+    t, kept, src, dst = _random_case(dtype)
     for index in (kept, src, src.flip(-1)[:, :4]):
         rows = reference.gather_tokens_reference(t, index)
         with monkeypatch.context() as patched:
             patched.setattr(reference, "ROW_COPY_DEVICES", ())
             assert torch.equal(rows, reference.gather_tokens_reference(t, index))
         assert torch.equal(rows, t.gather(1, index[..., None].expand(-1, -1, t.shape[-1])))
+    merged = reference.index_merge_sum_reference(t, kept, src, dst)
+    with monkeypatch.context() as patched:
+        patched.setattr(reference, "ROW_COPY_DEVICES", ())
+        assert torch.equal(merged, reference.index_merge_sum_reference(t, kept, src, dst))
+
+
+@pytest.mark.parametrize("null", [False, True])
+def test_the_merge_input_buffer_equals_its_concatenation_and_keeps_gradients(null, monkeypatch):
+    """`weighted_rows` writes [x w | w | extras | null row] into one buffer on the eager CPU path."""
+    from tokcomp.reducers.apply import weighted_rows
+
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(3, 7, 5, generator=generator), torch.rand(3, 7, generator=generator)
+    extras = [x.norm(dim=-1, keepdim=True), torch.rand(3, 7, 7, generator=generator)]
+    written = weighted_rows(x, weight, extras, null)
+    with monkeypatch.context() as patched:
+        patched.setattr(reference, "ROW_COPY_DEVICES", ())
+        assert torch.equal(written, weighted_rows(x, weight, extras, null))
+    x.requires_grad_(True)  # out= writes do not support autograd: the concatenation runs instead
+    weighted_rows(x, weight, extras, null).sum().backward()
+    assert torch.equal(x.grad, weight[..., None].expand_as(x))
 
 
 def test_swapping_ops_keeps_model_outputs_identical():

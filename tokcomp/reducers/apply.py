@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tokcomp.reducers.ops import gather_tokens, index_merge_sum
+from tokcomp.reducers.ops import eager_cpu_path, gather_tokens, index_merge_sum
 from tokcomp.reducers.rate import Count
 from tokcomp.surgery.state import TokenState, carrier_dtype, pack, unpack
 
@@ -74,6 +74,29 @@ def select(x: Tensor, state: TokenState, index: Tensor, null: bool = False) -> t
     return x, picked_state
 
 
+def weighted_rows(x: Tensor, weight: Tensor, extras: list[Tensor], null: bool) -> Tensor:
+    """[x * weight | weight | *extras] [B, N, ...], with the zero row index N reads when `null`.
+
+    On the eager CPU path written into one fresh buffer: the two concatenations were two of
+    the merge's ten passes over the tokens. Elsewhere concatenated (what export and compile trace),
+    and so under autograd, which `out=` writes do not support.
+    """
+    if not eager_cpu_path(x) or x.requires_grad or weight.requires_grad:
+        t = torch.cat([x * weight[..., None], weight[..., None], *extras], dim=-1)
+        return with_null(t) if null else t
+    batch, tokens, hidden = x.shape
+    t = x.new_empty(batch, tokens + int(null), hidden + 1 + sum(extra.shape[-1] for extra in extras))
+    torch.mul(x, weight[..., None], out=t[:, :tokens, :hidden])
+    t[:, :tokens, hidden] = weight
+    start = hidden + 1
+    for extra in extras:
+        t[:, :tokens, start : start + extra.shape[-1]] = extra
+        start += extra.shape[-1]
+    if null:
+        t[:, tokens] = 0
+    return t
+
+
 def merge(
     x: Tensor,
     state: TokenState,
@@ -98,14 +121,12 @@ def merge(
     """
     dtype = carrier_dtype(x.dtype)
     weight = state.weight() if scale is None else state.weight() * scale
-    parts = [x.to(dtype) * weight[..., None], weight[..., None]]
+    extras = []
     if preserve_norm:
-        parts.append(x.to(dtype).norm(dim=-1, keepdim=True) * weight[..., None])
+        extras.append(x.to(dtype).norm(dim=-1, keepdim=True) * weight[..., None])
     if state.source is not None:  # the source map follows T itself (scaled rows included)
-        parts.append(state.source if scale is None else state.source * scale[..., None])
-    t = torch.cat(parts, dim=-1)
-    if null:
-        t = with_null(t)
+        extras.append(state.source if scale is None else state.source * scale[..., None])
+    t = weighted_rows(x.to(dtype), weight, extras, null)
     if assignment is None:
         out = index_merge_sum(t, kept, src, dst)
     else:

@@ -25,9 +25,9 @@ Contract:
   where it removes nothing at this length: how it arranges a sample's tokens must not
   depend on the batch the sample is in (a short sentence padded into a long batch and
   the same sentence alone give the same tokens in the same order).
-- Only export-safe ops: gather, scatter_add, argsort/topk, matmul, where; no in-place
-  writes, no data-dependent shapes, no .item(), so a reduced model is one graph under
-  torch.compile and exports to ONNX.
+- Only export-safe ops: gather, scatter_add, argsort/topk, matmul, where; in-place writes
+  only into tensors the reducer itself just made (never its inputs), no data-dependent shapes,
+  no .item(), so a reduced model is one graph under torch.compile and exports to ONNX.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def symmetric_similarity(features: Tensor) -> Tensor:
     not by rounding that differs with the batch's padded length.
     """
     scores = features @ features.transpose(-1, -2)
-    return (scores + scores.transpose(-1, -2)) / 2
+    # halving in place on the fresh sum: exact, as / 2 is, without a third N x N tensor
+    return (scores + scores.transpose(-1, -2)).mul_(0.5)
 
 
 def allowed_pairs(state: TokenState) -> Tensor:

@@ -32,29 +32,45 @@ def _expand_index(index: Tensor, width: int) -> Tensor:
     return index[..., None].expand(-1, -1, width)
 
 
-def gather_tokens_reference(t: Tensor, index: Tensor) -> Tensor:
-    """t [B, N, D], index [B, K] -> [B, K, D].
+def eager_cpu_path(t: Tensor) -> bool:
+    """Whether token steps on t [B, N, D] take the eager CPU path: whole rows of the flattened
+    [B N, D] tensor, and writes into fresh buffers instead of concatenations.
 
-    In eager runs on the devices in ROW_COPY_DEVICES (CPU) whole rows of the flattened [B N, D]
-    tensor are copied (index_select): 3x faster there than `gather`, which reads an index per
-    element (0.32 against 0.96 ms at 32 x 114 x 385). Elsewhere one `gather`: on a GPU every extra
-    op is a kernel launch, and under tracing (torch.compile, export with symbolic shapes) the
-    product B N makes the shape expressions blow up over a model's blocks.
+    True in eager runs on the devices in ROW_COPY_DEVICES (CPU), where a row copy is several times
+    faster than `gather`/`scatter_add`, which read an index per element, and every pass over the
+    tokens counts. Elsewhere one `gather`/`scatter_add`/`cat`: on a GPU every extra op is a kernel
+    launch, and under tracing (torch.compile, export with symbolic shapes) the product B N makes
+    the shape expressions blow up over a model's blocks, and slice writes become copies.
     """
-    batch, tokens, width = t.shape
+    batch, tokens, _ = t.shape
     # dynamo traces the isinstance check as true for its symbolic sizes: ask it directly
     eager = not torch.compiler.is_compiling() and isinstance(batch, int) and isinstance(tokens, int)
-    if not eager or t.device.type not in ROW_COPY_DEVICES:
+    return eager and t.device.type in ROW_COPY_DEVICES
+
+
+def _flat_rows(index: Tensor, tokens: int) -> Tensor:
+    """Rows of the flattened [B N, D] tensor that index [B, K] names, as one [B K] index."""
+    return (index + torch.arange(0, index.shape[0] * tokens, tokens, device=index.device)[:, None]).reshape(-1)
+
+
+def gather_tokens_reference(t: Tensor, index: Tensor) -> Tensor:
+    """t [B, N, D], index [B, K] -> [B, K, D] (row copies on CPU: 0.32 against 0.96 ms at 32 x 114 x 385)."""
+    batch, tokens, width = t.shape
+    if not eager_cpu_path(t):
         return t.gather(1, _expand_index(index, width))
-    rows = index + torch.arange(0, batch * tokens, tokens, device=index.device)[:, None]
-    return t.reshape(batch * tokens, width).index_select(0, rows.reshape(-1)).view(*index.shape, width)
+    return t.reshape(batch * tokens, width).index_select(0, _flat_rows(index, tokens)).view(*index.shape, width)
 
 
 def index_merge_sum_reference(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor) -> Tensor:
     """Keep rows `kept` [B, K] of t, then add rows `src` [B, R] into output rows `dst` [B, R] (< K)."""
     out = gather_tokens_reference(t, kept)
     moved = gather_tokens_reference(t, src)
-    return out.scatter_add(1, _expand_index(dst, t.shape[-1]), moved)
+    if not eager_cpu_path(t):
+        return out.scatter_add(1, _expand_index(dst, t.shape[-1]), moved)
+    # `out` is a fresh tensor: add rows into it in place (no copy of it), in the same order as scatter_add
+    batch, rows, width = out.shape
+    out.view(batch * rows, width).index_add_(0, _flat_rows(dst, rows), moved.view(-1, width))
+    return out
 
 
 REFERENCE_OPS: Mapping[str, Callable[..., Tensor]] = {
