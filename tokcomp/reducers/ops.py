@@ -17,6 +17,7 @@ graph break (a ContextVar lookup did).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
@@ -33,7 +34,7 @@ def _expand_index(index: Tensor, width: int) -> Tensor:
 
 
 def eager_cpu_path(t: Tensor) -> bool:
-    """Whether token steps on t [B, N, D] take the eager CPU path: whole rows of the flattened
+    """Whether token steps on t [B, N, ...] take the eager CPU path: whole rows of the flattened
     [B N, D] tensor, and writes into fresh buffers instead of concatenations.
 
     True in eager runs on the devices in ROW_COPY_DEVICES (CPU), where a row copy is several times
@@ -42,7 +43,7 @@ def eager_cpu_path(t: Tensor) -> bool:
     launch, and under tracing (torch.compile, export with symbolic shapes) the product B N makes
     the shape expressions blow up over a model's blocks, and slice writes become copies.
     """
-    batch, tokens, _ = t.shape
+    batch, tokens = t.shape[:2]
     # dynamo traces the isinstance check as true for its symbolic sizes: ask it directly
     eager = not torch.compiler.is_compiling() and isinstance(batch, int) and isinstance(tokens, int)
     return eager and t.device.type in ROW_COPY_DEVICES
@@ -50,7 +51,14 @@ def eager_cpu_path(t: Tensor) -> bool:
 
 def _flat_rows(index: Tensor, tokens: int) -> Tensor:
     """Rows of the flattened [B N, D] tensor that index [B, K] names, as one [B K] index."""
-    return (index + torch.arange(0, index.shape[0] * tokens, tokens, device=index.device)[:, None]).reshape(-1)
+    return (index + _row_offsets(index.shape[0], tokens, index.device)).view(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_offsets(batch: int, tokens: int, device: torch.device) -> Tensor:
+    """[B, 1] first row of each sample in the flattened tensor: made once per shape (eager only, never
+    written to), as every op costs a dispatch that short inputs feel."""
+    return torch.arange(0, batch * tokens, tokens, device=device)[:, None]
 
 
 def gather_tokens_reference(t: Tensor, index: Tensor) -> Tensor:
