@@ -132,15 +132,10 @@ def markdown(result: dict) -> str:
         "| part | r = 0 (s) | ToMe -35% (s) | ratio |",
         "|---|---|---|---|",
     ]
-    for key in keys:
-        if key in base or key in reduced:
-            b, r = base.get(key), reduced.get(key)
-            ratio = f"{b / r:.2f}x" if b and r else "-"
-            lines.append(
-                f"| {key.strip('_')} | {b:.3f} | {r:.3f} | {ratio} |"
-                if b is not None
-                else f"| {key} | - | {r:.3f} | - |"
-            )
+    for key in keys:  # r = 0 has no reducer: its cells are empty
+        b, r = base.get(key), reduced[key]
+        unreduced, ratio = (f"{b:.3f}", f"{b / r:.2f}x") if b is not None else ("-", "-")
+        lines.append(f"| {key.strip('_')} | {unreduced} | {r:.3f} | {ratio} |")
     share = reduced["reducer"] / reduced["blocks"]
     lines += [
         "",

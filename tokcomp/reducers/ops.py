@@ -62,7 +62,7 @@ def _row_offsets(batch: int, tokens: int, device: torch.device) -> Tensor:
 
 
 def gather_tokens_reference(t: Tensor, index: Tensor) -> Tensor:
-    """t [B, N, D], index [B, K] -> [B, K, D] (row copies on CPU: 0.32 against 0.96 ms at 32 x 114 x 385)."""
+    """t [B, N, D], index [B, K] -> [B, K, D] (row copies on the eager CPU path: see eager_cpu_path)."""
     batch, tokens, width = t.shape
     if not eager_cpu_path(t):
         return t.gather(1, _expand_index(index, width))
