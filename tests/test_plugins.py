@@ -93,15 +93,50 @@ def test_the_merge_input_buffer_equals_its_concatenation_and_keeps_gradients(nul
     assert torch.equal(x.grad, weight[..., None].expand_as(x))
 
 
-def test_swapping_ops_keeps_model_outputs_identical():
+def test_swapping_ops_keeps_model_outputs_identical(monkeypatch):
+    from tokcomp.reducers import apply
+
     model = tiny_vision("vit")
     tokcomp.apply(model, [{"type": "tome", "r": 4}])
     x = torch.rand(2, 3, 32, 32)
+    # swapped ops turn off the eager CPU merge of changed rows only (its own test is below): compare
+    # the same arithmetic, so that only the ops differ
+    monkeypatch.setattr(apply, "in_place_path", lambda x: False)
     with torch.inference_mode():
         plain = model(pixel_values=x).logits
         with use_ops(TOKEN_OPS):
             routed = model(pixel_values=x).logits
     assert torch.equal(plain, routed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("matching,merge", [("bipartite", "mean"), ("greedy", "norm_preserving")])
+@pytest.mark.parametrize("padded", [False, True])
+def test_the_eager_merge_of_changed_rows_equals_the_dense_merge(dtype, matching, merge, padded, monkeypatch):
+    """`merge_into_kept_rows` (eager CPU) gives the dense merge's means up to rounding, and its state exactly."""
+    from tokcomp.reducers import apply
+    from tokcomp.reducers.rate import Rate
+    from tokcomp.reducers.tome import ToMe
+    from tokcomp.surgery.state import TokenState
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 41, 24, generator=generator).to(dtype)
+    lengths = torch.tensor([41, 2, 17, 40, 9, 30])
+    real = torch.arange(41)[None] < lengths[:, None] if padded else None
+    state = TokenState.initial(x, real, 1, False)
+    state = state._replace(size=torch.randint(1, 5, state.size.shape, generator=generator).float())  # merged earlier
+    reducer = ToMe(Rate(40, 100), 1, metric="hidden", matching=matching, merge=merge)
+    changed_rows, changed_state = reducer(x, state, None)
+    monkeypatch.setattr(apply, "in_place_path", lambda x: False)
+    dense, dense_state = reducer(x, state, None)
+    assert (changed_state.real is None) == (dense_state.real is None)
+    for field in ("size", "real", "protected", "position"):
+        if getattr(dense_state, field) is not None:
+            assert torch.equal(getattr(changed_state, field), getattr(dense_state, field)), field
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]  # bf16: one rounding of the result
+    torch.testing.assert_close(changed_rows.float(), dense.float(), rtol=tolerance, atol=tolerance)
+    if padded:  # rows past a sample's end are empty in both
+        assert torch.equal(changed_rows[~changed_state.real], torch.zeros_like(changed_rows[~changed_state.real]))
 
 
 def test_use_ops_rejects_unknown_steps_and_restores():

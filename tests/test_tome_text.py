@@ -261,7 +261,7 @@ def minilm_learned(minilm):
             "8-16",
             marks=pytest.mark.xfail(
                 strict=False,
-                reason="at the mark, not above it: 0.9502 (95% interval 0.937-0.961) in "
+                reason="at the mark, not above it: 0.9501 (95% interval 0.937-0.961) in "
                 "benchmarks/results/dynamic_padding.md, where a near-tie moves with the CPU's float rounding; that "
                 "it beats similarity there is test_minilm_learned_merge_cost_beats_similarity_on_short_sentences",
             ),

@@ -99,8 +99,8 @@ def bipartite_merge_order(
     sorted_state = TokenState(
         size=state.size, real=sorted_real, protected=state.protected.gather(1, order), position=order
     )
-    metric = F.normalize(x.detach(), dim=-1).gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
-    matching = bipartite_matching(metric, sorted_state)
+    features = x.detach().gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+    matching = bipartite_matching(features, sorted_state)
     # Back to tokens: A = even sorted positions (sources), B = odd (destinations).
     best = torch.full_like(rank, -3, dtype=x.dtype)
     best = best.scatter(1, order[:, 0::2], matching.best.to(x.dtype))

@@ -149,7 +149,7 @@ class DiffRate(Reducer):
         merged = self._merged(pruned - self.protected)
         slots = pruned_length - length
         if has_bipartite_floor(self.merge_rule):
-            matching = bipartite_matching(F.normalize(keys if self.merge_rule == "bipartite_keys" else x, dim=-1), state)
+            matching = bipartite_matching(keys if self.merge_rule == "bipartite_keys" else x, state)
             if self.merge_rule == "spread":
                 return spread_matched(x, state, matching, merged, slots, length, SPREAD_K, SPREAD_TEMPERATURE)
             return merge_matched(x, state, matching, merged, slots, length)

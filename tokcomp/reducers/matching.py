@@ -1,7 +1,7 @@
 """ToMe's bipartite matching: the one implementation (ToMe, Token Transforming, DiffRate, the search).
 
 1. alternating split of the tokens in their current order: A = 0, 2, 4, ..., B = 1, 3, 5, ...;
-2. scores S = A B^T on a normalised metric; a pair is allowed only when the A token may
+2. scores S = cosine similarity of A and B on the metric; a pair is allowed only when the A token may
    move (real, not protected) and the B token may receive (real, not protected), so real
    tokens never meet padding and protected tokens never change;
 3. every A token takes its best B partner; the A tokens with the highest scores move.
@@ -30,6 +30,8 @@ from tokcomp.surgery.state import TokenState, real_count
 # What token similarity is computed on: the hidden states leaving the attention residual, or
 # the attention keys averaged over heads (ToMe's default; the paper ablates both).
 METRICS = ("hidden", "keys")
+# Smallest norm a feature is divided by (F.normalize's eps): a zero feature scores 0 against all.
+NORM_EPS = 1e-12
 
 
 class Matching(NamedTuple):
@@ -40,16 +42,16 @@ class Matching(NamedTuple):
 
 
 def alternate(t: Tensor, start: int, index: Tensor | None = None) -> Tensor:
-    """Tokens start, start + 2, ... of t [B, N, ...], as a fresh contiguous tensor (`index`: those
-    indices, alternate_index, where the caller has them already).
+    """Tokens start, start + 2, ... of t [B, N, ...] (`index`: those indices, alternate_index, where
+    the caller has them already). Read-only: on the eager CPU path it is a strided view.
 
     Traced, a strided view (t[:, 0::2]) would make torch.compile guard on the parity of N
     (through stride checks in matmul), which multiplies recompiles with every reducing block:
-    there it is an index_select. On the eager CPU path it is a copy of that view: faster than
-    either gather there, and two ops where a row gather takes eight.
+    there it is an index_select. Eager on CPU the view costs nothing, and matmul reads it
+    in place (its rows are evenly strided).
     """
     if eager_cpu_path(t):
-        return t[:, start::2].contiguous()
+        return t[:, start::2]
     return t.index_select(1, alternate_index(t.shape[1], start, t.device) if index is None else index)
 
 
@@ -58,23 +60,40 @@ def alternate_index(tokens: int, start: int, device) -> Tensor:
     return torch.arange(start, tokens, 2, device=device)
 
 
+def metric_features(x: Tensor, attn: AttentionInfo, metric: str) -> Tensor:
+    """The [B, N, d] features similarity is measured on (`metric` in METRICS), not normalised."""
+    return attn.key_metric() if metric == "keys" else x
+
+
 def similarity_metric(x: Tensor, attn: AttentionInfo, metric: str) -> Tensor:
     """The L2-normalised [B, N, d] features similarity is measured on (`metric` in METRICS)."""
-    return F.normalize(attn.key_metric() if metric == "keys" else x, dim=-1)
+    return F.normalize(metric_features(x, attn, metric), dim=-1)
 
 
-def bipartite_matching(metric: Tensor, state: TokenState) -> Matching:
-    """Scores and best partners of the alternating split; metric [B, N, d], L2-normalised."""
-    tokens = metric.shape[1]
-    a_index, b_index = (alternate_index(tokens, start, metric.device) for start in (0, 1))
-    scores = alternate(metric, 0, a_index) @ alternate(metric, 1, b_index).transpose(-1, -2)
+def bipartite_matching(features: Tensor, state: TokenState) -> Matching:
+    """Cosine scores and best partners of the alternating split of features [B, N, d].
+
+    The normalisation is applied to the [Na, Nb] dot products, not to the features: a
+    division per score instead of a pass over the features (F.normalize's eps kept).
+    """
+    tokens = features.shape[1]
+    # the A and B indices, made once for every alternate() below (eager CPU slices need none)
+    a_index = b_index = None
+    if not eager_cpu_path(features):
+        a_index, b_index = (alternate_index(tokens, start, features.device) for start in (0, 1))
+    dots = alternate(features, 0, a_index) @ alternate(features, 1, b_index).transpose(-1, -2)
+    norms = torch.linalg.vector_norm(features, dim=-1).clamp_min(NORM_EPS)
+    scores = dots / (alternate(norms, 0, a_index)[:, :, None] * alternate(norms, 1, b_index)[:, None, :])
     return matching_from_scores(scores, state, a_index, b_index)
 
 
-def matching_from_scores(scores: Tensor, state: TokenState, a_index: Tensor, b_index: Tensor) -> Matching:
-    """Best partners of A x B scores [B, Na, Nb] (higher merges first); pairs that may not merge are forbidden."""
+def matching_from_scores(
+    scores: Tensor, state: TokenState, a_index: Tensor | None = None, b_index: Tensor | None = None
+) -> Matching:
+    """Best partners of A x B scores [B, Na, Nb] (higher merges first); pairs that may not merge are
+    forbidden. `a_index`, `b_index`: alternate_index's, where the caller has them."""
     free = state.free()
-    allowed = free.index_select(1, a_index)[:, :, None] & free.index_select(1, b_index)[:, None, :]
+    allowed = alternate(free, 0, a_index)[:, :, None] & alternate(free, 1, b_index)[:, None, :]
     forbidden = torch.finfo(scores.dtype).min
     scores = torch.where(allowed, scores, forbidden)
     best, partner = scores.max(dim=-1)

@@ -49,7 +49,7 @@ def eager_cpu_path(t: Tensor) -> bool:
     return eager and t.device.type in ROW_COPY_DEVICES
 
 
-def _flat_rows(index: Tensor, tokens: int) -> Tensor:
+def flat_rows(index: Tensor, tokens: int) -> Tensor:
     """Rows of the flattened [B N, D] tensor that index [B, K] names, as one [B K] index."""
     return (index + _row_offsets(index.shape[0], tokens, index.device)).view(-1)
 
@@ -66,7 +66,7 @@ def gather_tokens_reference(t: Tensor, index: Tensor) -> Tensor:
     batch, tokens, width = t.shape
     if not eager_cpu_path(t):
         return t.gather(1, _expand_index(index, width))
-    return t.reshape(batch * tokens, width).index_select(0, _flat_rows(index, tokens)).view(*index.shape, width)
+    return t.reshape(batch * tokens, width).index_select(0, flat_rows(index, tokens)).view(*index.shape, width)
 
 
 def index_merge_sum_reference(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor) -> Tensor:
@@ -77,7 +77,7 @@ def index_merge_sum_reference(t: Tensor, kept: Tensor, src: Tensor, dst: Tensor)
         return out.scatter_add(1, _expand_index(dst, t.shape[-1]), moved)
     # `out` is a fresh tensor: add rows into it in place (no copy of it), in the same order as scatter_add
     batch, rows, width = out.shape
-    out.view(batch * rows, width).index_add_(0, _flat_rows(dst, rows), moved.view(-1, width))
+    out.view(batch * rows, width).index_add_(0, flat_rows(dst, rows), moved.view(-1, width))
     return out
 
 
@@ -87,6 +87,11 @@ REFERENCE_OPS: Mapping[str, Callable[..., Tensor]] = {
 }
 # What runs now: the references, or what `use_ops` put in their place.
 _active: dict[str, Callable[..., Tensor]] = dict(REFERENCE_OPS)
+
+
+def references_active() -> bool:
+    """Whether every step runs its reference implementation (no `use_ops` override in force)."""
+    return all(_active[name] is step for name, step in REFERENCE_OPS.items())
 
 
 @contextlib.contextmanager

@@ -40,9 +40,9 @@ class Rate(NamedTuple):
 
 def at_most(count: Count, limit: Count) -> Count:
     """min(count, limit) for ints and per-sample tensors alike."""
-    if isinstance(count, Tensor) or isinstance(limit, Tensor):
-        return torch.minimum(torch.as_tensor(count), torch.as_tensor(limit))
-    return min(count, limit)
+    if isinstance(count, Tensor):
+        return torch.minimum(count, limit) if isinstance(limit, Tensor) else count.clamp(max=limit)
+    return limit.clamp(max=count) if isinstance(limit, Tensor) else min(count, limit)
 
 
 def rates_from_removals(

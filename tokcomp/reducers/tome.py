@@ -2,8 +2,9 @@
 
 1. metric = attention keys averaged over heads (`keys`, the paper's choice on ViTs), or the
    hidden states leaving the attention residual (`hidden`, the other feature the paper
-   ablates); L2-normalised (reducers/matching.py `similarity_metric`);
-2. alternating split A = even tokens, B = odd tokens; scores S = A B^T; protected tokens
+   ablates);
+2. alternating split A = even tokens, B = odd tokens; scores S = cosine similarity of A
+   and B (reducers/matching.py `bipartite_matching`); protected tokens
    (CLS, distillation, registers) never move and never receive (reducers/matching.py);
 3. each sample moves r of its own tokens, r = the layer's rate of its reducible tokens,
    at most half of them;
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from tokcomp.errors import TokcompError
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.greedy_matching import merge_greedy
-from tokcomp.reducers.matching import METRICS, bipartite_matching, merge_matched, similarity_metric
+from tokcomp.reducers.matching import METRICS, bipartite_matching, merge_matched, metric_features, similarity_metric
 from tokcomp.reducers.merge_cost import symmetric_similarity
 from tokcomp.reducers.rate import Rate
 from tokcomp.surgery.attention import AttentionInfo
@@ -80,7 +81,7 @@ class ToMe(Reducer):
             else:
                 scores = self.cost(x, state, attn)
             return merge_greedy(x, state, scores, removed, tokens - length, length, preserve_norm)
-        matching = bipartite_matching(similarity_metric(x, attn, self.metric), state)
+        matching = bipartite_matching(metric_features(x, attn, self.metric), state)
         return merge_matched(x, state, matching, removed, tokens - length, length, preserve_norm)
 
     def overhead_macs(self, tokens_in: int) -> int:

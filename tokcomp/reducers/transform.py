@@ -29,11 +29,13 @@ from tokcomp.errors import TokcompError
 from tokcomp.reducers.apply import merge
 from tokcomp.reducers.base import Reducer
 from tokcomp.reducers.matching import (
+    METRICS,
     Matching,
     alternate,
     bipartite_matching,
-    merge_matched,
     merge_into_most_similar,
+    merge_matched,
+    metric_features,
     plan_bipartite,
     scores_to_kept,
 )
@@ -43,7 +45,6 @@ from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState, real_count
 
 TARGET_SELECTIONS = ("alternating", "cls_attention")
-METRICS = ("hidden", "keys")
 # Defaults chosen on tuning data (CIFAR images, MiniLM tuning sentences; benchmarks/reducer_table.py
 # --sweep), never on the benchmark's evaluation data. See docs/reducers.md. k = 1 (each token moved
 # whole) has the best mean tuning fidelity and is exactly reproducible in export; k >= 2 at a low
@@ -117,14 +118,14 @@ class TokenTransform(Reducer):
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> tuple[Tensor, TokenState]:
         tokens = x.shape[1]
         length = self.kept_tokens(tokens)
-        metric = F.normalize(attn.key_metric() if self.metric == "keys" else x, dim=-1)
+        features = metric_features(x, attn, self.metric)
         removed = self.per_sample_removal(state, tokens)
         if self.selection == "alternating":
-            return self._alternating(x, state, metric, removed, tokens - length, length)
-        return self._to_most_attended(x, state, metric, attn, removed, tokens - length, length)
+            return self._alternating(x, state, features, removed, tokens - length, length)
+        return self._to_most_attended(x, state, F.normalize(features, dim=-1), attn, removed, tokens - length, length)
 
-    def _alternating(self, x, state, metric, removed, slots, length):
-        matching = bipartite_matching(metric, state)
+    def _alternating(self, x, state, features, removed, slots, length):
+        matching = bipartite_matching(features, state)
         if self.k == 1:
             return merge_matched(x, state, matching, removed, slots, length)
         return spread_matched(x, state, matching, removed, slots, length, self.k, self.temperature)
