@@ -101,7 +101,7 @@ def test_swapping_ops_keeps_model_outputs_identical(monkeypatch):
     x = torch.rand(2, 3, 32, 32)
     # swapped ops turn off the eager CPU merge of changed rows only (its own test is below): compare
     # the same arithmetic, so that only the ops differ
-    monkeypatch.setattr(apply, "in_place_path", lambda x: False)
+    monkeypatch.setattr(apply, "in_place_path", lambda *args: False)
     with torch.inference_mode():
         plain = model(pixel_values=x).logits
         with use_ops(TOKEN_OPS):
@@ -127,7 +127,7 @@ def test_the_eager_merge_of_changed_rows_equals_the_dense_merge(dtype, matching,
     state = state._replace(size=torch.randint(1, 5, state.size.shape, generator=generator).float())  # merged earlier
     reducer = ToMe(Rate(40, 100), 1, metric="hidden", matching=matching, merge=merge)
     changed_rows, changed_state = reducer(x, state, None)
-    monkeypatch.setattr(apply, "in_place_path", lambda x: False)
+    monkeypatch.setattr(apply, "in_place_path", lambda *args: False)
     dense, dense_state = reducer(x, state, None)
     assert (changed_state.real is None) == (dense_state.real is None)
     for field in ("size", "real", "protected", "position"):
@@ -137,6 +137,19 @@ def test_the_eager_merge_of_changed_rows_equals_the_dense_merge(dtype, matching,
     torch.testing.assert_close(changed_rows.float(), dense.float(), rtol=tolerance, atol=tolerance)
     if padded:  # rows past a sample's end are empty in both
         assert torch.equal(changed_rows[~changed_state.real], torch.zeros_like(changed_rows[~changed_state.real]))
+
+
+def test_merges_with_gradients_or_swapped_ops_take_the_dense_path():
+    from tokcomp.reducers.apply import in_place_path
+    from tokcomp.surgery.state import TokenState
+
+    x = torch.randn(2, 9, 4)
+    state = TokenState.initial(x, None, 1, False)
+    assert in_place_path(x, state)
+    assert not in_place_path(x.requires_grad_(True), state)
+    assert not in_place_path(x.detach(), state._replace(size=state.size.requires_grad_(True)))
+    with use_ops(TOKEN_OPS):
+        assert not in_place_path(x.detach(), TokenState.initial(x, None, 1, False))
 
 
 def test_use_ops_rejects_unknown_steps_and_restores():

@@ -130,7 +130,7 @@ def merge(
     norms: a mean of tokens pointing different ways is shorter than any of them, which the
     next layers read as a different token.
     """
-    if assignment is None and scale is None and state.source is None and in_place_path(x):
+    if assignment is None and scale is None and state.source is None and in_place_path(x, state):
         return merge_into_kept_rows(x, state, kept, src, dst, null, preserve_norm)
     dtype = carrier_dtype(x.dtype)
     weight = state.weight() if scale is None else state.weight() * scale
@@ -167,10 +167,10 @@ def merge(
     )
 
 
-def in_place_path(x: Tensor) -> bool:
+def in_place_path(x: Tensor, state: TokenState) -> bool:
     """Whether an exclusive merge may update only the rows it changes (merge_into_kept_rows): eager on
     CPU (eager_cpu_path), without gradients, with the reference token ops in use (export swaps them)."""
-    return eager_cpu_path(x) and not x.requires_grad and references_active()
+    return eager_cpu_path(x) and not (x.requires_grad or state.size.requires_grad) and references_active()
 
 
 def merge_into_kept_rows(
@@ -180,8 +180,9 @@ def merge_into_kept_rows(
 
     Output row i starts as token kept[i]; each moved token s then joins its row r = dst[s]:
     row += w_s (x_s - row) / W_r, with W_r the row's summed weight. That is the same
-    size-weighted mean (up to rounding) in one pass over the kept rows, where the dense
-    merge makes five over all tokens: short inputs on CPU feel every pass.
+    size-weighted mean (up to rounding) from one copy of the kept rows, where the dense merge
+    writes a weighted copy of every token, gathers the kept rows from it and divides them by
+    their weights: short inputs on CPU feel every pass.
     """
     dtype = carrier_dtype(x.dtype)
     tokens, hidden = x.shape[1:]
