@@ -73,12 +73,16 @@ PASSES = {
     "Zero-TPrune": {"type": "zero_tprune", "target_flops": CUT},
 }
 
+
 def at_counts(name: str, r_per_layer: list[int]) -> dict:
     """Pass `name` at fixed tokens removed per block (at the reference input) instead of its FLOPs target."""
     spec = {key: value for key, value in PASSES[name].items() if key != "target_flops"}
     return {**spec, "r": r_per_layer}
 
 
+# all-MiniLM-L6-v2 is a mean-pooled sentence encoder (its sentence-transformers config), though its
+# BertModel has a pooler: the learned cost must measure merges on the embedding its users get.
+POOLING = "mean"
 # Rows that calibrate: Debian Reference prose, disjoint from the held-out Python documentation.
 CALIBRATION = {"ToMe, greedy, norm-preserving, learned cost": {"data": "zoo:prose:en", "samples": 800}}
 
@@ -129,7 +133,12 @@ def run(args) -> dict:
         model = copy.deepcopy(original)
         calibration = CALIBRATION.get(name)
         (record,) = apply_passes(
-            model, [spec], sequence_length=REFERENCE_LENGTH, processor=tokenizer, calibration=calibration
+            model,
+            [spec],
+            sequence_length=REFERENCE_LENGTH,
+            processor=tokenizer,
+            calibration=calibration,
+            pooling=POOLING,
         )
         meta = record.metadata
         reducers = [block.reducer for block in token_blocks(model)]
@@ -211,7 +220,8 @@ def markdown(result: dict) -> str:
             "fitted during the compile on calibration text (reducers/merge_cost.py, calibrate/merge_cost.py): "
             + "; ".join(
                 f"{row['reducer']}: {row['calibration']['used']} of {row['calibration']['drawn']} sentences drawn "
-                f"from {row['calibration']['data']} (the others are longer than cost_model.max_tokens)"
+                f"from {row['calibration']['data']} (the others are longer than cost_model.max_tokens), costs "
+                f"measured on the {row['calibration']['pooling']}-pooled embedding, as the model's users pool it"
                 for row in result["rows"]
                 if row.get("calibration")
             )

@@ -40,7 +40,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import bootstrap_mean, load_average, machine, no_timing_line, write_results  # noqa: E402
-from benchmarks.dynamic_padding import CALIBRATION, CUT, PASSES, REFERENCE_LENGTH, at_counts, buckets  # noqa: E402
+from benchmarks.dynamic_padding import (  # noqa: E402
+    CALIBRATION,
+    CUT,
+    PASSES,
+    POOLING,
+    REFERENCE_LENGTH,
+    at_counts,
+    buckets,
+)
 from benchmarks.merge_oracle import pooled, state_of  # noqa: E402
 from tokcomp.analysis.fidelity import model_outputs  # noqa: E402
 from tokcomp.calibrate.merge_cost import Measurement, pooled_after_merging  # noqa: E402
@@ -120,6 +128,7 @@ def compiled(original, tokenizer, name: str, r_per_layer: list[int] | None = Non
         sequence_length=REFERENCE_LENGTH,
         processor=tokenizer,
         calibration=CALIBRATION.get(name),
+        pooling=POOLING,
     )
     return model, record.metadata
 
@@ -195,7 +204,8 @@ def markdown(result: dict) -> str:
             f"ToMe's counts (r = {result['learned_cost']['r_per_layer']} at 128 tokens; its own -35% budget, which "
             "counts the cost model, removes more: benchmarks/results/dynamic_padding.md), "
             f"calibrated on {calibration['used']} of {calibration['drawn']} sentences drawn from "
-            f"{calibration['data']} (those of at most cost_model.max_tokens tokens). Measured costs see the "
+            f"{calibration['data']} (those of at most cost_model.max_tokens tokens), its costs measured on the "
+            f"{calibration['pooling']}-pooled embedding. Measured costs see the "
             "original's output: bounds, not reducers. Cells: cosine of the size-weighted mean-pooled output to the "
             "original's (mean, 95% bootstrap interval); then the difference to ToMe, paired per sentence, with its "
             "interval."

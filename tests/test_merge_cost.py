@@ -213,3 +213,25 @@ def test_exports_to_onnx_with_tokcomp_ops(tmp_path):
     tokcomp.apply(model, [{**GREEDY_LEARNED, "cost": "similarity", "r": 4}])
     attach_random_costs(model)
     check_tokcomp_export(model, {"IndexMerge": 1}, tmp_path)
+
+
+@pytest.mark.parametrize("pooling,measured_on", [(None, "cls"), ("mean", "mean"), ("cls", "cls")])
+def test_apply_measures_merge_costs_on_the_pooling_it_is_given(monkeypatch, pooling, measured_on):
+    """A sentence encoder that mean-pools a model with a pooler (all-MiniLM-L6-v2) must be calibrated on
+    its mean-pooled embedding: `pooling=` reaches the measurement; without it a model with a pooler is CLS."""
+    import tokcomp.calibrate.merge_cost as merge_cost
+
+    seen = []
+
+    def record_pooling(model, blocks, settings, preserve_norm, reference_tokens, ctx, pass_name):
+        seen.append(ctx.loaded.pooling)
+        return {}, {}
+
+    monkeypatch.setattr(merge_cost, "learn_merge_costs", record_pooling)
+    tokcomp.apply(tiny_bert(), [{**GREEDY_LEARNED, "r": 2}], processor=object(), pooling=pooling)
+    assert seen == [measured_on]
+
+
+def test_an_unknown_pooling_is_refused():
+    with pytest.raises(RecipeError, match=r"pooling 'max' is not known.*'mean' or 'cls'"):
+        tokcomp.apply(tiny_bert(), [{**GREEDY_LEARNED, "r": 2}], processor=object(), pooling="max")

@@ -212,7 +212,7 @@ def test_minilm_hidden_metric_beats_keys_in_every_bucket(minilm, minilm_buckets,
             marks=pytest.mark.xfail(
                 strict=True,
                 reason="ToMe's similarity-ranked merges reach ~0.93 on 8-16 real tokens at -35%; greedy matching "
-                "on a learned merge cost (cost: learned) reaches 0.950 at its own budget, which pays for the cost "
+                "on a learned merge cost (cost: learned) reaches ~0.947 at its own budget, which pays for the cost "
                 "model: test_minilm_learned_merge_cost_reaches_0_95",
             ),
         ),
@@ -248,7 +248,12 @@ def minilm_learned(minilm):
     name = "ToMe, greedy, norm-preserving, learned cost"
     model = copy.deepcopy(minilm.model)
     record = _record(
-        model, [PASSES[name]], sequence_length=128, processor=minilm.processor, calibration=CALIBRATION[name]
+        model,
+        [PASSES[name]],
+        sequence_length=128,
+        processor=minilm.processor,
+        calibration=CALIBRATION[name],
+        pooling=minilm.pooling,
     )
     return model, record.metadata["r_per_layer"]
 
@@ -260,10 +265,10 @@ def minilm_learned(minilm):
         pytest.param(
             "8-16",
             marks=pytest.mark.xfail(
-                strict=False,
-                reason="at the mark, not above it: 0.9501 (95% interval 0.937-0.961) in "
-                "benchmarks/results/dynamic_padding.md, where a near-tie moves with the CPU's float rounding; that "
-                "it beats similarity there is test_minilm_learned_merge_cost_beats_similarity_on_short_sentences",
+                strict=True,
+                reason="below the mark: 0.9475 (95% interval 0.935-0.959) in benchmarks/results/dynamic_padding.md, "
+                "calibrated on the mean-pooled embedding the model's users get; that it beats similarity there is "
+                "test_minilm_learned_merge_cost_beats_similarity_on_short_sentences",
             ),
         ),
         "17-32",

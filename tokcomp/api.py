@@ -30,6 +30,7 @@ def apply(
     seed: int = 0,
     processor=None,
     calibration: dict[str, Any] | None = None,
+    pooling: str | None = None,
 ) -> nn.Module:
     """In-memory surgery, e.g. tokcomp.apply(model, [{"type": "tome", "target_flops": "-35%"}], image_size=224).
 
@@ -39,7 +40,9 @@ def apply(
     at every resolution and length. The tokens each block keeps at the reference input are
     logged. `processor` and `calibration` (a recipe's calibration section, e.g. {"data":
     "zoo:prose-calib:en", "samples": 400}) are for passes that calibrate on data (`rates: learned`
-    on Whisper, `cost: learned`). Returns the model, rewritten in place.
+    on Whisper, `cost: learned`). `pooling` ("mean" or "cls"): the embedding `cost: learned` measures
+    merges on; by default mean for text models without a pooler, else CLS, so give "mean" for a
+    mean-pooled sentence encoder such as all-MiniLM-L6-v2. Returns the model, rewritten in place.
     """
     apply_passes(
         model,
@@ -49,6 +52,7 @@ def apply(
         seed=seed,
         processor=processor,
         calibration=calibration,
+        pooling=pooling,
     )
     return model
 

@@ -78,6 +78,7 @@ def apply_passes(
     seed: int = 0,
     processor=None,
     calibration: dict[str, Any] | None = None,
+    pooling: str | None = None,
 ) -> list[PassRecord]:
     """In-memory surgery: validate pass dicts like [{"type": "tome", "r": 8}] and apply them.
 
@@ -86,7 +87,10 @@ def apply_passes(
     records (with each token pass's tokens per layer at the reference input), also logged.
     `processor` (the model's processor or tokenizer) and `calibration` (a recipe's calibration
     section as a dict) are for passes that calibrate on data (`rates: learned` on Whisper with its
-    WhisperProcessor, `cost: learned` with the tokenizer or image processor).
+    WhisperProcessor, `cost: learned` with the tokenizer or image processor). `pooling` ("mean" or
+    "cls") is how the model's output becomes one embedding, which `cost: learned` measures on; by
+    default mean for text models without a pooler, else CLS: give "mean" for sentence encoders
+    that mean-pool a model with a pooler (all-MiniLM-L6-v2 and most sentence-transformers models).
     """
     from tokcomp.recipe import CalibrationSpec, parse_pass_list
     from tokcomp.surgery import find_adapter
@@ -97,11 +101,13 @@ def apply_passes(
             input_spec = find_adapter(model).default_input(model, image_size, sequence_length)
         except UnsupportedModelError:  # passes that do not reduce tokens (vocabulary trimming)
             input_spec = InputSpec("text", sequence_length=sequence_length)
+    if pooling not in (None, "mean", "cls"):
+        raise RecipeError(f"pooling {pooling!r} is not known", hint="give 'mean' or 'cls'")
     loaded = None
     if processor is not None:
         from tokcomp.sources import LoadedModel, default_pooling
 
-        pooling = default_pooling(model, input_spec.modality)
+        pooling = pooling or default_pooling(model, input_spec.modality)
         loaded = LoadedModel(model, "in-memory", "transformers", type(model).__name__, input_spec, processor, pooling)
     spec = None
     if calibration is not None:

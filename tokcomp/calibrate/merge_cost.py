@@ -128,14 +128,14 @@ class MeasuredMergeCost(nn.Module):
             ]
         )
         cost = 1 - F.cosine_similarity(pooled, m.reference.expand_as(pooled), dim=-1)
-        keys = symmetric_similarity(F.normalize(attn.key_metric(), dim=-1))
+        keys = F.normalize(attn.key_metric(), dim=-1)[0]  # compared per pair, as candidate_cosine does
         m.records.append(
             PairCosts(
                 self.index,
                 x[0, first].float(),
                 x[0, second].float(),
                 similarity[0, first, second].float(),
-                keys[0, first, second].float(),
+                (keys[first] * keys[second]).sum(dim=-1).float(),
                 state.size[0, first].float(),
                 state.size[0, second].float(),
                 cost.float(),
@@ -289,11 +289,12 @@ def learn_merge_costs(
             bar.advance(task)
     seconds = time.perf_counter() - started
     info(
-        f"{pass_name}: merge costs measured on {len(text.inputs)} samples of {text.data} ({measured:.0f} s), "
-        f"fitted for {len(models)} blocks ({seconds - measured:.0f} s)"
+        f"{pass_name}: merge costs measured on the {pooling}-pooled output of {len(text.inputs)} samples of "
+        f"{text.data} ({measured:.0f} s), fitted for {len(models)} blocks ({seconds - measured:.0f} s)"
     )
     report = {
         "calibration": {
+            "pooling": pooling,
             "data": text.data,
             "drawn": text.drawn,
             "used": len(text.inputs),

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tokcomp.reducers.ops import gather_tokens_reference as gather_rows  # not a swappable step
 from tokcomp.surgery.attention import AttentionInfo
 from tokcomp.surgery.state import TokenState
 
@@ -43,6 +44,17 @@ def symmetric_similarity(features: Tensor) -> Tensor:
     scores = features @ features.transpose(-1, -2)
     # halving in place on the fresh sum: exact, as / 2 is, without a third N x N tensor
     return (scores + scores.transpose(-1, -2)).mul_(0.5)
+
+
+def candidate_cosine(features: Tensor, partners: Tensor) -> Tensor:
+    """[B, N, k] dot products of L2-normalised features [B, N, d] with each token's partners [B, N, k].
+
+    Only at the candidates: an [N, N] matrix would cost N / k times more. An elementwise product
+    summed over d is the same for (i, j) and (j, i), so pairs stay exactly symmetric.
+    """
+    batch, tokens, k = partners.shape
+    partner_rows = gather_rows(features, partners.flatten(1)).view(batch, tokens, k, -1)
+    return (features[:, :, None, :] * partner_rows).sum(dim=-1)
 
 
 def allowed_pairs(state: TokenState) -> Tensor:
@@ -138,7 +150,7 @@ class LearnedMergeCost(nn.Module):
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> Tensor:
         """[B, N, N] greedy scores: minus the predicted log cost at candidate pairs."""
-        batch, tokens, width = x.shape
+        batch, tokens, _ = x.shape
         similarity = symmetric_similarity(F.normalize(x, dim=-1))
         partners = candidate_partners(similarity, allowed_pairs(state), self.candidates)
         k = partners.shape[-1]
@@ -146,16 +158,14 @@ class LearnedMergeCost(nn.Module):
         token_term = x @ self.weight
         # one partner slot at a time: [B, N, d] pair features stay in cache, [B, N, k, d] would not
         first_layer = torch.stack(
-            [self._first_layer(x, x.gather(1, partners[:, :, slot, None].expand(-1, -1, width))) for slot in range(k)],
-            dim=2,
+            [self._first_layer(x, gather_rows(x, partners[:, :, slot])) for slot in range(k)], dim=2
         )
-        key_similarity = symmetric_similarity(F.normalize(attn.key_metric(), dim=-1))
         log_cost = self._log_cost(
             token_term[:, :, None],
             token_term.gather(1, flat).view(batch, tokens, k),
             first_layer,
             similarity.gather(-1, partners),
-            key_similarity.gather(-1, partners),
+            candidate_cosine(F.normalize(attn.key_metric(), dim=-1), partners),
             state.size[:, :, None],
             state.size.gather(1, flat).view(batch, tokens, k),
         )
