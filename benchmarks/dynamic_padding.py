@@ -80,9 +80,6 @@ def at_counts(name: str, r_per_layer: list[int]) -> dict:
     return {**spec, "r": r_per_layer}
 
 
-# all-MiniLM-L6-v2 is a mean-pooled sentence encoder (its sentence-transformers config), though its
-# BertModel has a pooler: the learned cost must measure merges on the embedding its users get.
-POOLING = "mean"
 # Rows that calibrate: Debian Reference prose, disjoint from the held-out Python documentation.
 CALIBRATION = {"ToMe, greedy, norm-preserving, learned cost": {"data": "zoo:prose:en", "samples": 800}}
 
@@ -138,7 +135,9 @@ def run(args) -> dict:
             sequence_length=REFERENCE_LENGTH,
             processor=tokenizer,
             calibration=calibration,
-            pooling=POOLING,
+            # the model's own pooling (sentence-transformers' mean; its BertModel also has a pooler): the
+            # learned cost must measure merges on the embedding its users get
+            pooling=loaded.pooling,
         )
         meta = record.metadata
         reducers = [block.reducer for block in token_blocks(model)]

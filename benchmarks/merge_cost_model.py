@@ -40,15 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import bootstrap_mean, load_average, machine, no_timing_line, write_results  # noqa: E402
-from benchmarks.dynamic_padding import (  # noqa: E402
-    CALIBRATION,
-    CUT,
-    PASSES,
-    POOLING,
-    REFERENCE_LENGTH,
-    at_counts,
-    buckets,
-)
+from benchmarks.dynamic_padding import CALIBRATION, CUT, PASSES, REFERENCE_LENGTH, at_counts, buckets  # noqa: E402
 from benchmarks.merge_oracle import pooled, state_of  # noqa: E402
 from tokcomp.analysis.fidelity import model_outputs  # noqa: E402
 from tokcomp.calibrate.merge_cost import Measurement, pooled_after_merging  # noqa: E402
@@ -117,18 +109,19 @@ def measured_bound(blocks, embeddings, ids: torch.Tensor, reference: torch.Tenso
     return pooled(x, size)
 
 
-def compiled(original, tokenizer, name: str, r_per_layer: list[int] | None = None):
-    """(a copy of MiniLM compiled with benchmarks/dynamic_padding.py's pass `name` and its calibration, the
-    pass metadata); with `r_per_layer`, at those counts instead of the pass's FLOPs target."""
-    model = copy.deepcopy(original)
+def compiled(loaded, name: str, r_per_layer: list[int] | None = None):
+    """(a copy of MiniLM (`loaded`, from load_model) compiled with benchmarks/dynamic_padding.py's pass `name`
+    and its calibration, the pass metadata); with `r_per_layer`, at those counts instead of the pass's FLOPs
+    target. A learned cost measures on the model's own pooling (mean for all-MiniLM-L6-v2)."""
+    model = copy.deepcopy(loaded.model)
     spec = PASSES[name] if r_per_layer is None else at_counts(name, r_per_layer)
     (record,) = apply_passes(
         model,
         [spec],
         sequence_length=REFERENCE_LENGTH,
-        processor=tokenizer,
+        processor=loaded.processor,
         calibration=CALIBRATION.get(name),
-        pooling=POOLING,
+        pooling=loaded.pooling,
     )
     return model, record.metadata
 
@@ -136,10 +129,10 @@ def compiled(original, tokenizer, name: str, r_per_layer: list[int] | None = Non
 def run(args) -> dict:
     loaded = load_model("zoo:minilm-l6")
     tokenizer, original = loaded.processor, loaded.model
-    tome, tome_record = compiled(original, tokenizer, "ToMe")
-    models = {"tome": tome, "greedy_cosine": compiled(original, tokenizer, "ToMe, matching: greedy")[0]}
+    tome, tome_record = compiled(loaded, "ToMe")
+    models = {"tome": tome, "greedy_cosine": compiled(loaded, "ToMe, matching: greedy")[0]}
     # at ToMe's counts: its own target_flops budget, which counts the cost model's MACs, removes more
-    models["greedy_learned"], learned = compiled(original, tokenizer, LEARNED, tome_record["r_per_layer"])
+    models["greedy_learned"], learned = compiled(loaded, LEARNED, tome_record["r_per_layer"])
     blocks = token_blocks(models["tome"])  # ToMe's counts; the bounds take its blocks' reducers for them
     embeddings = models["tome"].embeddings
 
