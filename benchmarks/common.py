@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -35,24 +35,46 @@ def machine() -> dict:
 
 @torch.inference_mode()
 def interleaved_throughput(
-    runners: dict[str, Callable[[], object]], batch: int, repeats: int, warmup: int = 2
+    runners: dict[str, Callable[[], object] | Sequence[Callable[[], object]]],
+    batch: int,
+    repeats: int,
+    warmup: int = 2,
 ) -> dict[str, dict]:
-    """Images (or sequences) per second for each runner; median over alternating repeats (each repeat's
-    seconds are kept, in order, so paired ratios per round can be read)."""
-    for run in runners.values():
+    """Images (or sequences) per second for each runner; median over `repeats` rounds, each round's
+    seconds kept in order so that paired ratios per round can be read.
+
+    A runner is one callable, or a sequence of steps (say, one per batch of a corpus) that together
+    make one round. Step k of every runner runs before step k + 1 of any, in an order that rotates
+    with k and the round: every runner then meets the machine's load in the same few seconds, not
+    in its own slot of a round, where load that drifts on a shared machine favours one runner.
+    """
+    steps = {name: list(run) if isinstance(run, Sequence) else [run] for name, run in runners.items()}
+    counts = {len(s) for s in steps.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every runner needs the same number of steps, got {sorted(counts)}")
+    (count,) = counts
+    names = list(steps)
+    for name in names:
         for _ in range(warmup):
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            for step in steps[name]:
+                step()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        spent = dict.fromkeys(names, 0.0)
+        for k in range(count):
+            shift = (round_ + k) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                steps[name][k]()
+                spent[name] += time.perf_counter() - start
+        for name in names:
+            times[name].append(spent[name])
     return {
         name: {
             "median_s": statistics.median(t),
             "items_per_s": batch / statistics.median(t),
             "repeats": len(t),
+            "steps_per_repeat": count,
             "seconds": t,
         }
         for name, t in times.items()

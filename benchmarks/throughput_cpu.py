@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import interleaved_throughput, load_average, machine  # noqa: E402
 from tokcomp.analysis.flops import model_macs  # noqa: E402
 from tokcomp.data import load_samples, make_batches  # noqa: E402
+from tokcomp.fileio import atomic_write_text  # noqa: E402
 from tokcomp.passes.token_reduction import geometry_of  # noqa: E402
 from tokcomp.pipeline import PassContext, run_passes  # noqa: E402
 from tokcomp.recipe import load_recipe  # noqa: E402
@@ -68,7 +69,7 @@ def measure(recipe_path: Path, batch: int, repeats: int) -> dict:
 
 def write_results(rows: list[dict], info: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cpu_throughput.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    atomic_write_text(RESULTS / "cpu_throughput.json", json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
     lines = [
         "# Eager CPU throughput: original vs compressed (one run, interleaved)",
         "",
@@ -89,7 +90,7 @@ def write_results(rows: list[dict], info: dict) -> None:
             f"{row['speedup_over_flops_ratio']:.3f} | {'yes' if row['target_met'] else 'no'} | "
             f"{row['load_average']['before']:.2f} / {row['load_average']['after']:.2f} |"
         )
-    (RESULTS / "cpu_throughput.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "cpu_throughput.md", "\n".join(lines) + "\n")
 
 
 def main() -> None:
