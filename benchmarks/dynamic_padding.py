@@ -184,6 +184,14 @@ def _dense_gmacs(model) -> float:
     return model_macs(geometry, [REFERENCE_LENGTH] * geometry.num_layers) / 1e9
 
 
+def _cost_model(row: dict) -> str:
+    """What a learned cost computes per token, in words."""
+    shape = row["cost_model"]
+    if not shape["hidden"]:
+        return f"linear: a dot product a token, evaluated on each token's {shape['candidates']} candidate partners"
+    return f"a pair MLP of width {shape['hidden']} on each token's {shape['candidates']} candidate partners"
+
+
 def markdown(result: dict) -> str:
     labels = [f"{low}-{high}" for low, high in BUCKETS]
     lines = [
@@ -226,9 +234,9 @@ def markdown(result: dict) -> str:
             )
             + ". "
             + " ".join(
-                f"The {row['reducer']} row's target_flops budget counts its own cost model (the pair MLP on each "
-                f"token's {row['cost_model']['candidates']} candidate partners, reducers/merge_cost.py "
-                "LearnedMergeCost.macs), which its FLOPs cut column leaves out like every other row's matching; "
+                f"The {row['reducer']} row's target_flops budget counts its own cost model ({_cost_model(row)}, "
+                "reducers/merge_cost.py LearnedMergeCost.macs), which its FLOPs cut column leaves out like every "
+                "other row's matching; "
                 "counting it the cut is "
                 + " / ".join(f"{100 * row['buckets'][label]['flops_cut_counting_cost_model']:.1f}%" for label in labels)
                 + " (mean per bucket)."

@@ -33,22 +33,23 @@ def random_cost(width: int, hidden: int = 8, candidates: int = 3, seed: int = 0)
     return cost.requires_grad_(False)
 
 
-def attach_random_costs(model, candidates: int = 3) -> None:
+def attach_random_costs(model, candidates: int = 3, hidden: int = 8) -> None:
     """Give every ToMe reducer of `model` (greedy matching) a random learned cost."""
     for index, block in enumerate(token_blocks(model)):
         if block.reducer is not None:
-            block.reducer.cost = random_cost(block.hidden_size, candidates=candidates, seed=index)
+            block.reducer.cost = random_cost(block.hidden_size, hidden, candidates, seed=index)
 
 
 def _attention(keys: torch.Tensor) -> AttentionInfo:
     return AttentionInfo(query=keys[:, None], key=keys[:, None], bias=None, scale=1.0)
 
 
-def test_scores_are_minus_the_predicted_log_cost_at_candidates_which_rank_first():
+@pytest.mark.parametrize("hidden", [0, 8])  # the linear cost (the default) and one with a pair MLP
+def test_scores_are_minus_the_predicted_log_cost_at_candidates_which_rank_first(hidden):
     torch.manual_seed(1)
     x, keys = torch.randn(2, 9, 16), torch.randn(2, 9, 16)
     state = state_of(torch.rand(2, 9) * 3 + 1)
-    cost = random_cost(16, candidates=2)
+    cost = random_cost(16, hidden=hidden, candidates=2)
     scores = cost(x, state, _attention(keys))
     assert torch.equal(scores, scores.transpose(-1, -2))
 
@@ -80,6 +81,8 @@ def test_macs_are_what_torch_counts_for_the_pair_mlp():
     per_token_term = batch * tokens * width  # a matrix-vector product, which the counter leaves out
     assert pair_mlp + per_token_term == batch * cost.macs(tokens)
     assert cost.macs(2) == 2 * width + 2 * (2 * width * 8 + 8)  # one partner each below k + 1 tokens
+    linear = random_cost(width, hidden=0, candidates=3)
+    assert linear.pair is None and linear.macs(tokens) == tokens * width  # the per-token term only
 
 
 def test_candidates_are_each_tokens_most_similar_allowed_partners_either_way():
@@ -139,13 +142,14 @@ def _recipe(root, budget: dict | None = None, **cost_model) -> dict:
     }
 
 
-def test_compile_fits_a_cost_per_block_and_the_checkpoint_reloads_it(tiny_vit_with_images, tmp_path):
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_compile_fits_a_cost_per_block_and_the_checkpoint_reloads_it(tiny_vit_with_images, tmp_path, hidden):
     from safetensors.torch import load_file
     from transformers import AutoModelForImageClassification
 
-    out = tokcomp.compile(_recipe(tiny_vit_with_images), tmp_path / "ckpt")
+    out = tokcomp.compile(_recipe(tiny_vit_with_images, hidden=hidden), tmp_path / "ckpt")
     (record,) = json.loads((out / "tokcomp.json").read_text())["passes"]
-    assert record["metadata"]["merge_cost"] == {"hidden": 8, "candidates": 2}
+    assert record["metadata"]["merge_cost"] == {"hidden": hidden, "candidates": 2}
     report = json.loads((out / "report.json").read_text())
     fits = report["tome"]["merge_cost"]
     assert fits["calibration"]["used"] == 4 and sorted(fits["blocks"]) == ["0", "1", "2", "3"]
@@ -153,8 +157,9 @@ def test_compile_fits_a_cost_per_block_and_the_checkpoint_reloads_it(tiny_vit_wi
 
     saved = load_file(out / "model.safetensors")
     cost_keys = sorted(k for k in saved if ".reducer.cost." in k)
-    assert len(cost_keys) == 4 * 6  # weight, coefficients, two Linear layers' weight and bias, in 4 blocks
-    assert all(saved[k].abs().sum() > 0 for k in cost_keys if k.endswith("pair.2.weight"))
+    # weight and coefficients, and with a pair MLP its two Linear layers' weight and bias, in 4 blocks
+    assert len(cost_keys) == 4 * (6 if hidden else 2)
+    assert all(saved[k].abs().sum() > 0 for k in cost_keys if k.endswith(("pair.2.weight", "cost.weight")))
     reloaded = tokcomp.load(out)
     assert all(b.reducer.describe()["cost"] == "learned" for b in token_blocks(reloaded))
     state = reloaded.state_dict()
@@ -205,13 +210,14 @@ def test_a_flops_target_counts_the_cost_models_macs(tiny_vit_with_images, tmp_pa
     assert report["flops"]["compressed"] == pytest.approx(with_cost / 1e9, abs=1e-6)
 
 
-def test_exports_to_onnx_with_tokcomp_ops(tmp_path):
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_exports_to_onnx_with_tokcomp_ops(tmp_path, hidden):
     from tests.test_export import small_vision
     from tests.test_export_reducers import check_tokcomp_export
 
     model = small_vision("dinov2", layers=1)
     tokcomp.apply(model, [{**GREEDY_LEARNED, "cost": "similarity", "r": 4}])
-    attach_random_costs(model)
+    attach_random_costs(model, hidden=hidden)
     check_tokcomp_export(model, {"IndexMerge": 1}, tmp_path)
 
 

@@ -15,8 +15,9 @@ each other, so a sample's overall level (set by its length and its text) is not 
 capacity: on a validation split the relative fit scored at least as high as the absolute one in
 every length bucket, over four fit seeds. AdamW runs `steps` steps on whole samples drawn at
 random, about `batch_pairs` pairs a step: the linear terms at lr 1e-2 with an L2 penalty of 0.1
-on the per-token weight, the pair MLP at 3e-3 with weight decay 0.01 (rates chosen on
-calibration text when the cost was designed; results: benchmarks/results/merge_cost_model.md).
+on the per-token weight, a pair MLP (`hidden` > 0; none by default) at 3e-3 with weight decay
+0.01 (rates chosen on calibration text when the cost was designed; results:
+benchmarks/results/merge_cost_model.md).
 """
 
 from __future__ import annotations
@@ -241,12 +242,10 @@ def _fit(records: list[PairCosts], width: int, settings, seed: int) -> tuple[Lea
     counts = torch.tensor([len(r.cost) for r in records])
     starts = counts.cumsum(0) - counts
     per_step = max(1, round(settings.batch_pairs * len(records) / len(target)))  # samples of ~batch_pairs pairs
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [model.weight, model.coefficients], "lr": LINEAR_LR, "weight_decay": 0.0},
-            {"params": model.pair.parameters(), "lr": PAIR_LR, "weight_decay": PAIR_WEIGHT_DECAY},
-        ]
-    )
+    groups = [{"params": [model.weight, model.coefficients], "lr": LINEAR_LR, "weight_decay": 0.0}]
+    if model.pair is not None:
+        groups.append({"params": model.pair.parameters(), "lr": PAIR_LR, "weight_decay": PAIR_WEIGHT_DECAY})
+    optimizer = torch.optim.AdamW(groups)
     for _ in range(settings.steps):
         chosen = torch.randint(len(records), (per_step,), generator=generator)
         # every pair of the chosen samples: `sample` numbers them 0..per_step-1, `within` counts each one's pairs

@@ -7,10 +7,11 @@ matching on measured costs reaches 0.976 mean-pooled cosine on 8-16-token senten
 merging tokens i and j:
 
     log cost(i, j) = w . (h_i + h_j) + b1 log(1 - cos h) + b2 log(1 - cos k)
-                     + a log(s_i s_j / (s_i + s_j)) + c + MLP([h_i * h_j, |h_i - h_j|])
+                     + a log(s_i s_j / (s_i + s_j)) + c [+ MLP([h_i * h_j, |h_i - h_j|])]
 
 (h: hidden states leaving the attention residual, k: attention keys averaged over heads, s: token
-sizes), symmetric in i and j. The parameters are fitted on calibration data
+sizes), symmetric in i and j. The pair MLP is optional (`hidden` > 0); without it the cost needs
+no per-pair pass over the hidden states. The parameters are fitted on calibration data
 (calibrate/merge_cost.py) and travel in the checkpoint's weights.
 
 The cost is evaluated only on candidate pairs: each token's `candidates` most cosine-similar
@@ -96,9 +97,11 @@ class LearnedMergeCost(nn.Module):
         self.width, self.hidden, self.candidates = width, hidden, candidates
         self.weight = nn.Parameter(torch.zeros(width))  # w: the per-token term
         self.coefficients = nn.Parameter(torch.zeros(4))  # b1, b2, a, c
-        self.pair = nn.Sequential(nn.Linear(2 * width, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.pair[2].weight)  # starts as the linear model
-        nn.init.zeros_(self.pair[2].bias)
+        self.pair = None  # hidden = 0: the linear cost
+        if hidden:
+            self.pair = nn.Sequential(nn.Linear(2 * width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            nn.init.zeros_(self.pair[2].weight)  # starts as the linear model
+            nn.init.zeros_(self.pair[2].bias)
 
     def log_cost(
         self,
@@ -113,7 +116,7 @@ class LearnedMergeCost(nn.Module):
         return self._log_cost(
             first @ self.weight,
             second @ self.weight,
-            self._first_layer(first, second),
+            None if self.pair is None else self._first_layer(first, second),
             cos_hidden,
             cos_keys,
             size_first,
@@ -130,13 +133,14 @@ class LearnedMergeCost(nn.Module):
         self,
         token_first: Tensor,
         token_second: Tensor,
-        first_layer: Tensor,
+        first_layer: Tensor | None,
         cos_hidden: Tensor,
         cos_keys: Tensor,
         size_first: Tensor,
         size_second: Tensor,
     ) -> Tensor:
-        """The log cost from its parts: w . h of each token [...], the first layer's output [..., hidden]."""
+        """The log cost from its parts: w . h of each token [...], the first layer's output [..., hidden] (None
+        without a pair MLP)."""
         terms = torch.stack(
             [
                 torch.log((1 - cos_hidden).clamp_min(MIN_DISTANCE)),
@@ -146,6 +150,8 @@ class LearnedMergeCost(nn.Module):
             dim=-1,
         )
         linear = token_first + token_second + terms @ self.coefficients[:3] + self.coefficients[3]
+        if first_layer is None:
+            return linear
         return linear + self.pair[2](self.pair[1](first_layer))[..., 0]
 
     def forward(self, x: Tensor, state: TokenState, attn: AttentionInfo) -> Tensor:
@@ -156,10 +162,12 @@ class LearnedMergeCost(nn.Module):
         k = partners.shape[-1]
         flat = partners.flatten(1)
         token_term = x @ self.weight
-        # one partner slot at a time: [B, N, d] pair features stay in cache, [B, N, k, d] would not
-        first_layer = torch.stack(
-            [self._first_layer(x, gather_rows(x, partners[:, :, slot])) for slot in range(k)], dim=2
-        )
+        first_layer = None
+        if self.pair is not None:
+            # one partner slot at a time: [B, N, d] pair features stay in cache, [B, N, k, d] would not
+            first_layer = torch.stack(
+                [self._first_layer(x, gather_rows(x, partners[:, :, slot])) for slot in range(k)], dim=2
+            )
         log_cost = self._log_cost(
             token_term[:, :, None],
             token_term.gather(1, flat).view(batch, tokens, k),
