@@ -281,7 +281,7 @@ def test_the_fit_learns_how_a_samples_pairs_compare_not_the_samples_level():
     fields = ("first", "second", "cos_hidden", "cos_keys", "size_first", "size_second")
     predicted = level.log_cost(*(getattr(held_out, name) for name in fields))
     ranks = torch.stack([predicted.argsort().argsort(), held_out.cost.argsort().argsort()]).float()
-    assert torch.corrcoef(ranks)[0, 1] > 0.95  # Spearman's rank correlation on unseen pairs (0.979 here)
+    assert torch.corrcoef(ranks)[0, 1] > 0.99  # Spearman's rank correlation on unseen pairs (0.9995 here)
     # the two fits differ by a constant at most (terms that are constant here get no gradient)
     other = flat.log_cost(*(getattr(held_out, name) for name in fields))
     torch.testing.assert_close(predicted - predicted.mean(), other - other.mean(), atol=1e-4, rtol=0)
