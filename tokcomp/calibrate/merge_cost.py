@@ -13,11 +13,11 @@ Fitting, per block: least squares on the log measured cost *relative to its samp
 each sample weighted alike. Greedy matching only ever compares the pairs of one sample with
 each other, so a sample's overall level (set by its length and its text) is not worth the fit's
 capacity: on a validation split the relative fit scored at least as high as the absolute one in
-every length bucket, over four fit seeds (both with the pair MLP, `hidden: 8`). AdamW runs `steps` steps on whole samples drawn at
-random, about `batch_pairs` pairs a step: the linear terms at lr 1e-2 with an L2 penalty of 0.1
-on the per-token weight, a pair MLP (`hidden` > 0; none by default) at 3e-3 with weight decay
-0.01 (rates chosen on calibration text when the cost was designed; results:
-benchmarks/results/merge_cost_model.md).
+every length bucket, over four fit seeds (both with the pair MLP, `hidden: 8`). AdamW runs
+`steps` steps on whole samples drawn at random, about `batch_pairs` pairs a step: the linear
+terms at lr 1e-2 with an L2 penalty of 0.1 on the per-token weight, a pair MLP (`hidden` > 0;
+none by default) at 3e-3 with weight decay 0.01 (rates chosen on calibration text when the cost
+was designed; results: benchmarks/results/merge_cost_model.md).
 """
 
 from __future__ import annotations
