@@ -1,6 +1,6 @@
 """`SentenceTransformer.encode` throughput, original vs compressed, on held-out sentences.
 
-    python benchmarks/sentence_encode.py [--sentences 512] [--repeats 5] [--onnx] [--learned]
+    python benchmarks/sentence_encode.py [--sentences 512] [--repeats 5] [--runs 3] [--onnx] [--learned]
 
 MiniLM-L6 (`zoo:minilm-l6`) compiled with ToMe at -35% FLOPs (reference 128 tokens) is
 loaded with `SentenceTransformer(out, trust_remote_code=True)`; the original with
@@ -8,7 +8,10 @@ loaded with `SentenceTransformer(out, trust_remote_code=True)`; the original wit
 (Python's reference prose, real-world lengths), dynamically padded in batches of 32 as
 sentence-transformers does (it sorts by length first). Timed in one run on 2 threads, batch
 by batch: each batch is encoded by every model of a runtime in turn, in an order that
-rotates, and a round is the whole corpus; the PyTorch models, then the ONNX Runtime ones. The FLOPs ratio beside it is the corpus's: the sum over sentences
+rotates, and a round is the whole corpus; the PyTorch models, then the ONNX Runtime ones. That
+is repeated in `--runs` runs: eager timings on a shared machine move between runs (minutes
+apart) more than between the rounds of a run, so the speed-up is taken over the rounds of all
+runs, and each run's own is listed. The FLOPs ratio beside it is the corpus's: the sum over sentences
 of each model's MACs at that sentence's own length. With `--onnx`, ONNX Runtime
 (`tokcomp.runtime.OnnxSentenceEncoder`) on the compressed export and on an r = 0 export
 (the original's graph) are timed in the same run. With `--learned`, ToMe with greedy matching on a
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -124,11 +128,15 @@ def run(args) -> dict:
             learned = SentenceTransformer(str(learned_dir), trust_remote_code=True, device="cpu")
             runners["learned cost"] = encode_steps(learned, batches)
         load_before = load_average()
-        # one runtime at a time: a runtime's idle threads spin for a while after each call, so alternating
-        # PyTorch and ONNX Runtime batch by batch would time each on cores the other still holds
-        speed = interleaved_throughput(runners, batch=len(texts), repeats=args.repeats, warmup=1)
-        if onnx_runners:
-            speed |= interleaved_throughput(onnx_runners, batch=len(texts), repeats=args.repeats, warmup=1)
+        runs = []
+        for _ in range(args.runs):
+            # one runtime at a time: a runtime's idle threads spin for a while after each call, so alternating
+            # PyTorch and ONNX Runtime batch by batch would time each on cores the other still holds
+            speed = interleaved_throughput(runners, batch=len(texts), repeats=args.repeats, warmup=1)
+            if onnx_runners:
+                speed |= interleaved_throughput(onnx_runners, batch=len(texts), repeats=args.repeats, warmup=1)
+            runs.append(speed | {"load_average": load_average()})
+        speed = pooled(runs, len(texts))
         load_after = load_average()
         a = original.encode(texts, batch_size=BATCH, convert_to_tensor=True)
         b = compressed.encode(texts, batch_size=BATCH, convert_to_tensor=True)
@@ -150,6 +158,10 @@ def run(args) -> dict:
         },
         "batch_size": BATCH,
         "throughput": speed,
+        "runs": [
+            {"load_average": run["load_average"], "speedup": {name: speedup(run, name) for name in speed}}
+            for run in runs
+        ],
         "speedup": speed["compressed"]["items_per_s"] / speed["original"]["items_per_s"],
         "onnx_speedup": (
             speed["onnxruntime compressed"]["items_per_s"] / speed["onnxruntime original"]["items_per_s"]
@@ -176,21 +188,38 @@ def run(args) -> dict:
     }
 
 
+def pooled(runs: list[dict], items: int) -> dict:
+    """Every runner's rounds from all runs together: medians over runs spread through the benchmark's
+    minutes, as eager timings on a shared machine move between runs more than between rounds."""
+    rounds = {name: [s for run in runs for s in run[name]["seconds"]] for name in runs[0] if name != "load_average"}
+    return {
+        name: {"median_s": (m := statistics.median(t)), "items_per_s": items / m, "repeats": len(t), "seconds": t}
+        for name, t in rounds.items()
+    }
+
+
+def speedup(speed: dict, name: str) -> float | None:
+    """`name`'s speed-up over its runtime's original in one run (None for the originals)."""
+    original = "onnxruntime original" if name.startswith("onnxruntime") else "original"
+    return None if name == original else speed[original]["median_s"] / speed[name]["median_s"]
+
+
 def markdown(result: dict) -> str:
-    data, cos = result["data"], result["cosine_to_original"]
+    data, cos, runs = result["data"], result["cosine_to_original"], result["runs"]
     lines = [
         "# sentence-transformers encode: MiniLM-L6 original vs ToMe -35% (dynamic padding)",
         "",
         f"Data: {data['sentences']} {data['source']}, {data['tokens']['mean']:.1f} tokens on average "
         f"({data['tokens']['min']}-{data['tokens']['max']}), batches of {result['batch_size']}. "
-        "Timed in one run, batch by batch (every model of a runtime encodes a batch in turn, the order rotating; "
-        f"PyTorch's models, then ONNX Runtime's), median of {result['throughput']['original']['repeats']} rounds "
-        "over the corpus, "
+        f"Timed in {len(runs)} runs, batch by batch (every model of a runtime encodes a batch in turn, the order "
+        "rotating; in each run PyTorch's models, then ONNX Runtime's); speed-up = ratio of the medians over "
+        f"all {result['throughput']['original']['repeats']} rounds over the corpus, "
         f"{result['machine']['threads']} threads; load average {result['load_average']['before']:.2f} before, "
-        f"{result['load_average']['after']:.2f} after.",
+        f"{', '.join(format(run['load_average'], '.2f') for run in runs)} after each run.",
         "",
-        "| runtime | sentences/s | speed-up | rounds (range) | FLOPs speed-up (corpus) | speed-up / FLOPs | >= 0.9 |",
-        "|---|---|---|---|---|---|---|",
+        "| runtime | sentences/s | speed-up | per run | rounds (range) | FLOPs speed-up (corpus) | speed-up / FLOPs "
+        "| >= 0.9 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     speed, ideal = result["throughput"], result["ideal_speedup"]
     for runtime, key in (("PyTorch (SentenceTransformer)", "speedup"), ("ONNX Runtime", "onnx_speedup")):
@@ -199,14 +228,17 @@ def markdown(result: dict) -> str:
         prefix = "" if key == "speedup" else "onnxruntime "
         rate = f"{speed[prefix + 'original']['items_per_s']:.1f} -> {speed[prefix + 'compressed']['items_per_s']:.1f}"
         rounds = _rounds(speed, prefix + "original", prefix + "compressed")
-        lines.append(f"| {runtime} | {rate} | {result[key]:.2f}x | {rounds} | {ideal:.2f}x | {_share(result[key], ideal)} |")
+        each = _per_run(runs, prefix + "compressed")
+        share = _share(result[key], ideal)
+        lines.append(f"| {runtime} | {rate} | {result[key]:.2f}x | {each} | {rounds} | {ideal:.2f}x | {share} |")
     learned = result.get("learned")
     if learned:
         rate = f"{speed['original']['items_per_s']:.1f} -> {speed['learned cost']['items_per_s']:.1f}"
         gain, own_ideal = learned["speedup"], 1 / learned["flops_ratio"]  # its budget counts the cost model
         label = "PyTorch, greedy matching on a learned cost"
-        rounds = _rounds(speed, "original", "learned cost")
-        lines.append(f"| {label} | {rate} | {gain:.2f}x | {rounds} | {own_ideal:.2f}x | {_share(gain, own_ideal)} |")
+        rounds, each = _rounds(speed, "original", "learned cost"), _per_run(runs, "learned cost")
+        share = _share(gain, own_ideal)
+        lines.append(f"| {label} | {rate} | {gain:.2f}x | {each} | {rounds} | {own_ideal:.2f}x | {share} |")
     lines += [
         "",
         f"Embedding cosine, compressed vs original: {cos['mean']:.4f} (95% CI {cos['ci95'][0]:.4f}-{cos['ci95'][1]:.4f}, "
@@ -233,16 +265,23 @@ def _rounds(speed: dict, original: str, compressed: str) -> str:
     return f"{min(ratios):.2f}-{max(ratios):.2f}x"
 
 
+def _per_run(runs: list[dict], name: str) -> str:
+    """Each run's own speed-up (ratio of its medians), in run order."""
+    return ", ".join(f"{run['speedup'][name]:.2f}x" for run in runs)
+
+
 def _share(speedup: float, ideal: float) -> str:
-    """The speed-up's share of the FLOPs speed-up, and whether it reaches 0.9 (a lower one is flagged)."""
+    """The speed-up's share of the FLOPs speed-up, and whether it reaches 0.9 (a lower one is flagged; three
+    decimals, so that a share just under the bar never reads as 0.90)."""
     share = speedup / ideal
-    return f"{share:.2f} | {'yes' if share >= 0.9 else '**no**'}"
+    return f"{share:.3f} | {'yes' if share >= 0.9 else '**no**'}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds over the corpus per run")
+    parser.add_argument("--runs", type=int, default=3, help="timing runs, spread through the benchmark")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime exports")
     parser.add_argument("--learned", action="store_true", help="also time ToMe with a learned merge cost")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"))

@@ -112,6 +112,19 @@ def test_sentence_transformer_pools_by_token_size(tome_checkpoint):
     assert token_blocks(model[0].model)
 
 
+def test_sentence_transformer_features_can_be_encoded_twice(tome_checkpoint):
+    """forward hands Pooling the output's token sizes as the attention mask; a second forward of the
+    same features dict (as a training loop or a profiler warm-up does) must still read the input's."""
+    st = pytest.importorskip("sentence_transformers")
+    model = st.SentenceTransformer(str(tome_checkpoint), trust_remote_code=True, device="cpu")
+    features = model.preprocess(sentences(6, seed=2))
+    with torch.inference_mode():
+        first = model(features)["sentence_embedding"].clone()
+        assert features["attention_mask"].shape[1] < features["input_ids"].shape[1]  # tokens were merged
+        second = model(features)["sentence_embedding"]
+    assert torch.equal(first, second)
+
+
 def test_sentence_transformer_at_r0_is_the_original(sentence_model, tmp_path):
     st = pytest.importorskip("sentence_transformers")
     out = _compile(sentence_model, tmp_path / "r0", [{"type": "tome", "r": 0}])

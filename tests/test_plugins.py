@@ -152,6 +152,21 @@ def test_merges_with_gradients_or_swapped_ops_take_the_dense_path():
         assert not in_place_path(x.detach(), TokenState.initial(x, None, 1, False))
 
 
+@pytest.mark.parametrize("moved", [9, 0])
+def test_portable_onnx_steps_equal_the_references(moved):
+    """What the portable ONNX export traces (row gathers, a one-hot matmul for the sum) gives the references'
+    numbers, null rows (index N of a padded batch) and layers that move nothing included."""
+    from tokcomp.export.portable_ops import PORTABLE_OPS
+
+    assert set(PORTABLE_OPS) == set(reference.REFERENCE_OPS)
+    t, kept, src, dst = _random_case(torch.float32, tokens=37, r=moved)
+    t = torch.cat([t, torch.zeros_like(t[:, :1])], dim=1)  # the null row a padded merge appends
+    kept[0, -2:] = src[1, :1] = 37  # an empty padding row, a slot that moves nothing
+    for name, args in (("gather_tokens", (t, kept)), ("index_merge_sum", (t, kept, src, dst))):
+        want = reference.REFERENCE_OPS[name](*args)
+        assert torch.allclose(PORTABLE_OPS[name](*args), want, atol=1e-5), name
+
+
 def test_use_ops_rejects_unknown_steps_and_restores():
     with pytest.raises(ValueError, match="swappable ops are"):
         with use_ops({"not_an_op": reference.gather_tokens_reference}):

@@ -10,7 +10,9 @@ Exporter settings that matter (all measured on these machines, see docs/export.m
   run time, which TensorRT rejects); TopK's tie-break (lower index first) is
   exactly a stable sort;
 - flavour "tokcomp": the reducers' application steps are swapped for `tokcomp::`
-  custom ops while tracing (tokcomp.reducers.ops.use_ops), each becoming one node.
+  custom ops while tracing (tokcomp.reducers.ops.use_ops), each becoming one node;
+  flavour "portable": for row gathers and a one-hot matmul (export/portable_ops.py),
+  which CPU runtimes run several times faster than GatherElements / ScatterElements.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def export_context(flavour: str) -> Iterator[dict]:
 
             table.update(translation_table())
             stack.enter_context(use_ops(TOKEN_OPS))
+        else:
+            from tokcomp.export.portable_ops import PORTABLE_OPS
+
+            stack.enter_context(use_ops(PORTABLE_OPS))
         yield table
 
 

@@ -20,6 +20,9 @@ from torch import Tensor
 from tokcomp.errors import CheckpointError
 from tokcomp.pooling import run_with_token_weights
 
+# Where forward keeps the input's attention mask once it has replaced "attention_mask" by token sizes.
+INPUT_MASK = "input_attention_mask"
+
 
 class TokcompTransformer(InputModule):
     """sentence-transformers input module around a tokcomp checkpoint."""
@@ -63,10 +66,15 @@ class TokcompTransformer(InputModule):
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
+        if INPUT_MASK in features:  # the dict has been through forward: its attention mask is the output's
+            inputs["attention_mask"] = features[INPUT_MASK]
         outputs, weights = run_with_token_weights(self.model, **inputs)
         tokens = outputs.last_hidden_state
         features["token_embeddings"] = tokens
         # Pooling weighs tokens by the attention mask: sizes make its mean the mean over input tokens.
+        # The input's own mask is kept beside it, so the same dict can be encoded again.
+        if "attention_mask" in inputs:
+            features[INPUT_MASK] = inputs["attention_mask"]
         features["attention_mask"] = weights.to(tokens.dtype)
         features["cls_token_embeddings"] = tokens[:, 0]
         return features

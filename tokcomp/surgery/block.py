@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState, key_mask_from_attention_mask, pack, real_first, unpack
+from tokcomp.surgery.state import TokenState, key_mask_from_attention_mask, pack, real_first, reorder, unpack
 
 if TYPE_CHECKING:  # reducers import surgery.attention; a runtime import here would be circular
     from tokcomp.reducers.base import Reducer
@@ -90,8 +90,7 @@ class TokenBlock(nn.Module):
         order = real_first(state) if self.compact_padding else None
         if order is None:
             return hidden_states, state
-        x = hidden_states.gather(1, order[..., None].expand(-1, -1, hidden_states.shape[-1]))
-        return x, state.gather(order)
+        return reorder(hidden_states, state, order)
 
     def _leave(self, x: Tensor, state: TokenState) -> Tensor:
         if not self.is_last:

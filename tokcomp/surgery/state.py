@@ -148,6 +148,14 @@ def real_first(state: TokenState) -> Tensor | None:
     return (~state.real).to(torch.int8).argsort(dim=-1, stable=True)
 
 
+def reorder(x: Tensor, state: TokenState, order: Tensor) -> tuple[Tensor, TokenState]:
+    """x [B, N, C] and its state in token order `order` [B, N] (real_first's), rows gathered by the
+    swappable token step (reducers/ops.py: whole rows on CPU, one Gather node in an export)."""
+    from tokcomp.reducers.ops import gather_tokens  # reducers import surgery: import late
+
+    return gather_tokens(x, order), state.gather(order)
+
+
 def carrier_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype hidden states travel and merge in: float32, or wider (float64 models stay float64)."""
     return torch.promote_types(dtype, STATE_DTYPE)

@@ -45,7 +45,7 @@ from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
 from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
 from tokcomp.surgery.attention import AttentionInfo, split_heads
 from tokcomp.surgery.block import TokenBlock
-from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, causal_visible, real_first, unpack
+from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, causal_visible, real_first, reorder, unpack
 
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
 
@@ -444,7 +444,7 @@ class DecoderTokenBlock(TokenBlock):
         self.call.shared.clear()
         if order is None:
             return hidden_states, state
-        return hidden_states.gather(1, order[..., None].expand(-1, -1, hidden_states.shape[-1])), state.gather(order)
+        return reorder(hidden_states, state, order)
 
     def _call_span(self, real: Tensor) -> Tensor:
         """[B, N] tokens the call marked reducible (every token without a mark, unless the recipe requires one)."""
