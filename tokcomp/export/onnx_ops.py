@@ -80,13 +80,35 @@ def _const(name: str, values: list[int]) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, onnx.TensorProto.INT64, [len(values)], values))
 
 
-def _expanded(index: str, width: str, out: str) -> list[onnx.NodeProto]:
-    """index [B, K] -> [B, K, width] for GatherElements / ScatterElements."""
+def _scalar(name: str, value: int) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, onnx.TensorProto.INT64, [], [value]))
+
+
+def _flat_rows() -> list[onnx.NodeProto]:
+    """t [B, N, C] -> `rows` [B N, C] and `offsets` [B, 1] (b N): what _gather_rows reads."""
     return [
-        helper.make_node("Unsqueeze", [index, "axis2"], [f"{out}_u"]),
-        helper.make_node("Shape", [index], [f"{out}_s"]),
-        helper.make_node("Concat", [f"{out}_s", width], [f"{out}_shape"], axis=0),
-        helper.make_node("Expand", [f"{out}_u", f"{out}_shape"], [out]),
+        _const("axis1", [1]),
+        _const("rows_shape", [-1]),
+        _scalar("zero", 0),
+        _scalar("one", 1),
+        helper.make_node("Shape", ["t"], ["width"], start=2, end=3),
+        helper.make_node("Concat", ["rows_shape", "width"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["t", "flat_shape"], ["rows"]),
+        helper.make_node("Shape", ["t"], ["batch1"], start=0, end=1),
+        helper.make_node("Shape", ["t"], ["tokens1"], start=1, end=2),
+        helper.make_node("Squeeze", ["batch1"], ["batch"]),
+        helper.make_node("Range", ["zero", "batch", "one"], ["samples"]),
+        helper.make_node("Unsqueeze", ["samples", "axis1"], ["samples_col"]),
+        helper.make_node("Mul", ["samples_col", "tokens1"], ["offsets"]),
+    ]
+
+
+def _gather_rows(index: str, out: str) -> list[onnx.NodeProto]:
+    """Rows `index` [B, K] of t as [B, K, C]: one Gather of the flattened rows (export/portable_ops.py's)."""
+    return [
+        helper.make_node("Cast", [index], [f"{out}_i64"], to=onnx.TensorProto.INT64),
+        helper.make_node("Add", [f"{out}_i64", "offsets"], [f"{out}_rows"]),
+        helper.make_node("Gather", ["rows", f"{out}_rows"], [out], axis=0),
     ]
 
 
@@ -97,19 +119,27 @@ def _function(op_type: str, inputs: tuple[str, ...], nodes: list[onnx.NodeProto]
 
 
 def function_bodies() -> dict[str, FunctionProto]:
-    prologue = [_const("axis2", [2]), helper.make_node("Shape", ["t"], ["width"], start=2, end=3)]  # what _expanded reads
-    gather = prologue + _expanded("index", "width", "ix") + [
-        helper.make_node("GatherElements", ["t", "ix"], ["out"], axis=1)
-    ]
+    """The standard-op graphs ONNX Runtime runs for each op: as export/portable_ops.py writes the steps
+    (row Gathers; the sum through a [B, K, R] one-hot MatMul), not per-element GatherElements."""
+    gather = _flat_rows() + _gather_rows("index", "out")
     index_merge = (
-        prologue
-        + _expanded("kept", "width", "ki") + _expanded("src", "width", "si") + _expanded("dst", "width", "di")
+        _flat_rows()
+        + _gather_rows("kept", "kept_rows")
+        + _gather_rows("src", "moved")
         + [
-            helper.make_node("GatherElements", ["t", "ki"], ["rows"], axis=1),
-            helper.make_node("GatherElements", ["t", "si"], ["moved"], axis=1),
-            helper.make_node("ScatterElements", ["rows", "di", "moved"], ["out"], axis=1, reduction="add"),
+            helper.make_node("Shape", ["kept"], ["kept_count1"], start=1, end=2),
+            helper.make_node("Squeeze", ["kept_count1"], ["kept_count"]),
+            helper.make_node("Range", ["zero", "kept_count", "one"], ["slots"]),
+            _const("slot_axes", [0, 2]),
+            helper.make_node("Unsqueeze", ["slots", "slot_axes"], ["slots_3d"]),  # [1, K, 1]
+            helper.make_node("Cast", ["dst"], ["dst_i64"], to=onnx.TensorProto.INT64),
+            helper.make_node("Unsqueeze", ["dst_i64", "axis1"], ["dst_3d"]),  # [B, 1, R]
+            helper.make_node("Equal", ["slots_3d", "dst_3d"], ["one_hot_bool"]),
+            helper.make_node("CastLike", ["one_hot_bool", "t"], ["one_hot"]),
+            helper.make_node("MatMul", ["one_hot", "moved"], ["added"]),
+            helper.make_node("Add", ["kept_rows", "added"], ["out"]),
         ]
-    )  # fmt: skip
+    )
     bodies = {"GatherTokens": gather, "IndexMerge": index_merge}
     return {op: _function(op, _SIGNATURES[op][0], nodes) for op, nodes in bodies.items()}
 
