@@ -66,7 +66,9 @@ class TokcompTransformer(InputModule):
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in features}
-        if INPUT_MASK in features:  # the dict has been through forward: its attention mask is the output's
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.shape != inputs["input_ids"].shape and INPUT_MASK in features:
+            # the dict has been through forward: its attention mask is the output's, the input's is kept beside it
             inputs["attention_mask"] = features[INPUT_MASK]
         outputs, weights = run_with_token_weights(self.model, **inputs)
         tokens = outputs.last_hidden_state

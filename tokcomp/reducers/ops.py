@@ -9,7 +9,8 @@ reduction=add) and divides by the summed weights afterwards (reducers/apply.py):
 
 `use_ops({...})` swaps the steps for the duration of a block of code; tokcomp.export uses
 it to route every reduction step through one `tokcomp::` custom op (one ONNX node, one
-TensorRT plugin, one GPU kernel) without touching any reducer. The table is a plain
+TensorRT plugin, one GPU kernel) without touching any reducer, and, for the portable ONNX
+graph, through versions written for CPU runtimes (export/portable_ops.py). The table is a plain
 module-level dict, which torch.compile reads as a guarded constant: a lookup costs no
 graph break (a ContextVar lookup did).
 """

@@ -150,7 +150,7 @@ def real_first(state: TokenState) -> Tensor | None:
 
 def reorder(x: Tensor, state: TokenState, order: Tensor) -> tuple[Tensor, TokenState]:
     """x [B, N, C] and its state in token order `order` [B, N] (real_first's), rows gathered by the
-    swappable token step (reducers/ops.py: whole rows on CPU, one Gather node in an export)."""
+    swappable token step (reducers/ops.py: whole rows on CPU, one node in an ONNX export)."""
     from tokcomp.reducers.ops import gather_tokens  # reducers import surgery: import late
 
     return gather_tokens(x, order), state.gather(order)
