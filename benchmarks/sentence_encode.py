@@ -6,7 +6,7 @@ MiniLM-L6 (`zoo:minilm-l6`) compiled with ToMe at -35% FLOPs (reference 128 toke
 loaded with `SentenceTransformer(out, trust_remote_code=True)`; the original with
 `SentenceTransformer(zoo folder)`. Both encode the same held-out English sentences
 (Python's reference prose, real-world lengths), dynamically padded in batches of 32 as
-sentence-transformers does (it sorts by length first). Timed in one run on 2 threads, batch
+sentence-transformers does (it sorts by length first). Timed on 2 threads, batch
 by batch: each batch is encoded by every model of a runtime in turn, in an order that
 rotates, and a round is the whole corpus; the PyTorch models, then the ONNX Runtime ones. That
 is repeated in `--runs` runs: eager timings on a shared machine move between runs (minutes
