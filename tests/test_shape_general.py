@@ -325,6 +325,39 @@ def test_protected_tokens_anywhere_stay_whole(kind):
         assert torch.allclose(out[row], x[:, position])
 
 
+def test_the_eager_cpu_state_carriage_equals_the_packed_one(monkeypatch):
+    """Eager on CPU the state rides along as an attribute of the hidden tensor, not as packed channels
+    (no copy of the hidden states per block): the same outputs and final state, exactly."""
+    from tokcomp.surgery import block
+    from tokcomp.surgery.state import STATE_ATTRIBUTE, pack
+
+    model = tokcomp.apply(tiny_bert().double(), [{"type": "tome", "r": 2}], sequence_length=16)
+    hidden_size = model.config.hidden_size
+    widths = []
+    token_blocks(model)[1].register_forward_pre_hook(
+        lambda module, args: widths.append((args[0].shape[-1], hasattr(args[0], STATE_ATTRIBUTE)))
+    )
+    ids, mask = _padded_batch([16, 11, 6, 3], 16)
+    with torch.no_grad(), capture_final_state(model) as states:
+        attached = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        monkeypatch.setattr(block, "carry", pack)
+        packed = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert widths[0] == (hidden_size, True) and widths[1][0] > hidden_size  # attached, then packed
+    assert torch.equal(attached, packed)
+    for field in ("size", "real", "protected", "position"):
+        assert torch.equal(getattr(states[0], field), getattr(states[1], field)), field
+
+
+def test_a_layer_loop_that_replaces_the_hidden_tensor_gets_one_clear_error():
+    from tokcomp.errors import TokcompError
+
+    model = tokcomp.apply(tiny_bert(), [{"type": "tome", "r": 2}], sequence_length=16)
+    token_blocks(model)[1].register_forward_pre_hook(lambda module, args: (args[0].clone(), *args[1:]))
+    ids, mask = _padded_batch([16, 9], 16)
+    with torch.no_grad(), pytest.raises(TokcompError, match="without their token state"):
+        model(input_ids=ids, attention_mask=mask)
+
+
 def test_order_preserving_blocks_keep_input_order():
     model = tokcomp.apply(tiny_bert(), [{"type": "tome", "r": 3}], sequence_length=16)
     for block in token_blocks(model):

@@ -29,6 +29,7 @@ from tokcomp.reducers.ops import (
     gather_tokens,
     gather_tokens_reference,
     index_merge_sum,
+    positions,
     references_active,
 )
 from tokcomp.reducers.rate import Count
@@ -40,7 +41,7 @@ def first(order: Tensor, count: Count, length: int, null: int) -> Tensor:
     head = order[:, :length]
     if isinstance(count, int) and count >= length:
         return head
-    slots = torch.arange(length, device=order.device)
+    slots = positions(length, order)
     limit = count[:, None] if isinstance(count, Tensor) else count
     return torch.where(slots < limit, head, null)
 
@@ -49,7 +50,7 @@ def inverse(order: Tensor, width: int | None = None) -> Tensor:
     """Where each token sits in `order` [B, N] (the inverse permutation); with `width` > N, [B, width]
     with 0 in the columns past N (what the null index reads, without a concatenation)."""
     batch, tokens = order.shape
-    ranks = torch.arange(tokens, device=order.device).expand_as(order)
+    ranks = positions(tokens, order).expand_as(order)
     return order.new_zeros(batch, width or tokens).scatter(1, order, ranks)
 
 
@@ -186,10 +187,15 @@ def merge_into_kept_rows(
     """
     dtype = carrier_dtype(x.dtype)
     tokens, hidden = x.shape[1:]
-    weight = with_null(state.weight()) if null else state.weight()  # index N (null) weighs 0
+    weight = state.size.new_zeros(state.size.shape[0], tokens + int(null))  # index N (null) weighs 0
+    if state.real is None:
+        weight[:, :tokens] = state.size
+    else:
+        torch.mul(state.size, state.real, out=weight[:, :tokens])
     moved_weight = weight.gather(1, src)
     total = weight.gather(1, kept).scatter_add(1, dst, moved_weight)
-    out = gather_tokens_reference(x, kept.clamp(max=tokens - 1)).to(dtype)  # a fresh tensor: written in place
+    last_kept = kept.clamp(max=tokens - 1)  # null slots read the last token, then are emptied
+    out = gather_tokens_reference(x, last_kept).to(dtype)  # a fresh tensor: written in place
     rows = out.view(-1, hidden)
     # a slot past a sample's end is an empty padding row (filled by row index: a broadcast masked_fill_ is slower)
     if null:
@@ -200,14 +206,15 @@ def merge_into_kept_rows(
         share = moved_weight / total.gather(1, dst).clamp_min(torch.finfo(dtype).tiny)
         join_rows(rows, flat_rows(dst, out.shape[1]), moved, share.view(-1), preserve_norm)
     real = total > 0
-    protected, position = state.protected, state.position
-    if null:
-        protected, position = with_null(protected), with_null(position)
+    protected, position = state.protected.gather(1, last_kept), state.position.gather(1, last_kept)
+    if null:  # what the null row holds: not protected, position 0
+        protected &= real
+        position.masked_fill_(~real, 0)
     return out.to(x.dtype), TokenState(
         size=torch.where(real, total, torch.ones_like(total)),
         real=real if state.real is not None else None,
-        protected=protected.gather(1, kept),
-        position=position.gather(1, kept),
+        protected=protected,
+        position=position,
     )
 
 

@@ -14,6 +14,7 @@ movable A tokens, ToMe's cap.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokcomp.reducers.apply import first, inverse, merge, with_null
-from tokcomp.reducers.ops import eager_cpu_path
+from tokcomp.reducers.ops import eager_cpu_path, positions
 from tokcomp.reducers.ops import gather_tokens_reference as gather_rows  # metrics: not a swappable step
 from tokcomp.reducers.rate import Count
 from tokcomp.surgery.attention import AttentionInfo
@@ -114,26 +115,42 @@ def plan_bipartite(matching: Matching, state: TokenState, removed: Count, slots:
     `slots` (static) is the most any sample moves; `length` (static) is the output length.
     """
     batch, tokens = state.protected.shape
-    device = state.protected.device
     null = tokens
     order = matching.best.argsort(dim=-1, descending=True, stable=True)
-    slot_index = torch.arange(slots, device=device)
-    moving = slot_index < (removed[:, None] if isinstance(removed, Tensor) else removed)
+    moving = positions(slots, order) < (removed[:, None] if isinstance(removed, Tensor) else removed)
     moving = moving.expand(batch, slots)
     src_a = order[:, :slots]
     # Output key per token: protected first, then A that stays, then B; movers and padding last.
-    position = torch.arange(tokens, device=device)
-    key = torch.where(position % 2 == 0, position, tokens + position).expand(batch, tokens)
-    key = torch.where(state.protected, position - 2 * tokens, key)
+    stays_key, protected_key, gone_key = output_keys(tokens, state.protected)
+    key = torch.where(state.protected, protected_key, stays_key)
     gone = torch.zeros_like(state.protected).scatter(1, 2 * src_a, moving)
     if state.real is not None:
         gone = gone | ~state.real
-    key = torch.where(gone, 3 * tokens + position, key)
+    key = torch.where(gone, gone_key, key)
     sorted_tokens = key.argsort(dim=-1)
     rows = inverse(sorted_tokens, tokens + 1)
     kept = first(sorted_tokens, real_count(state, tokens) - removed, length, null)
     src = torch.where(moving, 2 * src_a, null)
     return MergePlan(kept, src, src_a, rows, moving)
+
+
+def output_keys(tokens: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sort keys of plan_bipartite's output order [N], by token index: for a token that stays (A: its
+    index, B: N + index), a protected token (index - 2N) and a token that leaves (index + 3N).
+    Made once per length on the eager CPU path (like [B, N] decides), as `positions`."""
+    if eager_cpu_path(like):
+        return _cached_output_keys(tokens, like.device)
+    return _output_keys(positions(tokens, like))
+
+
+def _output_keys(position: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    tokens = position.shape[0]
+    return torch.where(position % 2 == 0, position, tokens + position), position - 2 * tokens, position + 3 * tokens
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_output_keys(tokens: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    return _output_keys(torch.arange(tokens, device=device))
 
 
 def merge_matched(

@@ -62,6 +62,19 @@ def _row_offsets(batch: int, tokens: int, device: torch.device) -> Tensor:
     return torch.arange(0, batch * tokens, tokens, device=device)[:, None]
 
 
+def positions(count: int, like: Tensor) -> Tensor:
+    """torch.arange(count) on like's device; made once per count on the eager CPU path (like [B, N, ...]
+    decides: see eager_cpu_path), where every op costs a dispatch that short inputs feel. Never written to."""
+    if eager_cpu_path(like):
+        return _cached_positions(count, like.device)
+    return torch.arange(count, device=like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_positions(count: int, device: torch.device) -> Tensor:
+    return torch.arange(count, device=device)
+
+
 def gather_tokens_reference(t: Tensor, index: Tensor) -> Tensor:
     """t [B, N, D], index [B, K] -> [B, K, D] (row copies on the eager CPU path: see eager_cpu_path)."""
     batch, tokens, width = t.shape

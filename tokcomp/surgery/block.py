@@ -7,10 +7,11 @@ names (so state-dict keys do not change) and runs
     x, state = reducer(x, state)   # N -> N' tokens (skipped when reducer is None)
     x = mlp_residual(x)            # over N' tokens
 
-Families differ only in the two residual branches. Token state enters and leaves
-packed in the hidden tensor (surgery/state.py); the first block creates it (and, when
-the model reduces tokens, moves padding behind the real tokens of each sample) and the
-last block returns plain hidden states, so the model around the blocks is unchanged.
+Families differ only in the two residual branches. Token state enters and leaves with
+the hidden tensor (surgery/state.py `carry`: packed, or attached on the eager CPU path);
+the first block creates it (and, when the model reduces tokens, moves padding behind the
+real tokens of each sample) and the last block returns plain hidden states, so the model
+around the blocks is unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from tokcomp.surgery.attention import AttentionInfo
-from tokcomp.surgery.state import TokenState, key_mask_from_attention_mask, pack, real_first, reorder, unpack
+from tokcomp.surgery.state import TokenState, carry, key_mask_from_attention_mask, real_first, receive, reorder
 
 if TYPE_CHECKING:  # reducers import surgery.attention; a runtime import here would be circular
     from tokcomp.reducers.base import Reducer
@@ -79,7 +80,7 @@ class TokenBlock(nn.Module):
     def _enter(self, hidden_states: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, TokenState]:
         if not self.is_first:
             dtype = next(self.parameters()).dtype
-            return unpack(hidden_states, self.hidden_size, dtype, self.padded, self.trace_source)
+            return receive(hidden_states, self.hidden_size, dtype, self.padded, self.trace_source)
         tokens = hidden_states.shape[1]
         real = None
         if self.padded:
@@ -94,7 +95,7 @@ class TokenBlock(nn.Module):
 
     def _leave(self, x: Tensor, state: TokenState) -> Tensor:
         if not self.is_last:
-            return pack(x, state)
+            return carry(x, state)
         if self.capture_state:
             self.captured_state = state
         return x

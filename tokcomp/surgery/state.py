@@ -24,6 +24,13 @@ fp16 and bf16 models (bf16 alone is exact only to 256). The model's own layer lo
 (ViTModel, Dinov2Encoder, BertEncoder, timm's nn.Sequential) passes one tensor from
 block to block, so packing needs no side channel and stays a pure tensor program that
 exports and compiles. The first block builds the state; the last returns plain x.
+
+Eager on CPU (reducers/ops.py `eager_cpu_path`) the state rides along as an attribute of
+the hidden tensor instead (`carry` / `receive`): packing copies the hidden states once per
+block, and the strided channel slice a block then reads costs a second copy, which CPU
+runs feel (measured: benchmarks/results/sentence_encode.md). The same loop passes the same
+tensor object, so the attribute arrives; a loop that replaces the tensor between blocks
+gets one clear error.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from tokcomp.errors import TokcompError
 
 # Bookkeeping channels packed after the hidden channels: size, real, protected, position.
 STATE_CHANNELS = 4
@@ -174,6 +183,35 @@ def pack(x: Tensor, state: TokenState) -> Tensor:
     if state.source is not None:
         parts.append(state.source)
     return torch.cat(parts, dim=-1)
+
+
+# Attribute of a hidden tensor that holds its TokenState on the eager CPU path (see the module docstring).
+STATE_ATTRIBUTE = "_tokcomp_state"
+
+
+def carry(x: Tensor, state: TokenState) -> Tensor:
+    """What a block hands the next one: x with its state, packed (`pack`), or on the eager CPU path x
+    itself with the state attached (x is the block's own fresh output)."""
+    from tokcomp.reducers.ops import eager_cpu_path  # reducers import surgery: import late
+
+    if not eager_cpu_path(x) or torch.jit.is_tracing():
+        return pack(x, state)
+    setattr(x, STATE_ATTRIBUTE, state)
+    return x
+
+
+def receive(hidden: Tensor, hidden_size: int, dtype: torch.dtype, padded: bool, trace_source: bool) -> tuple[Tensor, TokenState]:
+    """What `carry` handed over: x and its state."""
+    state = getattr(hidden, STATE_ATTRIBUTE, None)
+    if state is not None:
+        return hidden, state
+    if hidden.shape[-1] == hidden_size:
+        raise TokcompError(
+            "a compressed block received hidden states without their token state: the model's layer loop "
+            "replaced the tensor between two rewritten blocks",
+            hint="pass each block's output unchanged to the next one (no hook or op between the blocks)",
+        )
+    return unpack(hidden, hidden_size, dtype, padded, trace_source)
 
 
 def unpack(packed: Tensor, hidden: int, dtype: torch.dtype, padded: bool, trace_source: bool) -> tuple[Tensor, TokenState]:

@@ -45,7 +45,7 @@ from tokcomp.surgery.adapters.base import Adapter, Geometry, InputSpec
 from tokcomp.surgery.adapters.common import adopt, linear_macs_outside
 from tokcomp.surgery.attention import AttentionInfo, split_heads
 from tokcomp.surgery.block import TokenBlock
-from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, causal_visible, real_first, reorder, unpack
+from tokcomp.surgery.state import TokenState, carrier_dtype, causal_bias, causal_visible, real_first, receive, reorder
 
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gemma3_text")
 
@@ -320,7 +320,7 @@ class DecoderTokenBlock(TokenBlock):
             x, state = self._start(hidden_states, record)
         else:
             record = None if cache is None else _CACHED.get(cache)
-            x, state = unpack(hidden_states, self.hidden_size, next(self.parameters()).dtype, True, self.trace_source)
+            x, state = receive(hidden_states, self.hidden_size, next(self.parameters()).dtype, True, self.trace_source)
         prefill = record is None or record.prefill
         start = 0 if record is None else record.start
         reduces = self.reducer is not None and prefill and (self.call.selecting or not self.select_only)
