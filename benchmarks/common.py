@@ -111,3 +111,14 @@ def write_results(results_dir, name: str, result: dict, markdown: str, show: boo
     atomic_write_text(folder / f"{name}.md", markdown)
     if show:
         print(markdown)
+
+
+def pooled_rounds(runs: list[dict], items: int) -> dict:
+    """Every runner's rounds from several `interleaved_throughput` runs together: medians over runs spread
+    through a benchmark's minutes, as eager timings on a shared machine move between runs more than
+    between rounds. Keys other than runners (a run's `load_average`) are left out."""
+    rounds = {name: [s for run in runs for s in run[name]["seconds"]] for name in runs[0] if name != "load_average"}
+    return {
+        name: {"median_s": (m := statistics.median(t)), "items_per_s": items / m, "repeats": len(t), "seconds": t}
+        for name, t in rounds.items()
+    }

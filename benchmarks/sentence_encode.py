@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tokcomp  # noqa: E402
-from benchmarks.common import bootstrap_mean, interleaved_throughput, load_average, machine, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    bootstrap_mean,
+    interleaved_throughput,
+    load_average,
+    machine,
+    pooled_rounds,
+    write_results,
+)
 from tokcomp.analysis.flops import model_macs  # noqa: E402
 from tokcomp.reducers.schedule import tokens_after_layers  # noqa: E402
 from tokcomp.surgery import find_adapter, token_blocks  # noqa: E402
@@ -136,7 +142,7 @@ def run(args) -> dict:
             if onnx_runners:
                 speed |= interleaved_throughput(onnx_runners, batch=len(texts), repeats=args.repeats, warmup=1)
             runs.append(speed | {"load_average": load_average()})
-        speed = pooled(runs, len(texts))
+        speed = pooled_rounds(runs, len(texts))
         load_after = load_average()
         a = original.encode(texts, batch_size=BATCH, convert_to_tensor=True)
         b = compressed.encode(texts, batch_size=BATCH, convert_to_tensor=True)
@@ -185,16 +191,6 @@ def run(args) -> dict:
         "cosine_to_original": bootstrap_mean(cosine),
         "load_average": {"before": load_before, "after": load_after},
         "machine": machine(),
-    }
-
-
-def pooled(runs: list[dict], items: int) -> dict:
-    """Every runner's rounds from all runs together: medians over runs spread through the benchmark's
-    minutes, as eager timings on a shared machine move between runs more than between rounds."""
-    rounds = {name: [s for run in runs for s in run[name]["seconds"]] for name in runs[0] if name != "load_average"}
-    return {
-        name: {"median_s": (m := statistics.median(t)), "items_per_s": items / m, "repeats": len(t), "seconds": t}
-        for name, t in rounds.items()
     }
 
 
