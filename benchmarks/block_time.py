@@ -8,8 +8,8 @@ bare original's total beside it checks) run the held-out sentences of
 benchmarks/sentence_encode.py, tokenised once, sorted by length, in padded batches of 32
 (at most 256 tokens, as sentence-transformers runs MiniLM). Each block's parts are timed with
 wall-clock wrappers: entering (receiving the token state), the attention residual, the reducer,
-the MLP residual and leaving (handing it on: attached to the tensor, eager on CPU). Totals per run of the corpus, median over `repeats`
-runs, models alternating. Blocks without their reducer is the compressed blocks' time less the
+the MLP residual and leaving (handing the state on: attached to the tensor, eager on CPU). Totals
+per run of the corpus, median over `repeats` runs, models alternating. Blocks without their reducer is the compressed blocks' time less the
 reducer's: what the blocks would take if choosing and merging tokens were free.
 
 Writes benchmarks/results/block_time.{json,md}.

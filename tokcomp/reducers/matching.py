@@ -140,7 +140,7 @@ def output_keys(tokens: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     Made once per length on the eager CPU path (like [B, N] decides), as `positions`."""
     if eager_cpu_path(like):
         return _cached_output_keys(tokens, like.device)
-    return _output_keys(positions(tokens, like))
+    return _output_keys(torch.arange(tokens, device=like.device))
 
 
 def _output_keys(position: Tensor) -> tuple[Tensor, Tensor, Tensor]:
